@@ -1,0 +1,58 @@
+"""One table mapping ``(method, device)`` to an implementation.
+
+An implementation is a module-like object exposing
+
+``forward(inputs, **options) -> (O, lse)``
+    ``inputs`` is a validated :class:`~tattn_numba._validation.AttentionInputs`; ``O`` has shape
+    (B, n, dv) in the input dtype, ``lse`` (B, n) float64 is the natural-log row normaliser
+    log Σ_{j1,j2} exp(logit[i, j1, j2]) with the scale inside the logit.
+``backward(inputs, O, lse, dO, **options) -> (dQ, dK1, dK2, dV1, dV2)``
+    batch-flattened arrays in the input dtype.
+``OPTIONS``
+    the frozenset of keyword options the implementation accepts.
+
+Tests are parametrised over :func:`available`, so a newly registered implementation is tested
+the moment it is added.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_IMPLEMENTATIONS: dict[tuple[str, str], str] = {
+    ("exact", "cpu"): "tattn_numba.exact.cpu",
+}
+
+METHODS = frozenset(method for method, _ in _IMPLEMENTATIONS)
+DEVICES = frozenset({"cpu", "cuda"})
+
+
+def available() -> list[tuple[str, str]]:
+    """Registered ``(method, device)`` pairs, in a stable order."""
+    return sorted(_IMPLEMENTATIONS)
+
+
+def lookup(method, device) -> ModuleType:
+    """Return the implementation for ``(method, device)`` or raise a clear error."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string, got {type(device).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
+    key = (method, device)
+    if key not in _IMPLEMENTATIONS:
+        raise ValueError(f"method={method!r} is not implemented for device={device!r}")
+    return importlib.import_module(_IMPLEMENTATIONS[key])
+
+
+def check_options(impl: ModuleType, method: str, options: dict) -> dict:
+    """Reject keyword options the implementation does not know."""
+    unknown = sorted(set(options) - impl.OPTIONS)
+    if unknown:
+        known = ", ".join(sorted(impl.OPTIONS)) or "none"
+        raise TypeError(f"unknown option(s) {unknown} for method={method!r}; accepted options: {known}")
+    return options

@@ -1,0 +1,242 @@
+"""Public entry points: tensor attention and its gradient.
+
+Tensor (2-simplicial) attention maps Q (n, d), K1 (m1, d), K2 (m2, d), V1 (m1, dv), V2 (m2, dv) to
+
+    O[i, m] = Σ_{j1, j2} softmax_{(j1, j2)}(s·⟨Q_i, K1_j1 ∘ K2_j2⟩) · V1[j1, m] · V2[j2, m],
+
+the forward pass of Alman–Song (2023); the gradient follows Liang–Shi–Song–Zhou (2024).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _registry
+from ._validation import AttentionInputs, check_attention_inputs, check_upstream
+
+__all__ = ["AttentionGrads", "AttentionState", "attention", "attention_grad", "attention_forward", "attention_backward"]
+
+
+class AttentionGrads(NamedTuple):
+    """Gradients of a scalar loss with respect to the five attention operands.
+
+    Each field has the shape and dtype of the corresponding input.
+    """
+
+    dQ: np.ndarray
+    dK1: np.ndarray
+    dK2: np.ndarray
+    dV1: np.ndarray
+    dV2: np.ndarray
+
+
+@dataclass(frozen=True)
+class AttentionState:
+    """What :func:`attention_forward` saves for :func:`attention_backward`.
+
+    Attributes
+    ----------
+    O : ndarray, shape (..., n, dv)
+        The forward output, in the input dtype.
+    lse : ndarray, shape (..., n), float64
+        Row log-normaliser in natural-log units: ``lse[i] = log Σ_{j1,j2} exp(logit[i,j1,j2])``
+        where ``logit = scale·⟨Q_i, K1_j1 ∘ K2_j2⟩`` and the sum runs over the allowed pairs
+        (``j1, j2 ≤ i`` when causal). ``P[i,j1,j2] = exp(logit[i,j1,j2] − lse[i])``.
+    scale, causal, method, device, options
+        The settings of the forward call, reused by the backward.
+    """
+
+    O: np.ndarray
+    lse: np.ndarray
+    scale: float
+    causal: bool
+    method: str
+    device: str
+    options: dict = field(default_factory=dict)
+    _inputs: AttentionInputs | None = field(default=None, repr=False)
+
+
+def _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, options):
+    impl = _registry.lookup(method, device)
+    _registry.check_options(impl, method, options)
+    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal)
+    return impl, inputs
+
+
+def _unflatten(x: np.ndarray, batch_shape: tuple) -> np.ndarray:
+    return x.reshape(batch_shape + x.shape[1:])
+
+
+def attention_forward(
+    Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False,
+    method: str = "exact", device: str = "cpu", **method_options: Any,
+) -> tuple[np.ndarray, AttentionState]:
+    """Tensor attention that also returns the state its backward pass needs.
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+    K1 : array_like, shape (..., m1, d)
+    K2 : array_like, shape (..., m2, d)
+    V1 : array_like, shape (..., m1, dv)
+    V2 : array_like, shape (..., m2, dv)
+        float32 or float64, one dtype for all, finite. Leading dimensions (batch, heads)
+        must be identical across inputs; each leading index is an independent problem and
+        they are processed in parallel.
+    scale : float, optional
+        Logit scale s; ``None`` means ``1/d`` (the convention of the theory papers;
+        2-simplicial transformers use ``1/sqrt(d)``).
+    causal : bool
+        Keep only pairs with ``j1 <= i`` and ``j2 <= i``; needs ``n == m1 == m2``.
+    method : {"exact"}
+        Implementation, looked up in the ``(method, device)`` registry.
+    device : {"cpu"}
+        Where to compute.
+    **method_options
+        Options of the chosen method; unknown options raise ``TypeError``.
+
+    Returns
+    -------
+    O : ndarray, shape (..., n, dv)
+        Output in the input dtype.
+    state : AttentionState
+        Pass to :func:`attention_backward` to get gradients without recomputing the
+        forward statistics.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For malformed input; see :func:`attention`.
+
+    Notes
+    -----
+    The exact method costs Θ(n·m1·m2·(d + dv)) time and O((n + m1 + m2)·(d + dv)) memory:
+    logits are recomputed tile by tile with an online softmax and never stored.
+    """
+    impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, method_options)
+    O, lse = impl.forward(inputs, **method_options)
+    O = _unflatten(O, inputs.batch_shape)
+    state = AttentionState(
+        O=O, lse=_unflatten(lse, inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
+        method=method, device=device, options=dict(method_options), _inputs=inputs,
+    )
+    return O, state
+
+
+def attention_backward(state: AttentionState, dO) -> AttentionGrads:
+    """Gradients of the forward call that produced ``state``, given the upstream ``dO``.
+
+    Parameters
+    ----------
+    state : AttentionState
+        From :func:`attention_forward`.
+    dO : array_like, shape (..., n, dv)
+        Upstream gradient dLoss/dO, same dtype as the forward inputs.
+
+    Returns
+    -------
+    AttentionGrads
+        ``(dQ, dK1, dK2, dV1, dV2)``, each shaped and typed like its input.
+
+    Notes
+    -----
+    Implements SPEC §2: δ = rowsum(dO ∘ O), dZ = P ∘ (dS − δ) with dS[i,j1,j2] =
+    Σ_m dO[i,m] V1[j1,m] V2[j2,m]. The exact method costs Θ(n·m1·m2·(d + dv)) and never
+    stores P.
+    """
+    if not isinstance(state, AttentionState) or state._inputs is None:
+        raise TypeError(f"state must be the AttentionState returned by attention_forward, got {type(state).__name__}")
+    inputs = state._inputs
+    dO = check_upstream(dO, inputs)
+    impl = _registry.lookup(state.method, state.device)
+    B = inputs.Q.shape[0]
+    O = state.O.reshape(B, *state.O.shape[-2:])
+    lse = state.lse.reshape(B, -1)
+    grads = impl.backward(inputs, O, lse, dO, **state.options)
+    return AttentionGrads(*(_unflatten(g, inputs.batch_shape) for g in grads))
+
+
+def attention(
+    Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False,
+    method: str = "exact", device: str = "cpu", **method_options: Any,
+) -> np.ndarray:
+    """Tensor (2-simplicial) attention.
+
+    ``O[i] = Σ_{j1,j2} P[i,j1,j2] · (V1[j1] ∘ V2[j2])`` with
+    ``P[i] = softmax_{(j1,j2)}(scale · ⟨Q[i], K1[j1] ∘ K2[j2]⟩)`` (Alman–Song 2023).
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+    K1 : array_like, shape (..., m1, d)
+    K2 : array_like, shape (..., m2, d)
+    V1 : array_like, shape (..., m1, dv)
+    V2 : array_like, shape (..., m2, dv)
+        float32 or float64 (one dtype for all), finite, non-empty, identical leading dims.
+    scale : float, optional
+        Logit scale; ``None`` means ``1/d``.
+    causal : bool
+        Only pairs with ``j1 <= i`` and ``j2 <= i`` (needs ``n == m1 == m2``).
+    method : {"exact"}
+        ``"exact"``: streaming online-softmax kernel, Θ(n·m1·m2·(d + dv)) time,
+        O((n + m1 + m2)·(d + dv)) memory.
+    device : {"cpu"}
+    **method_options
+        Method-specific options; unknown ones raise ``TypeError``.
+
+    Returns
+    -------
+    O : ndarray, shape (..., n, dv), input dtype
+
+    Raises
+    ------
+    TypeError
+        Non-array input; dtype other than float32/float64; mixed dtypes; non-bool ``causal``;
+        non-real ``scale``; non-string or unknown-option ``method``.
+    ValueError
+        Rank < 2, mismatched dimensions, empty arrays, NaN/Inf, ``causal`` with unequal
+        lengths, ``scale`` ≤ 0 or non-finite, unknown ``method`` or ``device``.
+
+    Examples
+    --------
+    >>> import numpy as np, tattn_numba as ta
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K1, K2, V1, V2 = (rng.standard_normal((4, 3)) for _ in range(5))
+    >>> ta.attention(Q, K1, K2, V1, V2).shape
+    (4, 3)
+    """
+    O, _ = attention_forward(
+        Q, K1, K2, V1, V2, scale=scale, causal=causal, method=method, device=device, **method_options
+    )
+    return O
+
+
+def attention_grad(
+    Q, K1, K2, V1, V2, dO, *, scale: float | None = None, causal: bool = False,
+    method: str = "exact", device: str = "cpu", **method_options: Any,
+) -> AttentionGrads:
+    """Gradients of ``⟨dO, attention(Q, K1, K2, V1, V2)⟩`` with respect to the five operands.
+
+    Runs the forward pass (for the row statistics) and then the backward pass; use
+    :func:`attention_forward` and :func:`attention_backward` to keep the forward output.
+
+    Parameters
+    ----------
+    Q, K1, K2, V1, V2, scale, causal, method, device, **method_options
+        As for :func:`attention`.
+    dO : array_like, shape (..., n, dv)
+        Upstream gradient, same dtype as the inputs.
+
+    Returns
+    -------
+    AttentionGrads
+        Named tuple ``(dQ, dK1, dK2, dV1, dV2)`` shaped like the inputs (SPEC §2;
+        Liang–Shi–Song–Zhou 2024).
+    """
+    _, state = attention_forward(
+        Q, K1, K2, V1, V2, scale=scale, causal=causal, method=method, device=device, **method_options
+    )
+    return attention_backward(state, dO)

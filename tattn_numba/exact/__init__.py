@@ -1,0 +1,1 @@
+"""Exact streaming tensor-attention kernels (CPU: :mod:`.cpu`)."""

@@ -1,0 +1,491 @@
+"""The training problem of the tensor-attention theory paper and its closed-form gradient.
+
+Liang, Shi, Song and Zhou (2024), "Tensor Attention Training: Provably Efficient Learning of
+Higher-order Transformers", study one tensor-attention layer with weights
+
+    Q = A1 W_Q,  K1 = A2 W_K1,  K2 = A3 W_K2,  V1 = A4 W_V1,  V2 = A5 W_V2,
+
+A1..A5 ∈ R^{n×d}, W ∈ R^{d×d}. By the mixed-product rule (A2 ⊗ A3)(W_K1 ⊘ W_K2) = (A2 W_K1) ⊘ (A3 W_K2)
+the layer depends on the weights only through
+
+    X = W_Q (W_K1 ⊘ W_K2)^T ∈ R^{d×d²},     Y = W_V1 ⊘ W_V2 ∈ R^{d²×d}
+
+(``⊘`` is the column-wise Khatri–Rao product; pair index ``pair(b, c) = b·d + c``), and the loss is
+
+    Loss(X, Y) = ½ ‖ D^{-1} exp(A1 X (A2 ⊗ A3)^T / d) (A4 ⊗ A5) Y − E ‖_F²,
+
+D the diagonal of row sums (a softmax over the n² key pairs of each query row). SPEC §3 gives
+
+    f = D^{-1} A,  h = (A4 ⊗ A5) Y,  c = f h − E,  q = c h^T,  r_i = ⟨c_i, (f h)_i⟩,  p = f ∘ q − diag(r) f
+    dLoss/dX = (1/d) A1^T p (A2 ⊗ A3),      dLoss/dY = (A4 ⊗ A5)^T f^T c.
+
+How the exact method avoids the n×n² matrices
+---------------------------------------------
+Reshape row i of an n×n² matrix into an n×n matrix (rows j1, columns j2, matching
+``pair(j1, j2) = j1·n + j2``). Every Kronecker product then becomes a two-sided ("sandwich")
+product, the general form of identity I5 of SPEC §4:
+
+    (M (A2 ⊗ A3)^T)_i   = A2 M_i A3^T          (M_i the d×d reshape of row i of M ∈ R^{n×d²})
+    (G (A2 ⊗ A3))_i     = A2^T G_i A3          (G_i the n×n reshape of row i of G ∈ R^{n×n²})
+
+So, for a chunk of query rows, with T_i = (A1 X)_i reshaped d×d:
+
+    logits_i = A2 T_i A3^T / d                (the mode product T ×_1 A2 ×_2 A3 of the chunk)
+    W_i      = A4^T f_i A5  (d×d)             (f h)_i = vec(W_i)^T Y        → c_i
+    q_i      = A4 Z_i A5^T, Z_i = reshape(Y c_i) (d×d)                      (= Σ_m c[i,m] h_m)
+    dX      += (1/d) A1_chunk^T [vec(A2^T p_i A3)]_i
+    dY      += [vec(W_i)]_i^T c_chunk
+
+Neither h (n²×d) nor f (n×n²) nor any Kronecker product is ever formed; only the chunk's
+(rows × n × n) logit tensor and one more tensor of that size are alive at a time.
+
+Complexity (method="exact")
+---------------------------
+Time Θ(n³·d + n·d³) for each of :func:`loss` (≈ 2 n³ d flops), :func:`grad_Y` (≈ 2 n³ d) and
+:func:`grad_X` (≈ 4 n³ d) plus n³ exponentials. Extra memory O(chunk·n² + n·d + d³) with the chunk
+chosen so that its n×n work tensors take about ``_CHUNK_BYTES`` (8 MiB); a single row's tensors must fit
+in ``tattn_numba.config.MEMORY_BUDGET_BYTES`` or a ``ValueError`` is raised before allocating.
+All arithmetic is float64; results are returned in the input dtype.
+
+A polynomial surrogate (SPEC §5) will plug in as another ``method``; today only ``"exact"`` exists.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import numpy as np
+import tensorly as tl
+from tensorly.tenalg import khatri_rao
+
+from . import config
+from ._validation import as_float_array, check_memory
+
+__all__ = ["WeightGrads", "build_X", "build_Y", "output", "loss", "grad_X", "grad_Y", "weight_grads"]
+
+#: Target size in bytes of one chunk's n×n work tensors (all of them together). Tests patch it.
+_CHUNK_BYTES = 8 * 2**20
+#: Number of (rows × n × n) float64 tensors alive at once inside a chunk (logits/f, q/p and the
+#: temporaries of the two-sided products), used to size chunks and to check the memory budget.
+_LIVE_NN_TENSORS = 3
+
+_METHODS = ("exact",)
+
+
+class WeightGrads(NamedTuple):
+    """Gradients of the paper's loss with respect to the five d×d weight matrices.
+
+    Each field has shape (d, d) and the dtype of the inputs.
+    """
+
+    dW_Q: np.ndarray
+    dW_K1: np.ndarray
+    dW_K2: np.ndarray
+    dW_V1: np.ndarray
+    dW_V2: np.ndarray
+
+
+class _Terms(NamedTuple):
+    loss: float
+    out: np.ndarray | None
+    dX: np.ndarray | None
+    dY: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_method(method) -> str:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {list(_METHODS)}")
+    return method
+
+
+def _check_matrix(x, name: str, dtype, shape: tuple[int, int] | None, what: str) -> np.ndarray:
+    arr = as_float_array(x, name, dtype=dtype)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape {what}, got shape {arr.shape}")
+    if shape is not None and arr.shape != shape:
+        raise ValueError(f"{name} must have shape {what} = {shape}, got {arr.shape}")
+    return arr
+
+
+def _check_data(A1, A2, A3, A4, A5, E):
+    """Validate A1..A5 (n, d) and E (n, d) (E may be None); return float64 copies and the dtype."""
+    a1 = _check_matrix(A1, "A1", None, None, "(n, d)")
+    dtype = a1.dtype
+    n, d = a1.shape
+    arrays = [a1]
+    for name, x in (("A2", A2), ("A3", A3), ("A4", A4), ("A5", A5)):
+        arrays.append(_check_matrix(x, name, dtype, (n, d), f"(n, d) like A1"))
+    e = None if E is None else _check_matrix(E, "E", dtype, (n, d), "(n, d) like A1")
+    as64 = [np.ascontiguousarray(a, dtype=np.float64) for a in arrays]
+    e64 = None if e is None else np.ascontiguousarray(e, dtype=np.float64)
+    return as64, e64, dtype, n, d
+
+
+def _check_XY(X, Y, dtype, d: int):
+    x = _check_matrix(X, "X", dtype, (d, d * d), "(d, d²)")
+    y = _check_matrix(Y, "Y", dtype, (d * d, d), "(d², d)")
+    return np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64)
+
+
+def _check_weights(weights: dict, dtype, d: int | None):
+    out = []
+    for name, w in weights.items():
+        arr = _check_matrix(w, name, dtype, None if d is None else (d, d), "(d, d)")
+        if arr.shape[0] != arr.shape[1]:
+            raise ValueError(f"{name} must be square (d, d), got shape {arr.shape}")
+        if d is None:
+            d = arr.shape[0]
+        if dtype is None:
+            dtype = arr.dtype
+        out.append(arr)
+    return out, dtype
+
+
+def _check_chunk_rows(chunk_rows) -> int | None:
+    if chunk_rows is None:
+        return None
+    if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"_chunk_rows must be a positive integer or None, got {chunk_rows!r}")
+    return int(chunk_rows)
+
+
+# --------------------------------------------------------------------------------------------
+# tensor algebra helpers (all float64, NumPy matmul for the hot contractions)
+# --------------------------------------------------------------------------------------------
+
+
+def _khatri_rao(U: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Column-wise Khatri–Rao product ``U ⊘ V`` (row ``pair(a, b) = a·rows(V) + b``)."""
+    with tl.backend_context("numpy"):
+        return np.asarray(khatri_rao([U, V]))
+
+
+def _sandwich(B: np.ndarray, T: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Batched ``B @ T[i] @ C^T``: T (k, d, d) → (k, n, n); the mode product T ×_1 B ×_2 C.
+
+    Equals ``tensorly.tenalg.multi_mode_dot(T, [B, C], modes=[1, 2])``; cost 2·k·(n²d + nd²).
+    """
+    return np.matmul(B, np.matmul(T, C.T))
+
+
+def _reduce(B: np.ndarray, F: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Batched ``B^T @ F[i] @ C``: F (k, n, n) → (k, d, d); the mode product F ×_1 B^T ×_2 C^T.
+
+    ``k, n = F.shape[:2]``; F @ C is one (k·n × n)·(n × d) GEMM. Cost 2·k·(n²d + nd²).
+    """
+    k, n, _ = F.shape
+    FC = (F.reshape(k * n, n) @ C).reshape(k, n, -1)
+    return np.matmul(B.T, FC)
+
+
+def _chunk_size(n: int, d: int, chunk_rows: int | None) -> int:
+    per_row = _LIVE_NN_TENSORS * n * n * 8 + 4 * d * (d + n) * 8
+    check_memory(per_row, f"one query row of the exact paper loss (n={n}, d={d})", config.MEMORY_BUDGET_BYTES)
+    if chunk_rows is not None:
+        return min(chunk_rows, n)
+    budget = min(_CHUNK_BYTES, config.MEMORY_BUDGET_BYTES)
+    return int(max(1, min(n, budget // per_row)))
+
+
+def _exact_terms(
+    A, E, X, Y, *, want_out: bool, want_dX: bool, want_dY: bool, chunk_rows: int | None = None
+) -> _Terms:
+    """Driver of the exact method: one pass over query-row chunks (float64 in, float64 out).
+
+    ``A`` is the list [A1..A5] of (n, d) arrays; ``E`` (n, d) or None (then the loss is not
+    computed and c = f h). Returns the loss, the output f h (n, d), dLoss/dX (d, d²) and
+    dLoss/dY (d², d) as requested. Memory O(chunk·n² + n·d + d³); time Θ(n³d + nd³).
+    """
+    A1, A2, A3, A4, A5 = A
+    n, d = A1.shape
+    inv_d = 1.0 / d
+    rows = _chunk_size(n, d, chunk_rows)
+    Q = A1 @ X  # (n, d²): row i reshaped is T_i of the mode product
+    total = 0.0
+    out = np.empty((n, d)) if want_out else None
+    dX = np.zeros((d, d * d)) if want_dX else None
+    dY = np.zeros((d * d, d)) if want_dY else None
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        k = stop - start
+        # logits L[i, j1, j2] = (1/d) Σ_{b,c} T[i,b,c] A2[j1,b] A3[j2,c]
+        f = _sandwich(A2, Q[start:stop].reshape(k, d, d), A3)
+        f *= inv_d
+        # stable row softmax over the n² pairs
+        f -= f.max(axis=(1, 2), keepdims=True)
+        np.exp(f, out=f)
+        f /= f.sum(axis=(1, 2), keepdims=True)
+        # W_i = A4^T f_i A5, so (f h)_i = vec(W_i)^T Y
+        Wf = _reduce(A4, f, A5).reshape(k, d * d)
+        fh = Wf @ Y
+        if want_out:
+            out[start:stop] = fh
+        c = fh - E[start:stop] if E is not None else fh
+        total += 0.5 * float(np.sum(c * c))
+        if want_dY:
+            dY += Wf.T @ c
+        if want_dX:
+            r = np.einsum("im,im->i", c, fh)
+            # q_i = Σ_m c[i,m] h_m = A4 Z_i A5^T with Z_i = reshape(Y c_i)
+            q = _sandwich(A4, (c @ Y.T).reshape(k, d, d), A5)
+            q -= r[:, None, None]
+            q *= f  # p_i = f_i ∘ (q_i − r_i)
+            del f
+            M = _reduce(A2, q, A3).reshape(k, d * d)  # A2^T p_i A3
+            del q
+            dX += A1[start:stop].T @ M
+    if want_dX:
+        dX *= inv_d
+    return _Terms(total, out, dX, dY)
+
+
+_DRIVERS: dict[str, Callable[..., _Terms]] = {"exact": _exact_terms}
+
+
+def _run(method, A1, A2, A3, A4, A5, E, X, Y, *, want_out=False, want_dX=False, want_dY=False, chunk_rows=None):
+    method = _check_method(method)
+    chunk_rows = _check_chunk_rows(chunk_rows)
+    A, e, dtype, n, d = _check_data(A1, A2, A3, A4, A5, E)
+    x, y = _check_XY(X, Y, dtype, d)
+    terms = _DRIVERS[method](A, e, x, y, want_out=want_out, want_dX=want_dX, want_dY=want_dY, chunk_rows=chunk_rows)
+    return terms, dtype
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def build_X(W_Q, W_K1, W_K2) -> np.ndarray:
+    """The query–key parameter ``X = W_Q (W_K1 ⊘ W_K2)^T`` of Liang–Shi–Song–Zhou (2024).
+
+    Parameters
+    ----------
+    W_Q, W_K1, W_K2 : array_like, shape (d, d)
+        float32 or float64 (one dtype for all), finite.
+
+    Returns
+    -------
+    X : ndarray, shape (d, d²), input dtype
+        ``X[a, pair(b, c)] = Σ_l W_Q[a, l] W_K1[b, l] W_K2[c, l]`` with ``pair(b, c) = b·d + c``.
+
+    Raises
+    ------
+    TypeError
+        Non-array, non-float or mixed dtypes.
+    ValueError
+        Non-square or mismatched shapes, empty arrays, NaN/Inf.
+
+    Notes
+    -----
+    ``⊘`` is ``tensorly.tenalg.khatri_rao``. Time O(d⁴), memory O(d³). With it,
+    ``A1 X (A2 ⊗ A3)^T = Q (K1 ⊘ K2)^T`` for Q = A1 W_Q, K1 = A2 W_K1, K2 = A3 W_K2 (SPEC §3).
+    """
+    (wq, wk1, wk2), dtype = _check_weights({"W_Q": W_Q, "W_K1": W_K1, "W_K2": W_K2}, None, None)
+    X = wq.astype(np.float64) @ _khatri_rao(wk1.astype(np.float64), wk2.astype(np.float64)).T
+    return X.astype(dtype, copy=False)
+
+
+def build_Y(W_V1, W_V2) -> np.ndarray:
+    """The value parameter ``Y = W_V1 ⊘ W_V2`` of Liang–Shi–Song–Zhou (2024).
+
+    Parameters
+    ----------
+    W_V1, W_V2 : array_like, shape (d, d)
+        float32 or float64 (one dtype for both), finite.
+
+    Returns
+    -------
+    Y : ndarray, shape (d², d), input dtype
+        ``Y[pair(b, c), m] = W_V1[b, m] W_V2[c, m]`` with ``pair(b, c) = b·d + c``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`build_X`.
+
+    Notes
+    -----
+    Time and memory O(d³). ``(A4 ⊗ A5) Y = (A4 W_V1) ⊘ (A5 W_V2) = V1 ⊘ V2`` (SPEC §4, I2).
+    """
+    (wv1, wv2), dtype = _check_weights({"W_V1": W_V1, "W_V2": W_V2}, None, None)
+    return _khatri_rao(wv1.astype(np.float64), wv2.astype(np.float64)).astype(dtype, copy=False)
+
+
+def output(A1, A2, A3, A4, A5, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> np.ndarray:
+    """The layer output ``D^{-1} exp(A1 X (A2 ⊗ A3)^T / d) (A4 ⊗ A5) Y`` (the ``f h`` of SPEC §3).
+
+    Parameters
+    ----------
+    A1, A2, A3, A4, A5 : array_like, shape (n, d)
+        Inputs of the query, two keys and two values; float32 or float64, one dtype, finite.
+    X : array_like, shape (d, d²)
+    Y : array_like, shape (d², d)
+    method : {"exact"}
+
+    Returns
+    -------
+    ndarray, shape (n, d), input dtype
+        With X = :func:`build_X` (W_Q, W_K1, W_K2) and Y = :func:`build_Y` (W_V1, W_V2) this equals
+        ``tattn_numba.attention(A1@W_Q, A2@W_K1, A3@W_K2, A4@W_V1, A5@W_V2, scale=1/d)``.
+
+    Notes
+    -----
+    Time Θ(n³d + nd³), memory O(chunk·n² + nd + d³); see the module notes.
+    """
+    terms, dtype = _run(method, A1, A2, A3, A4, A5, None, X, Y, want_out=True, chunk_rows=_chunk_rows)
+    return terms.out.astype(dtype, copy=False)
+
+
+def loss(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> float:
+    """The training loss of Liang–Shi–Song–Zhou (2024), SPEC §3.
+
+    ``Loss = ½ ‖ D^{-1} exp(A1 X (A2 ⊗ A3)^T / d) (A4 ⊗ A5) Y − E ‖_F²`` with D the row sums,
+    i.e. a softmax over the n² key pairs of each query row (computed stably: the row maximum
+    is subtracted before exponentiating).
+
+    Parameters
+    ----------
+    A1, A2, A3, A4, A5 : array_like, shape (n, d)
+        float32 or float64 (one dtype for all arguments), finite, non-empty.
+    E : array_like, shape (n, d)
+        Target.
+    X : array_like, shape (d, d²)
+        Query–key parameter, e.g. :func:`build_X`.
+    Y : array_like, shape (d², d)
+        Value parameter, e.g. :func:`build_Y`.
+    method : {"exact"}
+        ``"exact"``: chunked dense computation, never forming n×n² matrices.
+
+    Returns
+    -------
+    float
+        The loss, accumulated in float64.
+
+    Raises
+    ------
+    TypeError
+        Non-array input, dtype other than float32/float64, mixed dtypes, non-string method.
+    ValueError
+        Wrong shapes (the message names the argument), empty arrays, NaN/Inf, unknown method,
+        or a single row's n×n work tensors above ``config.MEMORY_BUDGET_BYTES``.
+
+    Notes
+    -----
+    Time Θ(n³d + nd³) (≈ 2n³d flops and n³ exponentials), memory O(chunk·n² + nd + d³).
+    """
+    terms, _ = _run(method, A1, A2, A3, A4, A5, E, X, Y, chunk_rows=_chunk_rows)
+    return float(terms.loss)
+
+
+def grad_X(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> np.ndarray:
+    """Closed-form ``dLoss/dX = (1/d) A1^T p (A2 ⊗ A3)`` (Liang–Shi–Song–Zhou 2024; SPEC §3).
+
+    With f the row softmax, h = (A4 ⊗ A5) Y, c = f h − E, q = c h^T, r_i = ⟨c_i, (f h)_i⟩ and
+    p = f ∘ q − diag(r) f. The factor 1/d is included (the paper omits it, but it sits inside the
+    loss, so the true gradient carries it).
+
+    Parameters
+    ----------
+    A1, A2, A3, A4, A5, E, X, Y, method
+        As for :func:`loss`.
+
+    Returns
+    -------
+    ndarray, shape (d, d²), input dtype
+        ``G[a, pair(b, c)] = (1/d) Σ_{i,j1,j2} A1[i,a] p[i,(j1,j2)] A2[j1,b] A3[j2,c]``.
+
+    Notes
+    -----
+    Computed per chunk of query rows with the two-sided products of identity I5 (SPEC §4):
+    ``(p (A2 ⊗ A3))_i = vec(A2^T p_i A3)`` and ``q_i = A4 reshape(Y c_i) A5^T``; neither p, f
+    (n×n²), h (n²×d) nor a Kronecker product is formed.
+    Time Θ(n³d + nd³) (≈ 4n³d flops and n³ exponentials); memory O(chunk·n² + nd + d³), the
+    chunk sized so that its n×n tensors take about 8 MiB (at least one row; a row that does
+    not fit ``config.MEMORY_BUDGET_BYTES`` raises ``ValueError``).
+    """
+    terms, dtype = _run(method, A1, A2, A3, A4, A5, E, X, Y, want_dX=True, chunk_rows=_chunk_rows)
+    return terms.dX.astype(dtype, copy=False)
+
+
+def grad_Y(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> np.ndarray:
+    """Closed-form ``dLoss/dY = (A4 ⊗ A5)^T f^T c`` (Liang–Shi–Song–Zhou 2024; SPEC §3).
+
+    Parameters
+    ----------
+    A1, A2, A3, A4, A5, E, X, Y, method
+        As for :func:`loss`.
+
+    Returns
+    -------
+    ndarray, shape (d², d), input dtype
+        ``dY[pair(b, c), m] = Σ_i vec(A4^T f_i A5)[pair(b, c)] · c[i, m]``.
+
+    Notes
+    -----
+    Per chunk of query rows, ``W_i = A4^T f_i A5`` (d×d) gives both the output row
+    ``(f h)_i = vec(W_i)^T Y`` and the contribution ``vec(W_i) c_i^T`` to dY (identity I5).
+    Time Θ(n³d + nd³) (≈ 2n³d flops and n³ exponentials); memory O(chunk·n² + nd + d³).
+    """
+    terms, dtype = _run(method, A1, A2, A3, A4, A5, E, X, Y, want_dY=True, chunk_rows=_chunk_rows)
+    return terms.dY.astype(dtype, copy=False)
+
+
+def weight_grads(
+    A1, A2, A3, A4, A5, E, W_Q, W_K1, W_K2, W_V1, W_V2, *, method: str = "exact", _chunk_rows: int | None = None
+) -> WeightGrads:
+    """Gradients of ``loss(A…, E, build_X(W_Q, W_K1, W_K2), build_Y(W_V1, W_V2))`` w.r.t. the weights.
+
+    Chain rule through X = W_Q (W_K1 ⊘ W_K2)^T and Y = W_V1 ⊘ W_V2 with G = dLoss/dX viewed as
+    G[a, b, c] and H = dLoss/dY viewed as H[b, c, m]:
+
+        dW_Q[a, l]  = Σ_{b,c} G[a,b,c] W_K1[b,l] W_K2[c,l]      = G (W_K1 ⊘ W_K2)
+        dW_K1[b, l] = Σ_{a,c} G[a,b,c] W_Q[a,l]  W_K2[c,l]      = G_(1) (W_Q ⊘ W_K2)
+        dW_K2[c, l] = Σ_{a,b} G[a,b,c] W_Q[a,l]  W_K1[b,l]      = G_(2) (W_Q ⊘ W_K1)
+        dW_V1[b, m] = Σ_c H[b,c,m] W_V2[c,m],   dW_V2[c, m] = Σ_b H[b,c,m] W_V1[b,m]
+
+    (G_(k) the mode-k unfolding). Equivalently, with Q = A1 W_Q etc. and dO = c, dW_Q = A1^T dQ,
+    …, dW_V2 = A5^T dV2 where dQ..dV2 are the layer gradients of SPEC §2 at scale 1/d.
+
+    Parameters
+    ----------
+    A1, A2, A3, A4, A5 : array_like, shape (n, d)
+    E : array_like, shape (n, d)
+    W_Q, W_K1, W_K2, W_V1, W_V2 : array_like, shape (d, d)
+        float32 or float64 (one dtype for all arguments), finite.
+    method : {"exact"}
+
+    Returns
+    -------
+    WeightGrads
+        ``(dW_Q, dW_K1, dW_K2, dW_V1, dW_V2)``, each (d, d) in the input dtype.
+
+    Notes
+    -----
+    One pass computes both dLoss/dX and dLoss/dY: time Θ(n³d + nd³ + d⁴), memory
+    O(chunk·n² + nd + d³).
+    """
+    method = _check_method(method)
+    chunk_rows = _check_chunk_rows(chunk_rows=_chunk_rows)
+    A, e, dtype, n, d = _check_data(A1, A2, A3, A4, A5, E)
+    names = {"W_Q": W_Q, "W_K1": W_K1, "W_K2": W_K2, "W_V1": W_V1, "W_V2": W_V2}
+    W, _ = _check_weights(names, dtype, d)
+    wq, wk1, wk2, wv1, wv2 = (np.asarray(w, dtype=np.float64) for w in W)
+    X = wq @ _khatri_rao(wk1, wk2).T
+    Y = _khatri_rao(wv1, wv2)
+    terms = _DRIVERS[method](A, e, X, Y, want_out=False, want_dX=True, want_dY=True, chunk_rows=chunk_rows)
+    G = terms.dX.reshape(d, d, d)  # G[a, b, c]
+    H = terms.dY.reshape(d, d, d)  # H[b, c, m]
+    dWQ = terms.dX @ _khatri_rao(wk1, wk2)
+    dWK1 = G.transpose(1, 0, 2).reshape(d, d * d) @ _khatri_rao(wq, wk2)
+    dWK2 = G.transpose(2, 0, 1).reshape(d, d * d) @ _khatri_rao(wq, wk1)
+    dWV1 = np.einsum("bcm,cm->bm", H, wv2)
+    dWV2 = np.einsum("bcm,bm->cm", H, wv1)
+    return WeightGrads(*(g.astype(dtype, copy=False) for g in (dWQ, dWK1, dWK2, dWV1, dWV2)))

@@ -12,11 +12,10 @@ FASTMATH : set of str
 CACHE : bool
     Whether jitted kernels are cached on disk (``TATTN_NUMBA_CACHE=0`` turns it off).
     Numba places the cache under ``NUMBA_CACHE_DIR`` when that is set.
-QUERY_TILE : int
-    Number of query rows a CPU task processes together (shares K2/V2 tiles in L1).
-KEY_TILE : int
-    Number of K2 rows per logit tile; a tile of K2^T and V2^T (2·KEY_TILE·d·8 bytes)
-    should fit in the L1/L2 cache.
+KEY_TILE_1, KEY_TILE_2 : int
+    Rows of K1 and of K2 per logit tile of the exact CPU kernels: a query row's logits are
+    computed KEY_TILE_2 × KEY_TILE_1 at a time (8·KEY_TILE_1·KEY_TILE_2 bytes, meant to stay
+    in the L1/L2 cache).
 MEMORY_BUDGET_BYTES : int
     Largest extra allocation a call may make (``TATTN_NUMBA_MEMORY_BUDGET``, bytes,
     default 4 GiB). A request above it raises ``ValueError`` before allocating.
@@ -26,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FASTMATH", "CACHE", "QUERY_TILE", "KEY_TILE", "MEMORY_BUDGET_BYTES"]
+__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "MEMORY_BUDGET_BYTES"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -44,6 +43,6 @@ def _env_int(name: str, default: int) -> int:
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CACHE = os.environ.get("TATTN_NUMBA_CACHE", "1") != "0"
-QUERY_TILE = _env_int("TATTN_NUMBA_QUERY_TILE", 8)
-KEY_TILE = _env_int("TATTN_NUMBA_KEY_TILE", 256)
+KEY_TILE_1 = _env_int("TATTN_NUMBA_KEY_TILE_1", 128)
+KEY_TILE_2 = _env_int("TATTN_NUMBA_KEY_TILE_2", 32)
 MEMORY_BUDGET_BYTES = _env_int("TATTN_NUMBA_MEMORY_BUDGET", 4 * 2**30)

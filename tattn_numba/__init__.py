@@ -12,7 +12,7 @@ config
     Settings read once at import (fast-math flags, tile sizes, memory budget).
 """
 
-from . import config
+from . import config, paper
 from .attention import (
     AttentionGrads,
     AttentionState,
@@ -35,10 +35,3 @@ __all__ = [
     "paper",
 ]
 
-
-def __getattr__(name):
-    if name == "paper":
-        import importlib
-
-        return importlib.import_module(".paper", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -142,3 +142,19 @@ def check_memory(nbytes: int, what: str, budget: int) -> None:
             f"{what} needs {nbytes / 2**20:.1f} MiB, above the memory budget of {budget / 2**20:.1f} MiB "
             "(raise tattn_numba.config.MEMORY_BUDGET_BYTES or TATTN_NUMBA_MEMORY_BUDGET)"
         )
+
+
+def cast_result(x: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """Cast a float64 result to the input ``dtype``; raise if it is not finite there.
+
+    Inputs are finite, but a result can still leave the dtype's range (value products above
+    float32's 3.4e38, say). That is reported instead of returning Inf or NaN.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = x.astype(dtype, copy=False)
+    if not np.isfinite(out).all():
+        raise ValueError(
+            f"the result {name} overflows {np.dtype(dtype).name} although the inputs are finite; "
+            "rescale the inputs (or use float64)"
+        )
+    return out

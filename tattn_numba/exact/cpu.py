@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from .. import config
-from .._validation import AttentionInputs, check_memory
+from .._validation import AttentionInputs, cast_result, check_memory
 
 OPTIONS = frozenset()
 
@@ -380,7 +380,7 @@ def forward(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
     lse = np.empty((B, n))
     _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.scale, inputs.causal,
                     config.KEY_TILE_1, config.KEY_TILE_2, numba.get_num_threads(), O, lse)
-    return O.astype(inputs.dtype, copy=False), lse
+    return cast_result(O, inputs.dtype, "O"), lse
 
 
 def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, dO: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -409,9 +409,9 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, dO: np.nda
                      config.KEY_TILE_1, config.KEY_TILE_2, workers, dQ, dK1T, dK2, dV1T, dV2)
     dtype = inputs.dtype
     return (
-        dQ.astype(dtype, copy=False),
-        np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1), dtype=dtype),
-        dK2.sum(axis=0).astype(dtype, copy=False),
-        np.ascontiguousarray(dV1T.sum(axis=0).transpose(0, 2, 1), dtype=dtype),
-        dV2.sum(axis=0).astype(dtype, copy=False),
+        cast_result(dQ, dtype, "dQ"),
+        cast_result(np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1)), dtype, "dK1"),
+        cast_result(dK2.sum(axis=0), dtype, "dK2"),
+        cast_result(np.ascontiguousarray(dV1T.sum(axis=0).transpose(0, 2, 1)), dtype, "dV1"),
+        cast_result(dV2.sum(axis=0), dtype, "dV2"),
     )

@@ -3,11 +3,12 @@
 An implementation is a module-like object exposing
 
 ``forward(inputs, **options) -> (O, lse)``
-    ``inputs`` is a validated :class:`~tattn_numba._validation.AttentionInputs`; ``O`` has shape
-    (B, n, dv) in the input dtype, ``lse`` (B, n) float64 is the natural-log row normaliser
+    ``inputs`` is a validated :class:`~tattn_numba._validation.AttentionInputs`; ``O`` (B, n, dv)
+    and ``lse`` (B, n) are float64; ``lse`` is the natural-log row normaliser
     log Σ_{j1,j2} exp(logit[i, j1, j2]) with the scale inside the logit.
 ``backward(inputs, O, lse, dO, **options) -> (dQ, dK1, dK2, dV1, dV2)``
-    batch-flattened arrays in the input dtype.
+    takes the forward's float64 ``O`` and ``lse``; returns batch-flattened float64 arrays.
+    The public layer casts results to the input dtype.
 ``OPTIONS``
     the frozenset of keyword options the implementation accepts.
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _registry
-from ._validation import AttentionInputs, check_attention_inputs, check_upstream
+from ._validation import AttentionInputs, cast_result, check_attention_inputs, check_upstream
 
 __all__ = ["AttentionGrads", "AttentionState", "attention", "attention_grad", "attention_forward", "attention_backward"]
 
@@ -47,6 +47,12 @@ class AttentionState:
         (``j1, j2 ≤ i`` when causal). ``P[i,j1,j2] = exp(logit[i,j1,j2] − lse[i])``.
     scale, causal, method, device, options
         The settings of the forward call, reused by the backward.
+
+    Notes
+    -----
+    The state keeps its own copy of the (validated) inputs and the float64 output, so changing
+    the caller's arrays between forward and backward does not change the gradients; the copy
+    costs O((n + m1 + m2)·(d + dv)) memory, small next to the forward's work.
     """
 
     O: np.ndarray
@@ -57,6 +63,7 @@ class AttentionState:
     device: str
     options: dict = field(default_factory=dict)
     _inputs: AttentionInputs | None = field(default=None, repr=False)
+    _O64: np.ndarray | None = field(default=None, repr=False)
 
 
 def _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, options):
@@ -117,11 +124,12 @@ def attention_forward(
     logits are recomputed tile by tile with an online softmax and never stored.
     """
     impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, method_options)
-    O, lse = impl.forward(inputs, **method_options)
-    O = _unflatten(O, inputs.batch_shape)
+    O64, lse = impl.forward(inputs, **method_options)
+    O = _unflatten(cast_result(O64, inputs.dtype, "O"), inputs.batch_shape)
+    snapshot = inputs._replace(**{name: getattr(inputs, name).copy() for name in ("Q", "K1", "K2", "V1", "V2")})
     state = AttentionState(
         O=O, lse=_unflatten(lse, inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
-        method=method, device=device, options=dict(method_options), _inputs=inputs,
+        method=method, device=device, options=dict(method_options), _inputs=snapshot, _O64=O64,
     )
     return O, state
 
@@ -152,11 +160,12 @@ def attention_backward(state: AttentionState, dO) -> AttentionGrads:
     inputs = state._inputs
     dO = check_upstream(dO, inputs)
     impl = _registry.lookup(state.method, state.device)
-    B = inputs.Q.shape[0]
-    O = state.O.reshape(B, *state.O.shape[-2:])
-    lse = state.lse.reshape(B, -1)
-    grads = impl.backward(inputs, O, lse, dO, **state.options)
-    return AttentionGrads(*(_unflatten(g, inputs.batch_shape) for g in grads))
+    lse = state.lse.reshape(inputs.Q.shape[0], -1)
+    grads = impl.backward(inputs, state._O64, lse, dO, **state.options)
+    return AttentionGrads(*(
+        _unflatten(cast_result(g, inputs.dtype, name), inputs.batch_shape)
+        for name, g in zip(AttentionGrads._fields, grads)
+    ))
 
 
 def attention(

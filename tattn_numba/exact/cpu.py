@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from .. import config
-from .._validation import AttentionInputs, cast_result, check_memory
+from .._validation import AttentionInputs, check_memory
 
 OPTIONS = frozenset()
 
@@ -366,7 +366,7 @@ def _check_logit_range(inputs: AttentionInputs) -> None:
 
 
 def forward(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
-    """Exact forward. Returns O (B, n, dv) in the input dtype and lse (B, n) float64.
+    """Exact forward. Returns O (B, n, dv) and lse (B, n), both float64.
 
     Time Θ(B·n·m1·m2·(d + dv)); extra memory O(B·(n + m1 + m2)·(d + dv)) for the float64
     working copies plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per thread.
@@ -380,11 +380,14 @@ def forward(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
     lse = np.empty((B, n))
     _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.scale, inputs.causal,
                     config.KEY_TILE_1, config.KEY_TILE_2, numba.get_num_threads(), O, lse)
-    return cast_result(O, inputs.dtype, "O"), lse
+    return O, lse
 
 
 def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, dO: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Exact backward from the forward's ``O`` and ``lse``. Returns (dQ, dK1, dK2, dV1, dV2).
+    """Exact backward from the forward's float64 ``O`` and ``lse``.
+
+    Returns float64 (dQ, dK1, dK2, dV1, dV2). δ = rowsum(dO ∘ O) uses the float64 output, so
+    float32 inputs do not pay for the rounding of O in their gradients.
 
     Time Θ(B·n·m1·m2·(d + dv)) (three times the forward's contractions); extra memory
     O(workers·B·(m1 + m2)·(d + dv)) float64 for the race-free accumulators.
@@ -393,7 +396,7 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, dO: np.nda
     K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
     V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)
     dO64 = np.ascontiguousarray(dO, dtype=np.float64)
-    delta = np.einsum("bnm,bnm->bn", dO64, O.astype(np.float64, copy=False))
+    delta = np.einsum("bnm,bnm->bn", dO64, O)
     B, n, d = Q.shape
     m1, m2, dv = inputs.K1.shape[1], K2.shape[1], V2.shape[2]
     workers = numba.get_num_threads()
@@ -407,11 +410,10 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, dO: np.nda
     _backward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, dO64,
                      np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale, inputs.causal,
                      config.KEY_TILE_1, config.KEY_TILE_2, workers, dQ, dK1T, dK2, dV1T, dV2)
-    dtype = inputs.dtype
     return (
-        cast_result(dQ, dtype, "dQ"),
-        cast_result(np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1)), dtype, "dK1"),
-        cast_result(dK2.sum(axis=0), dtype, "dK2"),
-        cast_result(np.ascontiguousarray(dV1T.sum(axis=0).transpose(0, 2, 1)), dtype, "dV1"),
-        cast_result(dV2.sum(axis=0), dtype, "dV2"),
+        dQ,
+        np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1)),
+        dK2.sum(axis=0),
+        np.ascontiguousarray(dV1T.sum(axis=0).transpose(0, 2, 1)),
+        dV2.sum(axis=0),
     )

@@ -1,0 +1,177 @@
+"""The CPU kernel's building blocks and its tiling: every multi-tile path, at small sizes.
+
+The public tests run at n <= 12, below the default tile sizes (KEY_TILE_1 = 128 rows of K1,
+KEY_TILE_2 = 32 rows of K2), where a row's logits fit in one tile. Here the tile sizes are
+patched down so the block loops, their remainders, the online-softmax rescaling between tiles
+and the per-worker accumulation of dK2/dV2 all run; plus one size above the default tiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tattn_numba as ta
+from reference import assert_forward_matches, assert_grads_match, make_inputs
+from tattn_numba import config
+from tattn_numba.exact import cpu
+
+pytestmark = pytest.mark.usefixtures("warm_kernels")
+
+
+# --- the vectorised exp -------------------------------------------------------------------
+
+def test_exp_matches_libm_on_its_range():
+    """Max relative error against np.exp on [-708, 0] below 4 ulp (measured 2.3e-16)."""
+    x = np.concatenate([-np.geomspace(1e-12, 708.0, 200_001), [0.0, -0.5, -np.log(2) / 2, -708.0]])
+    buf = x.copy()
+    total = cpu._exp_shifted(buf, buf.size, 0.0)
+    rel = np.abs(buf / np.exp(x) - 1.0)
+    assert rel.max() < 4 * np.finfo(np.float64).eps, rel.max()
+    assert total == pytest.approx(np.exp(x).sum(), rel=1e-13)
+
+
+def test_exp_shift_is_subtracted_first():
+    x = np.linspace(990.0, 1000.0, 1001)
+    buf = x.copy()
+    cpu._exp_shifted(buf, buf.size, 1000.0)
+    np.testing.assert_allclose(buf, np.exp(x - 1000.0), rtol=4 * np.finfo(np.float64).eps)
+
+
+def test_exp_below_floor_is_tiny_not_garbage():
+    """Arguments below -708 are clamped: the result stays a tiny positive number, never wraps."""
+    x = np.array([-709.0, -745.0, -1e4, -1e300])
+    buf = x.copy()
+    cpu._exp_shifted(buf, buf.size, 0.0)
+    assert np.all(buf > 0.0) and np.all(buf <= 3.4e-308)
+
+
+def test_exp_touches_only_count_entries():
+    buf = np.full(10, -1.0)
+    cpu._exp_shifted(buf, 3, 0.0)
+    np.testing.assert_allclose(buf[:3], np.exp(-1.0), rtol=1e-15)
+    assert np.all(buf[3:] == -1.0)
+
+
+# --- tile helpers -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count", [1, 2, 7, 8, 9, 16, 17, 63])
+def test_tile_max_all_counts(count):
+    rng = np.random.default_rng(count)
+    buf = rng.standard_normal(80)
+    buf[count:] = 1e9  # beyond count: must be ignored
+    buf[rng.integers(count)] = 50.0  # the maximum somewhere inside, not always first
+    assert cpu._tile_max(buf, count) == 50.0
+
+
+@pytest.mark.parametrize("rows, inner, cols", [(1, 1, 1), (3, 4, 5), (5, 7, 9), (2, 16, 33), (4, 3, 8)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_mm_against_matmul(rows, inner, cols, accumulate):
+    rng = np.random.default_rng(rows * 100 + inner * 10 + cols)
+    ldc, ldy, ldo = inner + 2, cols + 3, cols + 1  # leading dimensions larger than the tile
+    coef = rng.standard_normal((rows, ldc))
+    Y = rng.standard_normal((inner, ldy))
+    out = rng.standard_normal((rows, ldo))
+    expected = coef[:, :inner] @ Y[:, :cols] + (out[:, :cols] if accumulate else 0.0)
+    untouched = out[:, cols:].copy()
+    cpu._mm(coef.ravel(), ldc, Y.ravel(), ldy, out.ravel(), ldo, rows, inner, cols, accumulate)
+    np.testing.assert_allclose(out[:, :cols], expected, rtol=1e-13, atol=1e-13)
+    assert np.array_equal(out[:, cols:], untouched)
+
+
+@pytest.mark.parametrize("rows, outcols, inner", [(1, 1, 1), (3, 4, 5), (5, 7, 9), (2, 16, 33), (4, 3, 8)])
+def test_mm_nt_against_matmul(rows, outcols, inner):
+    rng = np.random.default_rng(rows * 100 + outcols * 10 + inner)
+    ldx, ldy, ldo = inner + 1, inner + 2, outcols + 3
+    X = rng.standard_normal((rows, ldx))
+    Y = rng.standard_normal((outcols, ldy))
+    out = np.full((rows, ldo), np.nan)
+    cpu._mm_nt(X.ravel(), ldx, Y.ravel(), ldy, out.ravel(), ldo, rows, outcols, inner)
+    np.testing.assert_allclose(out[:, :outcols], X[:, :inner] @ Y[:, :inner].T, rtol=1e-13, atol=1e-13)
+    assert np.isnan(out[:, outcols:]).all()
+
+
+# --- tiling of the full kernels -------------------------------------------------------------
+
+TILES = [(1, 1), (2, 3), (3, 2), (4, 5), (8, 8)]
+
+
+@pytest.fixture(params=TILES, ids=lambda t: f"tiles{t[0]}x{t[1]}")
+def small_tiles(request, monkeypatch):
+    tile1, tile2 = request.param
+    monkeypatch.setattr(config, "KEY_TILE_1", tile1)
+    monkeypatch.setattr(config, "KEY_TILE_2", tile2)
+    return request.param
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_multi_tile_forward_and_backward(small_tiles, causal, dtype):
+    rng = np.random.default_rng(7)
+    n, m1, m2 = (11, 11, 11) if causal else (9, 13, 11)
+    Q, K1, K2, V1, V2, dO = make_inputs(rng, (2,), n, m1, m2, 5, 3, dtype=dtype, magnitude=1.5, with_dO=True)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, causal=causal)
+    assert_forward_matches(O, state.lse, Q, K1, K2, V1, V2, causal=causal)
+    grads = ta.attention_backward(state, dO)
+    assert_grads_match(grads, Q, K1, K2, V1, V2, dO, causal=causal)
+
+
+def test_running_max_rises_across_tiles(small_tiles):
+    """Later key tiles hold larger logits, so the online softmax must rescale what it summed."""
+    rng = np.random.default_rng(3)
+    n, m, d = 4, 12, 3
+    Q = np.abs(rng.standard_normal((n, d))) + 0.5
+    K1 = np.linspace(0.1, 6.0, m)[:, None] * np.ones((m, d))
+    K2 = np.linspace(0.1, 6.0, m)[:, None] * np.ones((m, d))
+    V1, V2, dO = rng.standard_normal((m, 2)), rng.standard_normal((m, 2)), rng.standard_normal((n, 2))
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, scale=1.0)
+    assert_forward_matches(O, state.lse, Q, K1, K2, V1, V2, scale=1.0)
+    assert_grads_match(ta.attention_backward(state, dO), Q, K1, K2, V1, V2, dO, scale=1.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_beyond_default_tiles(causal):
+    """n, m1, m2 above KEY_TILE_1 = 128 and KEY_TILE_2 = 32 with remainders, default tiles."""
+    rng = np.random.default_rng(11)
+    n, m1, m2 = (150, 150, 150) if causal else (70, 131, 45)
+    Q, K1, K2, V1, V2, dO = make_inputs(rng, (), n, m1, m2, 6, 4, with_dO=True)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, causal=causal)
+    assert_forward_matches(O, state.lse, Q, K1, K2, V1, V2, causal=causal)
+    assert_grads_match(ta.attention_backward(state, dO), Q, K1, K2, V1, V2, dO, causal=causal)
+
+
+def test_single_thread_matches_parallel():
+    """Per-worker accumulators: the result does not depend on the number of threads."""
+    import numba
+
+    rng = np.random.default_rng(5)
+    Q, K1, K2, V1, V2, dO = make_inputs(rng, (3,), 10, 9, 8, 4, 3, with_dO=True)
+    default = ta.attention_grad(Q, K1, K2, V1, V2, dO)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        single = ta.attention_grad(Q, K1, K2, V1, V2, dO)
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(default, single):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_state_is_independent_of_the_callers_arrays():
+    """Changing an input after attention_forward must not change the gradients."""
+    rng = np.random.default_rng(9)
+    Q, K1, K2, V1, V2, dO = make_inputs(rng, (), 5, 6, 7, 3, 2, with_dO=True)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2)
+    before = ta.attention_backward(state, dO)
+    K1[:] = 5.0
+    after = ta.attention_backward(state, dO)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_memory_budget_is_enforced(monkeypatch):
+    monkeypatch.setattr(config, "MEMORY_BUDGET_BYTES", 1024)
+    rng = np.random.default_rng(0)
+    Q, K1, K2, V1, V2, dO = make_inputs(rng, (), 8, 40, 40, 4, 4, with_dO=True)
+    with pytest.raises(ValueError, match="memory budget"):
+        ta.attention_grad(Q, K1, K2, V1, V2, dO)

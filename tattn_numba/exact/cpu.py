@@ -28,6 +28,8 @@ import math
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from .. import config
 from .._validation import AttentionInputs, check_memory
@@ -50,25 +52,20 @@ _C11, _C12 = 1 / 39916800, 1 / 479001600
 _EXP_FASTMATH = config.FASTMATH - {"reassoc"}
 
 
+@intrinsic
+def _float64_from_bits(typingctx, bits):
+    """Reinterpret an int64 as the float64 with the same bits (an LLVM ``bitcast``, free)."""
+    signature = types.float64(types.int64)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return signature, codegen
+
+
 @numba.njit(fastmath=_EXP_FASTMATH, cache=config.CACHE)
-def _exp_shifted(buf, count, shift):
-    """In place ``buf[:count] = exp(buf[:count] − shift)``; return the sum of the results.
-
-    Range reduction x = k·ln2 + r with |r| <= ln2/2, a degree-12 Taylor polynomial for
-    e^r, and the scaling by 2^k done by adding k to the exponent bits through an int64
-    view of ``buf`` (``2.0**k`` would not vectorise). Arguments are clamped at
-    ``_EXP_FLOOR`` so the exponent never underflows. Maximum relative error 2.3e-16
-    against libm on [−708, 0] (tested); for x < −708 the result is ≤ 3.4e-308 instead of
-    e^x. About 0.75 ns per element on one core here, against 5.7 ns for ``math.exp``.
-
-    Parameters
-    ----------
-    buf : ndarray of float64, shape (>= count,)
-    count : int
-    shift : float
-        Subtracted first; callers pass the running row maximum so arguments are <= 0.
-    """
-    bits = buf.view(np.int64)
+def _exp_in_place(buf, count, shift):
+    """``buf[:count] = exp(buf[:count] − shift)``, vectorised (see :func:`_exp_shifted`)."""
     for j in range(count):
         x = max(buf[j] - shift, _EXP_FLOOR)
         k = np.floor(x * _LOG2E + 0.5)
@@ -86,8 +83,30 @@ def _exp_shifted(buf, count, shift):
         p = p * r + _C2
         p = p * r + _C1
         p = p * r + _C0
-        buf[j] = p
-        bits[j] += np.int64(k) << 52
+        buf[j] = p * _float64_from_bits((np.int64(k) + 1023) << 52)
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _exp_shifted(buf, count, shift):
+    """In place ``buf[:count] = exp(buf[:count] − shift)``; return the sum of the results.
+
+    Range reduction x = k·ln2 + r with |r| <= ln2/2, a degree-12 Taylor polynomial for e^r
+    (truncation error r^13/13! < 1.7e-16), times 2^k built from its exponent bits
+    (``2.0**k`` would not vectorise). Arguments are clamped at ``_EXP_FLOOR`` so the exponent
+    never underflows. Maximum relative error 2.3e-16 against libm on [−708, 0] (tested); for
+    x < −708 the result is ≤ 3.4e-308 instead of e^x. The exp pass is compiled without
+    ``reassoc`` (which would fold the two-constant range reduction into one and lose ~1e-13),
+    the sum with it (so it vectorises): about 0.9 ns per element on one core here for both,
+    against 5.7 ns for ``math.exp``.
+
+    Parameters
+    ----------
+    buf : ndarray of float64, shape (>= count,)
+    count : int
+    shift : float
+        Subtracted first; callers pass the running row maximum so arguments are <= 0.
+    """
+    _exp_in_place(buf, count, shift)
     total = 0.0
     for j in range(count):
         total += buf[j]

@@ -84,6 +84,6 @@ def test_matmul_rate(benchmark, rng, size):
     """NumPy float64 matrix product (BLAS), the machine's practical peak, for scale."""
     A = rng.standard_normal((size, size))
     B = rng.standard_normal((size, size))
-    benchmark.group = "numpy matmul"
+    benchmark.group = f"numpy matmul {size}"
     benchmark(np.matmul, A, B)
-    record(benchmark, benchmark.group, f"matmul_{size}", 2 * size**3)
+    record(benchmark, benchmark.group, "numpy_matmul", 2 * size**3)

@@ -6,6 +6,8 @@ attention, attention_grad, attention_forward, attention_backward
     Tensor attention and its gradient (exact streaming Numba kernels).
 AttentionGrads, AttentionState
     Result types.
+poly_plan, poly_gradient_bounds
+    The polynomial surrogate's plan and certificates (``method="poly"``).
 paper
     The training problem of Liang–Shi–Song–Zhou (2024): loss, closed-form dLoss/dX, dLoss/dY.
 config
@@ -21,6 +23,7 @@ from .attention import (
     attention_forward,
     attention_grad,
 )
+from .poly.api import poly_gradient_bounds, poly_plan
 
 __version__ = "0.1.0"
 
@@ -33,5 +36,7 @@ __all__ = [
     "attention_grad",
     "config",
     "paper",
+    "poly_gradient_bounds",
+    "poly_plan",
 ]
 

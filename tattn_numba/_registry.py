@@ -2,12 +2,16 @@
 
 An implementation is a module-like object exposing
 
-``forward(inputs, **options) -> (O, lse)``
+``forward(inputs, **options) -> (O, lse, saved)``
     ``inputs`` is a validated :class:`~tattn_numba._validation.AttentionInputs`; ``O`` (B, n, dv)
     and ``lse`` (B, n) are float64; ``lse`` is the natural-log row normaliser
-    log Σ_{j1,j2} exp(logit[i, j1, j2]) with the scale inside the logit.
-``backward(inputs, O, lse, dO, **options) -> (dQ, dK1, dK2, dV1, dV2)``
-    takes the forward's float64 ``O`` and ``lse``; returns batch-flattened float64 arrays.
+    log Σ_{j1,j2} exp(logit[i, j1, j2]) with the scale inside the logit (for an approximate
+    method, the log of its normaliser); ``saved`` is what else the backward needs (None for the
+    exact method, the certified :class:`~tattn_numba.poly.plan.PolyPlan` for the surrogate), and
+    is exposed as ``AttentionState.certificate``.
+``backward(inputs, O, lse, saved, dO) -> (dQ, dK1, dK2, dV1, dV2)``
+    takes the forward's float64 ``O``, ``lse`` and ``saved``; returns batch-flattened float64
+    arrays.
     The public layer casts results to the input dtype.
 ``OPTIONS``
     the frozenset of keyword options the implementation accepts.
@@ -23,6 +27,7 @@ from types import ModuleType
 
 _IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     ("exact", "cpu"): "tattn_numba.exact.cpu",
+    ("poly", "cpu"): "tattn_numba.poly.cpu",
 }
 
 METHODS = frozenset(method for method, _ in _IMPLEMENTATIONS)

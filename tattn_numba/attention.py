@@ -47,6 +47,9 @@ class AttentionState:
         (``j1, j2 ≤ i`` when causal). ``P[i,j1,j2] = exp(logit[i,j1,j2] − lse[i])``.
     scale, causal, method, device, options
         The settings of the forward call, reused by the backward.
+    certificate : PolyPlan or None
+        For ``method="poly"``, the plan with its certified error bounds (degree, rank,
+        per-row radii, ``output_bound``); None for the exact method.
 
     Notes
     -----
@@ -62,6 +65,7 @@ class AttentionState:
     method: str
     device: str
     options: dict = field(default_factory=dict)
+    certificate: Any = None
     _inputs: AttentionInputs | None = field(default=None, repr=False)
     _O64: np.ndarray | None = field(default=None, repr=False)
 
@@ -124,12 +128,13 @@ def attention_forward(
     logits are recomputed tile by tile with an online softmax and never stored.
     """
     impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, method_options)
-    O64, lse = impl.forward(inputs, **method_options)
+    O64, lse, saved = impl.forward(inputs, **method_options)
     O = _unflatten(cast_result(O64, inputs.dtype, "O"), inputs.batch_shape)
     snapshot = inputs._replace(**{name: getattr(inputs, name).copy() for name in ("Q", "K1", "K2", "V1", "V2")})
     state = AttentionState(
         O=O, lse=_unflatten(lse, inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
-        method=method, device=device, options=dict(method_options), _inputs=snapshot, _O64=O64,
+        method=method, device=device, options=dict(method_options), certificate=saved,
+        _inputs=snapshot, _O64=O64,
     )
     return O, state
 
@@ -161,7 +166,7 @@ def attention_backward(state: AttentionState, dO) -> AttentionGrads:
     dO = check_upstream(dO, inputs)
     impl = _registry.lookup(state.method, state.device)
     lse = state.lse.reshape(inputs.Q.shape[0], -1)
-    grads = impl.backward(inputs, state._O64, lse, dO, **state.options)
+    grads = impl.backward(inputs, state._O64, lse, state.certificate, dO)
     return AttentionGrads(*(
         _unflatten(cast_result(g, inputs.dtype, name), inputs.batch_shape)
         for name, g in zip(AttentionGrads._fields, grads)

@@ -16,6 +16,9 @@ KEY_TILE_1, KEY_TILE_2 : int
     Rows of K1 and of K2 per logit tile of the exact CPU kernels: a query row's logits are
     computed KEY_TILE_2 × KEY_TILE_1 at a time (8·KEY_TILE_1·KEY_TILE_2 bytes, meant to stay
     in the L1/L2 cache).
+POLY_CHUNK_ROWS : int
+    Largest number of rows of a feature matrix (U1, U2 or U3) the polynomial surrogate
+    materialises at once (``TATTN_NUMBA_POLY_CHUNK_ROWS``); fewer when the memory budget asks.
 MEMORY_BUDGET_BYTES : int
     Largest extra allocation a call may make (``TATTN_NUMBA_MEMORY_BUDGET``, bytes,
     default 4 GiB). A request above it raises ``ValueError`` before allocating.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "MEMORY_BUDGET_BYTES"]
+__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "MEMORY_BUDGET_BYTES"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -45,4 +48,5 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CACHE = os.environ.get("TATTN_NUMBA_CACHE", "1") != "0"
 KEY_TILE_1 = _env_int("TATTN_NUMBA_KEY_TILE_1", 128)
 KEY_TILE_2 = _env_int("TATTN_NUMBA_KEY_TILE_2", 32)
+POLY_CHUNK_ROWS = _env_int("TATTN_NUMBA_POLY_CHUNK_ROWS", 8192)
 MEMORY_BUDGET_BYTES = _env_int("TATTN_NUMBA_MEMORY_BUDGET", 4 * 2**30)

@@ -1,0 +1,56 @@
+"""Public entry points of the surrogate beyond ``attention(..., method="poly")``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_attention_inputs, check_upstream
+from ..attention import AttentionState
+from .plan import GradientBounds, PolyPlan, gradient_bounds, make_plan
+
+__all__ = ["poly_plan", "poly_gradient_bounds"]
+
+
+def poly_plan(
+    Q, K1, K2, V1, V2, *, scale: float | None = None, tol: float | None = None, degree: int | None = None,
+    family: str = "chebyshev", memory_budget: int | None = None,
+) -> PolyPlan:
+    """Inspect what ``attention(..., method="poly")`` would do, without doing it.
+
+    Parameters
+    ----------
+    Q, K1, K2, V1, V2, scale
+        As for :func:`tattn_numba.attention`.
+    tol : float, optional
+        Target bound on max |Õ − O|; the smallest certified degree is chosen.
+    degree : int, optional
+        A fixed degree instead (exactly one of ``tol`` and ``degree``).
+    family : {"chebyshev", "taylor"}
+    memory_budget : int, optional
+        Bytes the surrogate may allocate (default ``config.MEMORY_BUDGET_BYTES``).
+
+    Returns
+    -------
+    PolyPlan
+        Degree, rank r = C(d + g, g), per-row radii, certified per-row errors, the certified
+        output bound, and estimated time and memory. Cost O((n + m1 + m2)·(d + dv)).
+    """
+    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, False)
+    return make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+
+
+def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
+    """Certified entrywise bounds on |surrogate gradient − exact gradient| for ``dO``.
+
+    ``state`` comes from ``attention_forward(..., method="poly")``. Cost O((n + m1 + m2)·d·dv);
+    the derivation is in :func:`tattn_numba.poly.plan.gradient_bounds` and docs/surrogate.md.
+    Returns arrays shaped like the gradients.
+    """
+    if not isinstance(state, AttentionState) or not isinstance(state.certificate, PolyPlan):
+        raise TypeError("state must come from attention_forward(..., method='poly')")
+    inputs = state._inputs
+    dO = check_upstream(dO, inputs)
+    B = inputs.Q.shape[0]
+    kappa = np.asarray(state.certificate.kappa).reshape(B, -1)
+    bounds = gradient_bounds(inputs, kappa, state._O64, dO.astype(np.float64))
+    return GradientBounds(*(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds))

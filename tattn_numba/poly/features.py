@@ -1,0 +1,132 @@
+"""Polynomial feature maps of SPEC §5: the low-rank factors U1, U2, U3.
+
+For a polynomial P(x) = Σ_t a_t (x / R)^t and a logit x = s·Σ_l q_l k1_l k2_l, the multinomial
+theorem gives one column per multi-index α ∈ N^d, |α| <= g:
+
+    P(x) = Σ_α U1[α] · U2[α] · U3[α],
+    U1[α] = a_|α| · (|α|! / α!) · Π_l q̃_l^{α_l},   q̃_l = s·q_l·κ1_l·κ2_l / R,
+    U2[α] = Π_l (k1_l / κ1_l)^{α_l},                 U3[α] = Π_l (k2_l / κ2_l)^{α_l},
+
+with κ1_l = max_j |K1[j, l]| and κ2_l = max_j |K2[j, l]| (1 where a column is zero). This is
+the balancing of SPEC §5: key-side entries lie in [−1, 1], so U2 and U3 never overflow at any
+degree; the query side carries a_t·(Σ_l |q̃_l|)^t, which stays moderate because
+Σ_l |q̃_l·k̂1_l·k̂2_l| <= 1 whenever R bounds the row's absolute logit sum (both the ℓ∞ and the
+Hölder radius do).
+
+Columns are ordered by degree, and within a degree as non-decreasing index sequences
+l_1 <= … <= l_t; every column is its parent column (drop the last index) times one variable, so
+a row of features costs r multiplications (:func:`_monomials`, a Numba kernel over rows).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from math import comb
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from .. import config
+
+__all__ = ["MultiIndexTable", "multi_index_table", "rank", "query_features", "key_features"]
+
+
+def rank(d: int, degree: int) -> int:
+    """Number of multi-indices α ∈ N^d with |α| <= degree: C(d + degree, degree)."""
+    return comb(d + degree, degree)
+
+
+class MultiIndexTable(NamedTuple):
+    """Column layout of the feature maps for (d, degree); every array has length r.
+
+    parent : int64, column index of α − e_var (column 0, α = 0, is its own parent)
+    var : int64, the variable l appended to the parent (0 for column 0)
+    degree : int64, |α|
+    multinomial : float64, |α|! / α!
+    """
+
+    parent: np.ndarray
+    var: np.ndarray
+    degree: np.ndarray
+    multinomial: np.ndarray
+
+
+@lru_cache(maxsize=32)
+def multi_index_table(d: int, degree: int) -> MultiIndexTable:
+    """The column layout for ``d`` variables up to ``degree`` (cached; O(r) time and memory)."""
+    r = rank(d, degree)
+    parent = np.zeros(r, dtype=np.int64)
+    var = np.zeros(r, dtype=np.int64)
+    deg = np.zeros(r, dtype=np.int64)
+    mult = np.ones(r, dtype=np.float64)
+    last = np.zeros(r, dtype=np.int64)  # largest variable index in α (0 for α = 0)
+    count_last = np.zeros(r, dtype=np.int64)  # α_last
+    start, stop, nxt = 0, 1, 1
+    for t in range(1, degree + 1):
+        for p in range(start, stop):
+            first_var = last[p] if t > 1 else 0
+            for l in range(first_var, d):
+                parent[nxt] = p
+                var[nxt] = l
+                deg[nxt] = t
+                count_last[nxt] = count_last[p] + 1 if (t > 1 and l == last[p]) else 1
+                last[nxt] = l
+                mult[nxt] = mult[p] * t / count_last[nxt]
+                nxt += 1
+        start, stop = stop, nxt
+    assert nxt == r
+    return MultiIndexTable(parent, var, deg, mult)
+
+
+@numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
+def _monomials(X, parent, var, degree, multinomial, coefficients, weighted, out):
+    """``out[i, c] = Π_l X[i, l]^{α_l}`` for column c ↔ α, built from the parent column.
+
+    With ``weighted`` each entry is then multiplied by ``coefficients[i, degree[c]] ·
+    multinomial[c]`` (the query side). Parallel over rows; r multiplications per row.
+    """
+    rows = X.shape[0]
+    r = parent.shape[0]
+    for i in numba.prange(rows):
+        out[i, 0] = 1.0
+        for c in range(1, r):
+            out[i, c] = out[i, parent[c]] * X[i, var[c]]
+        if weighted:
+            for c in range(r):
+                out[i, c] *= coefficients[i, degree[c]] * multinomial[c]
+
+
+def _features(X, table, coefficients, weighted, out):
+    if out is None:
+        out = np.empty((X.shape[0], table.parent.shape[0]))
+    _monomials(np.ascontiguousarray(X, dtype=np.float64), table.parent, table.var, table.degree,
+               table.multinomial, np.ascontiguousarray(coefficients, dtype=np.float64), weighted, out)
+    return out
+
+
+def query_features(Qt: np.ndarray, coefficients: np.ndarray, table: MultiIndexTable,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """U1 for balanced query rows.
+
+    Parameters
+    ----------
+    Qt : ndarray, shape (rows, d)
+        q̃ = s·Q·κ1·κ2 / R, the queries times the scale and the key column maxima, divided by
+        the row radius.
+    coefficients : ndarray, shape (rows, degree + 1)
+        Per-row coefficients a_{i,t} of P_i in the scaled variable x / R_i.
+    table : MultiIndexTable
+    out : ndarray, shape (rows, r), optional
+
+    Returns
+    -------
+    U1 : ndarray, shape (rows, r), float64
+        ``U1[i, α] = a_{i,|α|} · (|α|!/α!) · Π_l Qt[i, l]^{α_l}``. Time O(rows·r).
+    """
+    return _features(Qt, table, coefficients, True, out)
+
+
+def key_features(Kt: np.ndarray, table: MultiIndexTable, out: np.ndarray | None = None) -> np.ndarray:
+    """U2 (or U3) for balanced key rows ``Kt = K / κ`` (entries in [−1, 1]); shape (rows, r)."""
+    return _features(Kt, table, np.ones((1, 1)), False, out)

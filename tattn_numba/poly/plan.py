@@ -1,0 +1,253 @@
+"""Certified radii, degree selection and the inspectable plan of the polynomial surrogate.
+
+Everything here is O((n + m1 + m2)·(d + dv)) per batch entry: it only reads norms and maxima of
+the inputs, never the logits.
+
+Certificate (SPEC §5). With per-row relative error |P_i(x) − e^x| <= ε_i·e^x on the row's logit
+interval [−R_i, R_i], the normalised weights obey |P̃ − P| <= κ_i·P entrywise with
+κ_i = 2ε_i/(1 − ε_i), and since a row of P̃ − P sums to zero,
+
+    |Õ[i, m] − O[i, m]| <= κ_i · (max_{j1,j2} w_m − min_{j1,j2} w_m) / 2,   w = V1 ⊘ V2.
+
+Gradient bounds (derivation in docs/surrogate.md) push the same entrywise fact through the
+formulas of SPEC §2 with the triangle inequality, using that the marginals of P are at most 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import config
+from .._validation import AttentionInputs
+from . import exp_approx
+from .features import rank
+
+__all__ = ["PolyPlan", "GradientBounds", "row_radii", "value_ranges", "make_plan", "gradient_bounds"]
+
+#: Rate assumed by the time estimate (floating-point operations per second, BLAS-bound
+#: low-rank contractions on this project's 2-core reference machine).
+ASSUMED_FLOPS = 5e10
+
+
+@dataclass(frozen=True)
+class PolyPlan:
+    """What the surrogate will do and what it certifies.
+
+    Attributes
+    ----------
+    family : str
+        ``"taylor"`` or ``"chebyshev"``.
+    degree : int
+        Polynomial degree g, shared by all rows (each row has its own coefficients).
+    rank : int
+        r = C(d + g, g), the number of feature columns.
+    radius : ndarray, shape (..., n)
+        Certified per-row logit radius R_i = min(ℓ∞ row bound, Hölder bound).
+    global_radius : float
+        The one-interval radius s·Σ_l max|Q_l|·max|K1_l|·max|K2_l| a global polynomial would need.
+    epsilon : ndarray, shape (..., n)
+        Certified relative error of each row's polynomial on its interval.
+    kappa : ndarray, shape (..., n)
+        2ε/(1 − ε): the entrywise relative error of the normalised weights.
+    output_bound : ndarray, shape (..., n, dv)
+        Certified bound on |Õ − O| entrywise.
+    max_output_bound : float
+        Its maximum, the number a tolerance is compared with.
+    estimated_seconds, estimated_bytes : float, int
+        Forward+backward time at :data:`ASSUMED_FLOPS` and peak extra memory.
+    chunk_rows : int
+        Rows per chunk of the streamed feature matrices.
+    """
+
+    family: str
+    degree: int
+    rank: int
+    radius: np.ndarray
+    global_radius: float
+    epsilon: np.ndarray
+    kappa: np.ndarray
+    output_bound: np.ndarray
+    max_output_bound: float
+    estimated_seconds: float
+    estimated_bytes: int
+    chunk_rows: int
+
+
+class GradientBounds(NamedTuple):
+    """Certified entrywise bounds on |gradient(surrogate) − gradient(exact)|, shaped like the
+    gradients (batch-flattened inside the package, unflattened by the public layer)."""
+
+    dQ: np.ndarray
+    dK1: np.ndarray
+    dK2: np.ndarray
+    dV1: np.ndarray
+    dV2: np.ndarray
+
+
+def key_column_maxima(K: np.ndarray) -> np.ndarray:
+    """κ_l = max_j |K[b, j, l]| per batch entry, with 1 where a column is all zero; (B, d)."""
+    kappa = np.abs(K).max(axis=1)
+    return np.where(kappa > 0.0, kappa, 1.0)
+
+
+def row_radii(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row certified logit radii (B, n) and the global one-interval radius (B,).
+
+    R_i = min(s·Σ_l |Q[i,l]|·κ1_l·κ2_l,  s·‖Q_i‖₂·max_j‖K1_j‖₄·max_j‖K2_j‖₄) bounds
+    Σ_l |s·Q[i,l]·K1[j1,l]·K2[j2,l]| (hence |logit|) for every pair: the first term by the
+    column maxima, the second by Hölder's inequality with exponents (2, 4, 4).
+    """
+    Q, K1, K2 = (np.asarray(x, dtype=np.float64) for x in (inputs.Q, inputs.K1, inputs.K2))
+    s = inputs.scale
+    k1, k2 = np.abs(K1).max(axis=1), np.abs(K2).max(axis=1)  # (B, d), zeros kept
+    linf = s * np.einsum("bnl,bl->bn", np.abs(Q), k1 * k2)
+    holder = (
+        s * np.linalg.norm(Q, axis=2)
+        * np.linalg.norm(K1, ord=4, axis=2).max(axis=1)[:, None]
+        * np.linalg.norm(K2, ord=4, axis=2).max(axis=1)[:, None]
+    )
+    global_radius = s * np.einsum("bl,bl->b", np.abs(Q).max(axis=1), k1 * k2)
+    return np.minimum(linf, holder), global_radius
+
+
+def value_ranges(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
+    """max − min over pairs of V1[j1, m]·V2[j2, m], per batch entry and column: (B, dv)."""
+    lo1, hi1 = V1.min(axis=1), V1.max(axis=1)
+    lo2, hi2 = V2.min(axis=1), V2.max(axis=1)
+    corners = np.stack([lo1 * lo2, lo1 * hi2, hi1 * lo2, hi1 * hi2])
+    return corners.max(axis=0) - corners.min(axis=0)
+
+
+def _kappa(epsilon: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(epsilon < 1.0, 2.0 * epsilon / np.maximum(1.0 - epsilon, 1e-300), np.inf)
+
+
+def chunk_rows(r: int, d: int, dv: int, budget: int) -> int:
+    """Rows per streamed chunk: feature rows (r floats) plus their products with values."""
+    per_row = 8 * (r + 2 * (dv * d + d + dv + 1))
+    return int(max(1, min(config.POLY_CHUNK_ROWS, budget // (2 * per_row))))
+
+
+def memory_estimate(r: int, d: int, dv: int, rows: int) -> int:
+    """Peak extra bytes of forward+backward: the r×(1 + dv + d + dv·d) key summaries (six of
+    them alive at once) and one chunk of features with its products."""
+    summaries = 6 * 8 * r * (1 + dv + d + dv * d)
+    return summaries + rows * 8 * (r + 2 * (dv * d + d + dv + 1))
+
+
+def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebyshev",
+              memory_budget=None) -> PolyPlan:
+    """Choose the degree (or check the given one) and certify the result; see :class:`PolyPlan`.
+
+    Exactly one of ``tol`` (target bound on max |Õ − O|) and ``degree`` must be given. Raises
+    ``ValueError`` naming the argument for an impossible request, and naming the degree, rank
+    and memory when the rank's memory would pass ``memory_budget`` (default
+    ``config.MEMORY_BUDGET_BYTES``).
+    """
+    if (tol is None) == (degree is None):
+        raise ValueError("give exactly one of tol (target error of the output) or degree")
+    if family not in exp_approx.FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {list(exp_approx.FAMILIES)}")
+    budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else _check_budget(memory_budget)
+    B, n, d = inputs.Q.shape
+    dv = inputs.V1.shape[2]
+    radius, global_radius = row_radii(inputs)
+    ranges = value_ranges(inputs.V1.astype(np.float64), inputs.V2.astype(np.float64))
+    if degree is None:
+        degree = _degree_for_tolerance(tol, family, radius, ranges)
+    else:
+        degree = _check_degree(degree)
+    r = rank(d, degree)
+    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+    rows = chunk_rows(r, d, dv, budget)
+    nbytes = memory_estimate(r, d, dv, rows)
+    if nbytes > budget:
+        raise ValueError(
+            f"degree {degree} needs rank r = C(d + g, g) = {r} and about {nbytes / 2**20:.0f} MiB, "
+            f"above the memory budget of {budget / 2**20:.0f} MiB; lower the degree, loosen tol, "
+            "or raise memory_budget"
+        )
+    epsilon = exp_approx.relative_error_bound(family, degree, radius.ravel()).reshape(radius.shape)
+    kappa = _kappa(epsilon)
+    with np.errstate(invalid="ignore"):
+        output_bound = np.where(ranges[:, None, :] > 0.0, kappa[:, :, None] * ranges[:, None, :] / 2.0, 0.0)
+    flops = 2.0 * B * r * ((n + m1 + m2) * (dv + 1) + (n + 2 * (m1 + m2)) * (dv * d + d + dv + 1) * 2)
+    batch = inputs.batch_shape
+    return PolyPlan(
+        family=family, degree=int(degree), rank=int(r),
+        radius=radius.reshape(batch + (n,)), global_radius=float(global_radius.max()),
+        epsilon=epsilon.reshape(batch + (n,)), kappa=kappa.reshape(batch + (n,)),
+        output_bound=output_bound.reshape(batch + (n, dv)), max_output_bound=float(output_bound.max()),
+        estimated_seconds=flops / ASSUMED_FLOPS, estimated_bytes=int(nbytes), chunk_rows=rows,
+    )
+
+
+def _check_budget(value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {value!r}")
+    return int(value)
+
+
+def _check_degree(degree) -> int:
+    if isinstance(degree, (bool, np.bool_)) or not isinstance(degree, (int, np.integer)):
+        raise TypeError(f"degree must be a non-negative integer, got {type(degree).__name__}")
+    if degree < 0:
+        raise ValueError(f"degree must be >= 0, got {degree}")
+    return int(degree)
+
+
+def _degree_for_tolerance(tol, family, radius, ranges) -> int:
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.floating, np.integer)):
+        raise TypeError(f"tol must be a positive real number, got {type(tol).__name__}")
+    tol = float(tol)
+    if not np.isfinite(tol) or tol <= 0.0:
+        raise ValueError(f"tol must be positive and finite, got {tol!r}")
+    widest = float(ranges.max())
+    if widest == 0.0:
+        # Every pair carries the same value: any positive weights give the exact output, so
+        # only ask for weights that are certainly positive (ε < 1).
+        epsilon_target = 0.5
+    else:
+        kappa_target = 2.0 * tol / widest
+        epsilon_target = kappa_target / (2.0 + kappa_target)
+    return int(exp_approx.min_degree(family, float(radius.max()), epsilon_target))
+
+
+def gradient_bounds(inputs: AttentionInputs, kappa: np.ndarray, O: np.ndarray, dO: np.ndarray) -> GradientBounds:
+    """A-priori certified bounds on the surrogate gradients' entrywise error; O((n+m1+m2)·d·dv).
+
+    With |P̃ − P| <= κ_i·P (``kappa`` (B, n)), the computed output Õ (``O``, float64) and the
+    upstream ``dO`` (B, n, dv), using |Õ_i − O_i| <= κ_i·range/2 and marginals of P <= 1:
+
+        Δδ_i   = Σ_m |dO[i,m]|·κ_i·range_m/2
+        c_i    = κ_i·(D_i + |δ̃_i|) + Δδ_i,   D_i = Σ_m |dO[i,m]|·max|V1_m|·max|V2_m| >= |dS|
+
+    from dZ̃ − dZ = (P̃ − P)(dS − δ̃) + P(δ − δ̃), so |dZ̃ − dZ| <= c_i·P, and then
+        |ΔdQ[i,l]|  <= s·c_i·max|K1_l|·max|K2_l|
+        |ΔdK1[j,l]| <= s·max|K2_l|·Σ_i c_i·|Q[i,l]|        (dK2 likewise with K1)
+        |ΔdV1[j,m]| <= max|V2_m|·Σ_i κ_i·|dO[i,m]|          (dV2 likewise with V1)
+    """
+    Q = inputs.Q.astype(np.float64)
+    V1, V2 = inputs.V1.astype(np.float64), inputs.V2.astype(np.float64)
+    s = inputs.scale
+    k1, k2 = np.abs(inputs.K1).max(axis=1).astype(np.float64), np.abs(inputs.K2).max(axis=1).astype(np.float64)
+    v1, v2 = np.abs(V1).max(axis=1), np.abs(V2).max(axis=1)
+    ranges = value_ranges(V1, V2)
+    abs_dO = np.abs(dO)
+    d_delta = kappa * np.einsum("bnm,bm->bn", abs_dO, ranges) / 2.0
+    D = np.einsum("bnm,bm->bn", abs_dO, v1 * v2)
+    delta = np.abs(np.einsum("bnm,bnm->bn", dO, O))
+    c = kappa * (D + delta) + d_delta
+    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+    dQ = s * c[:, :, None] * (k1 * k2)[:, None, :]
+    cq = np.einsum("bn,bnl->bl", c, np.abs(Q))
+    dK1 = np.broadcast_to((s * k2 * cq)[:, None, :], (Q.shape[0], m1, Q.shape[2]))
+    dK2 = np.broadcast_to((s * k1 * cq)[:, None, :], (Q.shape[0], m2, Q.shape[2]))
+    kd = np.einsum("bn,bnm->bm", kappa, abs_dO)
+    dV1 = np.broadcast_to((v2 * kd)[:, None, :], V1.shape)
+    dV2 = np.broadcast_to((v1 * kd)[:, None, :], V2.shape)
+    return GradientBounds(dQ, dK1, dK2, dV1, dV2)

@@ -1,0 +1,207 @@
+"""The polynomial surrogate (method="poly") against the dense float64 reference.
+
+Approximate results are tested against their certificates, not against equality: the output
+within ``plan.output_bound`` and every gradient within ``poly_gradient_bounds`` of the exact
+values; plus the shape of the error (falls with the degree, reaches round-off at small radii)
+and that the bounds are not vacuous.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tattn_numba as ta
+from reference import dense_attention, dense_attention_grad
+from tattn_numba import config
+
+FAMILIES = ["chebyshev", "taylor"]
+
+
+def uniform_inputs(rng, batch, n, m1, m2, d, dv, bound, dtype=np.float64):
+    shapes = [(n, d), (m1, d), (m2, d), (m1, dv), (m2, dv), (n, dv)]
+    return [rng.uniform(-bound, bound, tuple(batch) + s).astype(dtype) for s in shapes]
+
+
+def rounding_floor(*arrays):
+    """Round-off allowance on top of a certificate: 1e-12 of the largest value involved."""
+    return 1e-12 * max(float(np.abs(a).max()) for a in arrays) + 1e-300
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("degree", [1, 2, 4, 6])
+def test_output_and_gradients_within_certificates(family, degree):
+    rng = np.random.default_rng(degree)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (2,), 9, 7, 8, 3, 2, bound=1.0)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=degree, family=family)
+    plan = state.certificate
+    assert plan.degree == degree and plan.rank == comb(3 + degree, degree)
+    O_ref, _ = dense_attention(Q, K1, K2, V1, V2)
+    assert np.all(np.abs(O - O_ref) <= plan.output_bound + rounding_floor(O_ref))
+    grads = ta.attention_backward(state, dO)
+    bounds = ta.poly_gradient_bounds(state, dO)
+    for name, g, ref, bound in zip(ta.AttentionGrads._fields, grads,
+                                   dense_attention_grad(Q, K1, K2, V1, V2, dO), bounds):
+        assert g.shape == ref.shape == bound.shape, name
+        assert np.all(np.abs(g - ref) <= bound + rounding_floor(ref)), name
+
+
+@given(
+    n=st.integers(1, 7), m1=st.integers(1, 7), m2=st.integers(1, 7), d=st.integers(1, 4),
+    dv=st.integers(1, 3), bound=st.sampled_from([0.3, 1.0, 1.6]), degree=st.integers(0, 7),
+    family=st.sampled_from(FAMILIES), seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([None, 0.5]),
+)
+def test_certificates_hold_on_random_inputs(n, m1, m2, d, dv, bound, degree, family, seed, scale):
+    rng = np.random.default_rng(seed)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (), n, m1, m2, d, dv, bound)
+    plan = ta.poly_plan(Q, K1, K2, V1, V2, scale=scale, degree=degree, family=family)
+    if not np.all(plan.epsilon < 1.0):
+        with pytest.raises(ValueError, match="degree"):
+            ta.attention(Q, K1, K2, V1, V2, scale=scale, method="poly", degree=degree, family=family)
+        return
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, scale=scale, method="poly", degree=degree, family=family)
+    O_ref, _ = dense_attention(Q, K1, K2, V1, V2, scale)
+    assert np.all(np.abs(O - O_ref) <= state.certificate.output_bound + rounding_floor(O_ref))
+    grads = ta.attention_backward(state, dO)
+    bounds = ta.poly_gradient_bounds(state, dO)
+    for g, ref, b in zip(grads, dense_attention_grad(Q, K1, K2, V1, V2, dO, scale), bounds):
+        assert np.all(np.abs(g - ref) <= b + rounding_floor(ref))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tolerance_is_met_with_the_smallest_certified_degree(family):
+    rng = np.random.default_rng(1)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (), 12, 10, 11, 4, 3, bound=1.0)
+    O_ref, _ = dense_attention(Q, K1, K2, V1, V2)
+    for tol in (1e-2, 1e-5, 1e-9):
+        O, state = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", tol=tol, family=family)
+        plan = state.certificate
+        assert plan.max_output_bound <= tol
+        assert np.abs(O - O_ref).max() <= tol
+        if plan.degree > 0:
+            lower = ta.poly_plan(Q, K1, K2, V1, V2, degree=plan.degree - 1, family=family)
+            assert lower.max_output_bound > tol
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_error_falls_with_degree_to_round_off(family):
+    rng = np.random.default_rng(2)
+    Q, K1, K2, V1, V2, _ = uniform_inputs(rng, (), 10, 9, 8, 4, 2, bound=0.6)
+    O_ref, _ = dense_attention(Q, K1, K2, V1, V2)
+    errors = [np.abs(ta.attention(Q, K1, K2, V1, V2, method="poly", degree=g, family=family) - O_ref).max()
+              for g in range(0, 9)]
+    assert errors[-1] < 1e-14
+    assert all(later <= 10 * max(earlier, 1e-15) for earlier, later in zip(errors, errors[1:]))
+    assert errors[0] > 1e3 * errors[-1]
+
+
+def test_batched_matches_per_entry():
+    rng = np.random.default_rng(3)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (2, 3), 5, 4, 6, 3, 2, bound=1.0)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=3)
+    grads = ta.attention_backward(state, dO)
+    for idx in np.ndindex(2, 3):
+        O1, st1 = ta.attention_forward(Q[idx], K1[idx], K2[idx], V1[idx], V2[idx], method="poly", degree=3)
+        np.testing.assert_allclose(O[idx], O1, rtol=1e-13, atol=1e-15)
+        for g, g1 in zip(grads, ta.attention_backward(st1, dO[idx])):
+            np.testing.assert_allclose(g[idx], g1, rtol=1e-12, atol=1e-14)
+
+
+def test_chunking_does_not_change_results(monkeypatch):
+    rng = np.random.default_rng(4)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (), 11, 9, 10, 3, 2, bound=1.0)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=4)
+    grads = ta.attention_backward(state, dO)
+    monkeypatch.setattr(config, "POLY_CHUNK_ROWS", 3)
+    O3, state3 = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=4)
+    assert state3.certificate.chunk_rows == 3
+    np.testing.assert_allclose(O3, O, rtol=1e-13)
+    for g3, g in zip(ta.attention_backward(state3, dO), grads):
+        np.testing.assert_allclose(g3, g, rtol=1e-11, atol=1e-14)
+
+
+def test_float32_follows_float64():
+    """float32 in, float32 out; computed in float64 inside, so only the rounding differs."""
+    rng = np.random.default_rng(5)
+    args = uniform_inputs(rng, (), 8, 7, 6, 3, 2, bound=1.0, dtype=np.float32)
+    O32, st32 = ta.attention_forward(*args[:5], method="poly", degree=4)
+    O64, st64 = ta.attention_forward(*(a.astype(np.float64) for a in args[:5]), method="poly", degree=4)
+    assert O32.dtype == np.float32
+    np.testing.assert_allclose(O32, O64, rtol=2 * np.finfo(np.float32).eps, atol=1e-7)
+    for g32, g64 in zip(ta.attention_backward(st32, args[5]), ta.attention_backward(st64, args[5].astype(np.float64))):
+        assert g32.dtype == np.float32
+        np.testing.assert_allclose(g32, g64, rtol=4 * np.finfo(np.float32).eps, atol=1e-6)
+
+
+def test_per_row_radii_never_exceed_the_global_radius():
+    rng = np.random.default_rng(6)
+    Q, K1, K2, V1, V2, _ = uniform_inputs(rng, (), 200, 50, 50, 16, 2, bound=1.0)
+    plan = ta.poly_plan(Q, K1, K2, V1, V2, degree=2)
+    logits = np.einsum("il,jl,kl->ijk", Q, K1, K2) / 16
+    assert np.all(np.abs(logits).max(axis=(1, 2)) <= plan.radius * (1 + 1e-12))
+    assert plan.radius.max() <= plan.global_radius * (1 + 1e-12)
+    assert np.median(plan.radius) < 0.8 * plan.global_radius
+
+
+def test_constant_values_need_only_positive_weights():
+    """When every pair carries the same value the output is exact for any positive weights:
+    the degree only has to certify ε < 1, whatever the tolerance."""
+    rng = np.random.default_rng(7)
+    Q, K1, K2, _, _, _ = uniform_inputs(rng, (), 4, 5, 6, 3, 2, bound=1.0)
+    V1, V2 = np.full((5, 2), 2.0), np.full((6, 2), -1.5)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", tol=1e-12)
+    assert state.certificate.degree <= 2 and state.certificate.max_output_bound == 0.0
+    np.testing.assert_allclose(O, -3.0, rtol=1e-15)
+
+
+def test_zero_queries_are_exact():
+    """A query row of zeros has all logits 0: radius 0, the polynomial is exact."""
+    rng = np.random.default_rng(8)
+    Q, K1, K2, V1, V2, _ = uniform_inputs(rng, (), 3, 4, 5, 2, 2, bound=1.0)
+    Q[1] = 0.0
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=1)
+    assert state.certificate.radius[1] == 0.0 and state.certificate.epsilon[1] <= 1e-15
+    np.testing.assert_allclose(O[1], dense_attention(Q, K1, K2, V1, V2)[0][1], rtol=1e-14)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+@pytest.fixture
+def small(rng):
+    return uniform_inputs(rng, (), 4, 3, 5, 2, 2, bound=1.0)[:5]
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({}, ValueError, "exactly one of tol"),
+    ({"tol": 1e-3, "degree": 2}, ValueError, "exactly one of tol"),
+    ({"tol": 0.0}, ValueError, "tol"),
+    ({"tol": -1e-3}, ValueError, "tol"),
+    ({"tol": float("nan")}, ValueError, "tol"),
+    ({"tol": "small"}, TypeError, "tol"),
+    ({"tol": 1e-300}, ValueError, "tol|unreachable"),
+    ({"degree": -1}, ValueError, "degree"),
+    ({"degree": 2.5}, TypeError, "degree"),
+    ({"degree": 2, "family": "legendre"}, ValueError, "family"),
+    ({"degree": 2, "memory_budget": 0}, ValueError, "memory_budget"),
+    ({"degree": 12, "memory_budget": 10_000}, ValueError, r"degree 12 needs rank r = C\(d \+ g, g\) = 91"),
+    ({"degree": 2, "bogus": 1}, TypeError, "bogus"),
+])
+def test_bad_options(small, options, error, match):
+    with pytest.raises(error, match=match):
+        ta.attention(*small, method="poly", **options)
+
+
+def test_causal_is_refused_for_now(small):
+    Q = small[0][:3]
+    with pytest.raises(ValueError, match="causal"):
+        ta.attention(Q, small[1], small[2][:3], small[3], small[4][:3], causal=True, method="poly", degree=2)
+
+
+def test_nan_rejected(small):
+    small[1][0, 0] = np.nan
+    with pytest.raises(ValueError, match="K1"):
+        ta.attention(*small, method="poly", degree=2)

@@ -20,8 +20,10 @@ O(chunk·r + r·dv·d) and time O((n + m1 + m2)·r·d·dv), never an n×r·dv bu
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
+from .. import config
 from .._validation import AttentionInputs
 from . import exp_approx
 from .features import key_features, multi_index_table, query_features
@@ -35,18 +37,16 @@ class _Balanced:
 
     def __init__(self, inputs: AttentionInputs, plan: PolyPlan, b: int):
         s = inputs.scale
-        K1 = inputs.K1[b].astype(np.float64)
-        K2 = inputs.K2[b].astype(np.float64)
-        k1, k2 = key_column_maxima(K1[None])[0], key_column_maxima(K2[None])[0]
-        radius = np.asarray(plan.radius).reshape(inputs.Q.shape[0], -1)[b]
-        safe = np.where(radius > 0.0, radius, 1.0)
-        self.Q = inputs.Q[b].astype(np.float64)
-        self.Qt = s * self.Q * (k1 * k2)[None, :] / safe[:, None]
-        self.K1, self.K2 = K1, K2
-        self.K1t, self.K2t = K1 / k1, K2 / k2
-        self.V1 = inputs.V1[b].astype(np.float64)
-        self.V2 = inputs.V2[b].astype(np.float64)
-        self.coefficients = exp_approx.exp_coefficients(plan.family, plan.degree, radius)
+        B, n = inputs.Q.shape[:2]
+        self.Q, self.K1, self.K2, self.V1, self.V2 = (
+            np.asarray(x[b], dtype=np.float64) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2)
+        )
+        k1, k2 = key_column_maxima(self.K1[None])[0], key_column_maxima(self.K2[None])[0]
+        radius = np.asarray(plan.radius).reshape(B, n)[b]
+        row_factor = s / np.where(radius > 0.0, radius, 1.0)
+        self.Qt = (row_factor[:, None] * self.Q) * (k1 * k2)[None, :]
+        self.K1t, self.K2t = self.K1 / k1, self.K2 / k2
+        self.coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)[b]
         self.table = multi_index_table(inputs.Q.shape[2], plan.degree)
 
 
@@ -55,17 +55,40 @@ def _chunks(rows: int, size: int):
         yield slice(start, min(start + size, rows))
 
 
-def _key_summary(Kt, columns, table, chunk):
-    """Σ over key rows of U^T · columns, streamed: (r, columns.shape[1])."""
-    total = np.zeros((table.parent.shape[0], columns.shape[1]))
-    for rows in _chunks(Kt.shape[0], chunk):
-        total += key_features(Kt[rows], table).T @ columns[rows]
-    return total
+@numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
+def _fill_columns(c, X, Y, outT):
+    """Column j of ``outT`` = [c_j | X_j | c_j·Y_j | X_j ⊙ Y_j] (1, a, b and a·b entries; the
+    last two blocks only when ``outT`` has that many rows). These are the right-hand sides of
+    the summaries: keys use c = 1, X = V, Y = K; queries c = δ, X = dO, Y = Q. Transposed
+    (columns × rows) because OpenBLAS runs the summary product faster that way round."""
+    a = X.shape[1]
+    b = Y.shape[1]
+    products = outT.shape[0] > 1 + a
+    for j in numba.prange(outT.shape[1]):
+        outT[0, j] = c[j]
+        for m in range(a):
+            outT[1 + m, j] = X[j, m]
+        if products:
+            for l in range(b):
+                outT[1 + a + l, j] = c[j] * Y[j, l]
+            for m in range(a):
+                for l in range(b):
+                    outT[1 + a + b + m * b + l, j] = X[j, m] * Y[j, l]
 
 
-def _outer_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise outer product x⊙y: (rows, a) and (rows, b) → (rows, a·b), index a_idx·b + b_idx."""
-    return (x[:, :, None] * y[:, None, :]).reshape(x.shape[0], -1)
+def _summary(features, c, X, Y, width, table, chunk):
+    """Σ over rows of U^T·[c | X | c·Y | X⊙Y] (first ``width`` columns), streamed: (r, width).
+
+    ``features(rows)`` returns U^T (r, len(rows)) for a chunk of rows.
+    """
+    totalT = np.zeros((width, table.parent.shape[0]))
+    rows_total = X.shape[0]
+    buffer = np.empty((width, min(chunk, rows_total)))
+    for rows in _chunks(rows_total, chunk):
+        blockT = buffer[:, : rows.stop - rows.start]
+        _fill_columns(c[rows], X[rows], Y[rows], blockT)
+        totalT += blockT @ features(rows).T
+    return totalT.T
 
 
 def _check_normaliser(w: np.ndarray, plan: PolyPlan) -> None:
@@ -102,12 +125,13 @@ def forward(inputs: AttentionInputs, *, tol=None, degree=None, family="chebyshev
     lse = np.empty((B, n))
     for b in range(B):
         v = _Balanced(inputs, plan, b)
-        m1, m2 = v.K1.shape[0], v.K2.shape[0]
-        left = _key_summary(v.K1t, np.hstack([np.ones((m1, 1)), v.V1]), v.table, plan.chunk_rows)
-        right = _key_summary(v.K2t, np.hstack([np.ones((m2, 1)), v.V2]), v.table, plan.chunk_rows)
+        left = _summary(lambda rows: key_features(v.K1t[rows], v.table), np.ones(v.K1.shape[0]),
+                        v.V1, v.K1, 1 + dv, v.table, plan.chunk_rows)
+        right = _summary(lambda rows: key_features(v.K2t[rows], v.table), np.ones(v.K2.shape[0]),
+                         v.V2, v.K2, 1 + dv, v.table, plan.chunk_rows)
         summary = left * right
         for rows in _chunks(n, plan.chunk_rows):
-            out = query_features(v.Qt[rows], v.coefficients[rows], v.table) @ summary
+            out = (summary.T @ query_features(v.Qt[rows], v.coefficients[rows], v.table)).T
             w = out[:, 0]
             _check_normaliser(w, plan)
             O[b, rows] = out[:, 1:] / w[:, None]
@@ -129,35 +153,37 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     dO = dO.astype(np.float64)
     for b in range(B):
         v = _Balanced(inputs, plan, b)
-        m1, m2 = v.K1.shape[0], v.K2.shape[0]
-        left = _key_summary(v.K1t, np.hstack([np.ones((m1, 1)), v.V1, v.K1, _outer_rows(v.V1, v.K1)]),
-                            v.table, chunk)
-        right = _key_summary(v.K2t, np.hstack([np.ones((m2, 1)), v.V2, v.K2, _outer_rows(v.V2, v.K2)]),
-                             v.table, chunk)
+        width = 1 + dv + d + dv * d
+        left = _summary(lambda rows: key_features(v.K1t[rows], v.table), np.ones(v.K1.shape[0]),
+                        v.V1, v.K1, width, v.table, chunk)
+        right = _summary(lambda rows: key_features(v.K2t[rows], v.table), np.ones(v.K2.shape[0]),
+                         v.V2, v.K2, width, v.table, chunk)
         s2, S2, B1, A1 = left[:, 0], left[:, 1:1 + dv], left[:, 1 + dv:1 + dv + d], left[:, 1 + dv + d:]
         s3, S3, B2, A2 = right[:, 0], right[:, 1:1 + dv], right[:, 1 + dv:1 + dv + d], right[:, 1 + dv + d:]
         normaliser = s2 * s3
         query_side = np.hstack([A1 * A2, B1 * B2])
         delta = np.einsum("nm,nm->n", dO[b], O[b])
-        summary_q = np.zeros((normaliser.shape[0], dv + dv * d + d))
-        for rows in _chunks(n, chunk):
-            U1 = query_features(v.Qt[rows], v.coefficients[rows], v.table)
-            w = U1 @ normaliser
+
+        def normalised_query_features(rows):
+            """Un^T for a chunk (U1^T divided by the normaliser), and dQ for those rows."""
+            U1T = query_features(v.Qt[rows], v.coefficients[rows], v.table)
+            w = normaliser @ U1T
             _check_normaliser(w, plan)
-            U1 /= w[:, None]
-            T = U1 @ query_side
+            U1T /= w[None, :]
+            T = (query_side.T @ U1T).T
             terms = T[:, :dv * d].reshape(-1, dv, d)
             dQ[b, rows] = s * (np.einsum("cm,cml->cl", dO[b, rows], terms) - delta[rows, None] * T[:, dv * d:])
-            summary_q += U1.T @ np.hstack([dO[b, rows], _outer_rows(dO[b, rows], v.Q[rows]),
-                                           delta[rows, None] * v.Q[rows]])
-        Gq, C1, C2 = summary_q[:, :dv], summary_q[:, dv:dv + dv * d], summary_q[:, dv + dv * d:]
+            return U1T
+
+        summary_q = _summary(normalised_query_features, delta, dO[b], v.Q, width, v.table, chunk)
+        Gq, C2, C1 = summary_q[:, 1:1 + dv], summary_q[:, 1 + dv:1 + dv + d], summary_q[:, 1 + dv + d:]
         for Kt, V, own, other_S, other_A, other_B, dK, dV in (
             (v.K1t, v.V1, b, S3, A2, B2, dK1, dV1),
             (v.K2t, v.V2, b, S2, A1, B1, dK2, dV2),
         ):
             side = np.hstack([other_S * Gq, C1 * other_A, C2 * other_B])
             for rows in _chunks(Kt.shape[0], chunk):
-                T = key_features(Kt[rows], v.table) @ side
+                T = (side.T @ key_features(Kt[rows], v.table)).T
                 dV[own, rows] = T[:, :dv]
                 terms = T[:, dv:dv + dv * d].reshape(-1, dv, d)
                 dK[own, rows] = s * (np.einsum("cm,cml->cl", V[rows], terms) - T[:, dv + dv * d:])

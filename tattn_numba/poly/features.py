@@ -15,7 +15,9 @@ Hölder radius do).
 
 Columns are ordered by degree, and within a degree as non-decreasing index sequences
 l_1 <= … <= l_t; every column is its parent column (drop the last index) times one variable, so
-a row of features costs r multiplications (:func:`_monomials`, a Numba kernel over rows).
+a row of features costs r multiplications (:func:`_monomials`). The maps are returned
+transposed, features × rows, so that every column is one contiguous vectorised loop; the
+low-rank products take the transpose for free.
 """
 
 from __future__ import annotations
@@ -79,35 +81,56 @@ def multi_index_table(d: int, degree: int) -> MultiIndexTable:
     return MultiIndexTable(parent, var, deg, mult)
 
 
+#: Rows per block of the feature kernels: the previous degree's columns of a block
+#: (C(d+g-2, g-1)·BLOCK·8 bytes, ~1 MB for d = 8, g = 4) stay in a core's L2 cache. Measured:
+#: 0.27 ns per entry at 1024 rows against 1.3–1.8 ns at 4096–8192.
+BLOCK = 1024
+
+
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _monomials(X, parent, var, degree, multinomial, coefficients, weighted, out):
-    """``out[i, c] = Π_l X[i, l]^{α_l}`` for column c ↔ α, built from the parent column.
+def _monomials(XT, parent, var, out):
+    """``out[c, :] = Π_l XT[l, :]^{α_l}`` for column c ↔ α: one product of two rows per column.
 
-    With ``weighted`` each entry is then multiplied by ``coefficients[i, degree[c]] ·
-    multinomial[c]`` (the query side). Parallel over rows; r multiplications per row.
+    Transposed layout (features × rows) so each column is a contiguous, vectorised loop. Rows
+    are processed in parallel blocks of :data:`BLOCK`; within a block the columns run in order
+    (a parent always precedes its children).
     """
-    rows = X.shape[0]
-    r = parent.shape[0]
-    for i in numba.prange(rows):
-        out[i, 0] = 1.0
-        for c in range(1, r):
-            out[i, c] = out[i, parent[c]] * X[i, var[c]]
-        if weighted:
-            for c in range(r):
-                out[i, c] *= coefficients[i, degree[c]] * multinomial[c]
+    rows = XT.shape[1]
+    for blk in numba.prange((rows + BLOCK - 1) // BLOCK):
+        j0 = blk * BLOCK
+        j1 = min(j0 + BLOCK, rows)
+        first = out[0, j0:j1]
+        first[:] = 1.0
+        for c in range(1, parent.shape[0]):
+            dst = out[c, j0:j1]
+            src = out[parent[c], j0:j1]
+            x = XT[var[c], j0:j1]
+            for j in range(j1 - j0):
+                dst[j] = src[j] * x[j]
 
 
-def _features(X, table, coefficients, weighted, out):
+@numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
+def _weigh(out, degree, multinomial, coefficientsT):
+    """``out[c, :] *= multinomial[c] · coefficientsT[degree[c], :]`` (the query-side weights)."""
+    rows = out.shape[1]
+    for c in numba.prange(out.shape[0]):
+        dst = out[c]
+        coefficient = coefficientsT[degree[c]]
+        weight = multinomial[c]
+        for j in range(rows):
+            dst[j] *= weight * coefficient[j]
+
+
+def _features(X: np.ndarray, table: MultiIndexTable, out: np.ndarray | None) -> np.ndarray:
     if out is None:
-        out = np.empty((X.shape[0], table.parent.shape[0]))
-    _monomials(np.ascontiguousarray(X, dtype=np.float64), table.parent, table.var, table.degree,
-               table.multinomial, np.ascontiguousarray(coefficients, dtype=np.float64), weighted, out)
+        out = np.empty((table.parent.shape[0], X.shape[0]))
+    _monomials(np.ascontiguousarray(X.T, dtype=np.float64), table.parent, table.var, out)
     return out
 
 
 def query_features(Qt: np.ndarray, coefficients: np.ndarray, table: MultiIndexTable,
                    out: np.ndarray | None = None) -> np.ndarray:
-    """U1 for balanced query rows.
+    """U1^T for balanced query rows (features × rows).
 
     Parameters
     ----------
@@ -117,16 +140,18 @@ def query_features(Qt: np.ndarray, coefficients: np.ndarray, table: MultiIndexTa
     coefficients : ndarray, shape (rows, degree + 1)
         Per-row coefficients a_{i,t} of P_i in the scaled variable x / R_i.
     table : MultiIndexTable
-    out : ndarray, shape (rows, r), optional
+    out : ndarray, shape (r, rows), optional
 
     Returns
     -------
-    U1 : ndarray, shape (rows, r), float64
-        ``U1[i, α] = a_{i,|α|} · (|α|!/α!) · Π_l Qt[i, l]^{α_l}``. Time O(rows·r).
+    U1T : ndarray, shape (r, rows), float64
+        ``U1T[α, i] = a_{i,|α|} · (|α|!/α!) · Π_l Qt[i, l]^{α_l}``. Time O(rows·r).
     """
-    return _features(Qt, table, coefficients, True, out)
+    out = _features(Qt, table, out)
+    _weigh(out, table.degree, table.multinomial, np.ascontiguousarray(coefficients.T, dtype=np.float64))
+    return out
 
 
 def key_features(Kt: np.ndarray, table: MultiIndexTable, out: np.ndarray | None = None) -> np.ndarray:
-    """U2 (or U3) for balanced key rows ``Kt = K / κ`` (entries in [−1, 1]); shape (rows, r)."""
-    return _features(Kt, table, np.ones((1, 1)), False, out)
+    """U2^T (or U3^T) for balanced key rows ``Kt = K / κ`` (entries in [−1, 1]); shape (r, rows)."""
+    return _features(Kt, table, out)

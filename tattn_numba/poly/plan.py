@@ -25,11 +25,18 @@ from .._validation import AttentionInputs
 from . import exp_approx
 from .features import rank
 
-__all__ = ["PolyPlan", "GradientBounds", "row_radii", "value_ranges", "make_plan", "gradient_bounds"]
+__all__ = [
+    "PolyPlan", "GradientBounds", "row_radii", "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan",
+    "gradient_bounds",
+]
 
 #: Rate assumed by the time estimate (floating-point operations per second, BLAS-bound
 #: low-rank contractions on this project's 2-core reference machine).
 ASSUMED_FLOPS = 5e10
+
+#: Per-row radii are rounded up to 2^(k / RADIUS_GRID_STEPS): a polynomial certified on a
+#: larger interval is certified on the row's own, and rows then share fits.
+RADIUS_GRID_STEPS = 256
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,15 @@ class PolyPlan:
     rank : int
         r = C(d + g, g), the number of feature columns.
     radius : ndarray, shape (..., n)
-        Certified per-row logit radius R_i = min(ℓ∞ row bound, Hölder bound).
+        Certified per-row logit radius: R_i = min(ℓ∞ row bound, Hölder bound), rounded up to a
+        grid of :data:`RADIUS_GRID_STEPS` points per octave (at most 0.3% larger), so the
+        polynomials are fitted once per distinct grid radius instead of once per row.
     global_radius : float
         The one-interval radius s·Σ_l max|Q_l|·max|K1_l|·max|K2_l| a global polynomial would need.
     epsilon : ndarray, shape (..., n)
         Certified relative error of each row's polynomial on its interval.
+    coefficients : ndarray, shape (..., n, degree + 1)
+        Row i's polynomial P_i(x) = Σ_t coefficients[i, t]·(x / radius_i)^t.
     kappa : ndarray, shape (..., n)
         2ε/(1 − ε): the entrywise relative error of the normalised weights.
     output_bound : ndarray, shape (..., n, dv)
@@ -68,6 +79,7 @@ class PolyPlan:
     radius: np.ndarray
     global_radius: float
     epsilon: np.ndarray
+    coefficients: np.ndarray
     kappa: np.ndarray
     output_bound: np.ndarray
     max_output_bound: float
@@ -113,6 +125,24 @@ def row_radii(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(linf, holder), global_radius
 
 
+def round_up_to_grid(radius: np.ndarray) -> np.ndarray:
+    """Smallest 2^(k / RADIUS_GRID_STEPS) >= radius, elementwise (0 stays 0)."""
+    positive = radius > 0.0
+    k = np.ceil(np.log2(np.where(positive, radius, 1.0)) * RADIUS_GRID_STEPS)
+    grid = np.exp2(k / RADIUS_GRID_STEPS)
+    grid = np.where(grid < radius, np.exp2((k + 1) / RADIUS_GRID_STEPS), grid)  # guard rounding
+    return np.where(positive, grid, 0.0)
+
+
+def per_row_fits(family: str, degree: int, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients (..., degree + 1) and certified errors (...) for grid radii, fitted once per
+    distinct radius (a few thousand at most) and gathered back to the rows."""
+    distinct, where = np.unique(radius, return_inverse=True)
+    coefficients = exp_approx.exp_coefficients(family, degree, distinct)[where]
+    epsilon = np.asarray(exp_approx.relative_error_bound(family, degree, distinct))[where]
+    return coefficients.reshape(radius.shape + (degree + 1,)), epsilon.reshape(radius.shape)
+
+
 def value_ranges(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
     """max − min over pairs of V1[j1, m]·V2[j2, m], per batch entry and column: (B, dv)."""
     lo1, hi1 = V1.min(axis=1), V1.max(axis=1)
@@ -156,6 +186,7 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
     radius, global_radius = row_radii(inputs)
+    radius = round_up_to_grid(radius)
     ranges = value_ranges(inputs.V1.astype(np.float64), inputs.V2.astype(np.float64))
     if degree is None:
         degree = _degree_for_tolerance(tol, family, radius, ranges)
@@ -171,7 +202,7 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
             f"above the memory budget of {budget / 2**20:.0f} MiB; lower the degree, loosen tol, "
             "or raise memory_budget"
         )
-    epsilon = exp_approx.relative_error_bound(family, degree, radius.ravel()).reshape(radius.shape)
+    coefficients, epsilon = per_row_fits(family, degree, radius)
     kappa = _kappa(epsilon)
     with np.errstate(invalid="ignore"):
         output_bound = np.where(ranges[:, None, :] > 0.0, kappa[:, :, None] * ranges[:, None, :] / 2.0, 0.0)
@@ -180,7 +211,8 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     return PolyPlan(
         family=family, degree=int(degree), rank=int(r),
         radius=radius.reshape(batch + (n,)), global_radius=float(global_radius.max()),
-        epsilon=epsilon.reshape(batch + (n,)), kappa=kappa.reshape(batch + (n,)),
+        epsilon=epsilon.reshape(batch + (n,)), coefficients=coefficients.reshape(batch + (n, degree + 1)),
+        kappa=kappa.reshape(batch + (n,)),
         output_bound=output_bound.reshape(batch + (n, dv)), max_output_bound=float(output_bound.max()),
         estimated_seconds=flops / ASSUMED_FLOPS, estimated_bytes=int(nbytes), chunk_rows=rows,
     )

@@ -50,11 +50,41 @@ passes dominate for small d); measured here (2 cores) n = 400, d = 16: loss ≈ 
 grad_X ≈ 0.35 s.
 All arithmetic is float64; results are returned in the input dtype.
 
-A polynomial surrogate (SPEC §5) will plug in as another ``method``; today only ``"exact"`` exists.
+The polynomial surrogate (method="poly")
+----------------------------------------
+The layer with general X (d×d²) and Y (d²×d) *is* tensor attention with feature width D = d² and
+value width d² (pair index (b, c) = b·d + c, as in X's columns), at scale 1/d (the d of the A's):
+
+    Q' = A1 X (n×d²),     K1'[j1,(b,c)] = A2[j1,b],   K2'[j2,(b,c)] = A3[j2,c],
+                          V1'[j1,(b,c)] = A4[j1,b],   V2'[j2,(b,c)] = A5[j2,c],
+    O' = attention(Q', K1', K2', V1', V2', scale=1/d) = f (A4 ⊗ A5)          (n×d²)
+
+since s·⟨Q'_i, K1'_j1 ∘ K2'_j2⟩ = (A1 X (A2 ⊗ A3)^T)[i,(j1,j2)] / d. Then the layer output is O' Y,
+c = O' Y − E, Loss = ½‖c‖², dLoss/dY = O'^T c, and dLoss/dX = A1^T dQ' with dQ' the attention
+gradient w.r.t. Q' for the upstream dO' = c Y^T (this is SPEC §3's (1/d) A1^T p (A2⊗A3) and
+(A4⊗A5)^T f^T c). ``method="poly"`` evaluates O' and dQ' with the low-rank surrogate of SPEC §5
+(:func:`tattn_numba.attention_forward` / :func:`tattn_numba.attention_backward`, ``method="poly"``);
+nothing of size n² or n×n² is formed.
+
+Complexity (method="poly"): with g the polynomial degree and r = C(d² + g, g) the surrogate's rank,
+forward (:func:`output`, :func:`loss`, :func:`grad_Y`) O(n·r·d²), gradient (:func:`grad_X`,
+:func:`weight_grads`) O(n·r·d⁴) time; memory O(r·d⁴ + chunk·r + n·d²) (the r×(1 + 2d² + d⁴)
+summaries dominate). Almost linear in n, but r grows like d^{2g}/g!, so it is meant for small d
+(the theory's d = O(log n) with bounded entries); the surrogate refuses, with a ``ValueError``,
+a rank whose memory passes ``memory_budget`` (default ``config.MEMORY_BUDGET_BYTES``).
+
+Options of method="poly" (keyword-only; all must be left ``None`` for method="exact"):
+exactly one of ``tol`` (target certified bound on max |output_poly − output_exact| of the layer
+output O' Y, n×d; the surrogate is run with attention-output tolerance tol/‖Y‖₁, ‖Y‖₁ the largest
+column sum of |Y|) and ``degree`` (a fixed polynomial degree g); ``family`` ("chebyshev", the
+default when None, or "taylor"); ``memory_budget`` (bytes). :func:`poly_certificate` returns the
+surrogate's values together with certified bounds on their distance to the exact ones (loss,
+output, dLoss/dX, dLoss/dY; :func:`poly_weight_grad_bounds` maps them to the weight gradients).
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -63,8 +93,15 @@ from tensorly.tenalg import khatri_rao
 
 from . import config
 from ._validation import as_float_array, check_memory
+from .attention import attention_backward, attention_forward
+from .poly.api import poly_gradient_bounds
+from .poly.exp_approx import FAMILIES
+from .poly.plan import PolyPlan
 
-__all__ = ["WeightGrads", "build_X", "build_Y", "output", "loss", "grad_X", "grad_Y", "weight_grads"]
+__all__ = [
+    "WeightGrads", "PolyCertificate", "build_X", "build_Y", "output", "loss", "grad_X", "grad_Y", "weight_grads",
+    "poly_certificate", "poly_weight_grad_bounds",
+]
 
 #: Target size in bytes of one chunk's n×n work tensors (all of them together). Tests patch it.
 _CHUNK_BYTES = 4 * 2**20
@@ -72,7 +109,10 @@ _CHUNK_BYTES = 4 * 2**20
 #: temporaries of the two-sided products), used to size chunks and to check the memory budget.
 _LIVE_NN_TENSORS = 3
 
-_METHODS = ("exact",)
+_METHODS = ("exact", "poly")
+
+#: Keyword options of method="poly" (all must be None for method="exact").
+_POLY_OPTIONS = ("tol", "degree", "family", "memory_budget")
 
 
 class WeightGrads(NamedTuple):
@@ -95,6 +135,47 @@ class _Terms(NamedTuple):
     dY: np.ndarray | None
 
 
+class PolyCertificate(NamedTuple):
+    """The surrogate's values (method="poly") with certified bounds on their distance to the exact ones.
+
+    All arrays are float64 (the bounds refer to these float64 values; casting them to float32
+    adds that cast's rounding on top).
+
+    Attributes
+    ----------
+    loss : float
+        Surrogate loss ½‖c̃‖², c̃ = Õ' Y − E.
+    output : ndarray, shape (n, d)
+        Surrogate layer output Õ' Y.
+    grad_X : ndarray, shape (d, d²)
+        Surrogate dLoss/dX = A1^T dQ̃'.
+    grad_Y : ndarray, shape (d², d)
+        Surrogate dLoss/dY = Õ'^T c̃.
+    loss_bound : float
+        |loss − loss_exact| <= loss_bound.
+    output_bound : ndarray, shape (n, d)
+        |output − output_exact| <= output_bound entrywise.
+    grad_X_bound : ndarray, shape (d, d²)
+        |grad_X − grad_X_exact| <= grad_X_bound entrywise.
+    grad_Y_bound : ndarray, shape (d², d)
+        |grad_Y − grad_Y_exact| <= grad_Y_bound entrywise.
+    plan : PolyPlan
+        The underlying surrogate's plan for the reduced attention (feature width d², value
+        width d²): degree, rank r = C(d² + g, g), per-row radii and κ, and its entrywise bound
+        ``plan.output_bound`` (n, d²) on |Õ' − O'|.
+    """
+
+    loss: float
+    output: np.ndarray
+    grad_X: np.ndarray
+    grad_Y: np.ndarray
+    loss_bound: float
+    output_bound: np.ndarray
+    grad_X_bound: np.ndarray
+    grad_Y_bound: np.ndarray
+    plan: PolyPlan
+
+
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
@@ -106,6 +187,50 @@ def _check_method(method) -> str:
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(_METHODS)}")
     return method
+
+
+def _check_options(method: str, tol, degree, family, memory_budget) -> dict:
+    """Validate the options of ``method``; return the keyword options of its driver.
+
+    method="exact" takes none (every option must be None, else ``TypeError`` naming it);
+    method="poly" needs exactly one of ``tol`` and ``degree`` (``ValueError`` otherwise), a known
+    ``family`` (None means "chebyshev"); ``memory_budget`` is checked by the surrogate.
+    """
+    given = {"tol": tol, "degree": degree, "family": family, "memory_budget": memory_budget}
+    if method != "poly":
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise TypeError(
+                f"option(s) {', '.join(extra)} apply only to method='poly'; method={method!r} takes none "
+                "(leave them None)"
+            )
+        return {}
+    if tol is None and degree is None:
+        raise ValueError(
+            "method='poly' needs exactly one of tol (target bound on the layer-output error) or degree "
+            "(polynomial degree); got neither"
+        )
+    if tol is not None and degree is not None:
+        raise ValueError("method='poly' takes exactly one of tol or degree; got both tol and degree")
+    if tol is not None:
+        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+            raise TypeError(f"tol must be a positive real number, got {type(tol).__name__}")
+        tol = float(tol)
+        if not np.isfinite(tol) or tol <= 0.0:
+            raise ValueError(f"tol must be positive and finite, got {tol!r}")
+    if degree is not None:
+        if isinstance(degree, (bool, np.bool_)) or not isinstance(degree, numbers.Integral):
+            raise TypeError(f"degree must be a non-negative integer, got {type(degree).__name__}")
+        degree = int(degree)
+        if degree < 0:
+            raise ValueError(f"degree must be >= 0, got {degree}")
+    if family is None:
+        family = "chebyshev"
+    if not isinstance(family, str):
+        raise TypeError(f"family must be a string, one of {list(FAMILIES)}, got {type(family).__name__}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {list(FAMILIES)}")
+    return {"tol": tol, "degree": degree, "family": family, "memory_budget": memory_budget}
 
 
 def _check_matrix(x, name: str, dtype, shape: tuple[int, int] | None, what: str) -> np.ndarray:
@@ -250,16 +375,87 @@ def _exact_terms(
     return _Terms(total, out, dX, dY)
 
 
-_DRIVERS: dict[str, Callable[..., _Terms]] = {"exact": _exact_terms}
+def _reduced_attention(A, X):
+    """The tensor-attention operands of the layer: Q' = A1 X and K1', K2', V1', V2' (all n×d²).
+
+    ``K1'[j, (b, c)] = A2[j, b]``, ``K2'[j, (b, c)] = A3[j, c]`` (likewise V1' from A4, V2' from
+    A5) with pair (b, c) = b·d + c, so that s·⟨Q'_i, K1'_j1 ∘ K2'_j2⟩ = (A1 X (A2 ⊗ A3)^T)[i, (j1, j2)]·s
+    and Σ P[i, j1, j2] V1'[j1] ∘ V2'[j2] = (f (A4 ⊗ A5))_i. Memory O(n·d²).
+    """
+    A1, A2, A3, A4, A5 = A
+    d = A1.shape[1]
+    return A1 @ X, np.repeat(A2, d, axis=1), np.tile(A3, (1, d)), np.repeat(A4, d, axis=1), np.tile(A5, (1, d))
 
 
-def _run(method, A1, A2, A3, A4, A5, E, X, Y, *, want_out=False, want_dX=False, want_dY=False, chunk_rows=None):
+def _poly_forward(A, X, Y, *, tol, degree, family, memory_budget):
+    """Surrogate O' (n×d², float64) and its AttentionState. ``tol`` bounds the layer output O'Y:
+    the surrogate gets attention-output tolerance tol/‖Y‖₁ (‖Y‖₁ = largest column sum of |Y|),
+    since |ΔO' Y| <= |ΔO'|·|Y| <= max|ΔO'|·‖Y‖₁ entrywise."""
+    d = A[0].shape[1]
+    if tol is not None:
+        ynorm = float(np.abs(Y).sum(axis=0).max())
+        if ynorm > 0.0:
+            tol = tol / ynorm * (1.0 - 1e-12)  # keep max|ΔO'|·‖Y‖₁ <= tol despite rounding
+    Qp, K1p, K2p, V1p, V2p = _reduced_attention(A, X)
+    Op, state = attention_forward(
+        Qp, K1p, K2p, V1p, V2p, scale=1.0 / d, method="poly",
+        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
+    )
+    return np.asarray(Op, dtype=np.float64), state
+
+
+def _poly_terms(
+    A, E, X, Y, *, want_out: bool, want_dX: bool, want_dY: bool, chunk_rows: int | None = None,
+    tol=None, degree=None, family="chebyshev", memory_budget=None,
+) -> _Terms:
+    """Driver of the surrogate (``chunk_rows`` is the exact method's knob and is ignored here).
+
+    Õ' = poly attention(Q', K1', K2', V1', V2', scale=1/d); output Õ' Y; c̃ = Õ' Y − E;
+    dY = Õ'^T c̃ (forward only); dX = A1^T dQ̃' with dQ̃' the surrogate gradient for dO' = c̃ Y^T.
+    Time O(n·r·d²) forward, O(n·r·d⁴) with dX; r = C(d² + g, g).
+    """
+    Op, state = _poly_forward(A, X, Y, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+    out = Op @ Y
+    c = out - E if E is not None else out
+    total = 0.5 * float(np.sum(c * c))
+    dY = Op.T @ c if want_dY else None
+    dX = A[0].T @ np.asarray(attention_backward(state, c @ Y.T).dQ, dtype=np.float64) if want_dX else None
+    return _Terms(total, out if want_out else None, dX, dY)
+
+
+_DRIVERS: dict[str, Callable[..., _Terms]] = {"exact": _exact_terms, "poly": _poly_terms}
+
+
+def _run(
+    method, A1, A2, A3, A4, A5, E, X, Y, *, want_out=False, want_dX=False, want_dY=False, chunk_rows=None,
+    tol=None, degree=None, family=None, memory_budget=None,
+):
     method = _check_method(method)
+    options = _check_options(method, tol, degree, family, memory_budget)
     chunk_rows = _check_chunk_rows(chunk_rows)
     A, e, dtype, n, d = _check_data(A1, A2, A3, A4, A5, E)
     x, y = _check_XY(X, Y, dtype, d)
-    terms = _DRIVERS[method](A, e, x, y, want_out=want_out, want_dX=want_dX, want_dY=want_dY, chunk_rows=chunk_rows)
+    terms = _DRIVERS[method](
+        A, e, x, y, want_out=want_out, want_dX=want_dX, want_dY=want_dY, chunk_rows=chunk_rows, **options
+    )
     return terms, dtype
+
+
+def _chain_rule(dX, dY, wq, wk1, wk2, wv1, wv2):
+    """Weight gradients from G = dLoss/dX (d, d²) and H = dLoss/dY (d², d) (see :func:`weight_grads`).
+
+    Linear in (G, H) with coefficients from the weights, so with G, H replaced by entrywise
+    error bounds and the weights by their absolute values it returns entrywise error bounds.
+    """
+    d = wq.shape[0]
+    G = dX.reshape(d, d, d)  # G[a, b, c]
+    H = dY.reshape(d, d, d)  # H[b, c, m]
+    dWQ = dX @ _khatri_rao(wk1, wk2)
+    dWK1 = G.transpose(1, 0, 2).reshape(d, d * d) @ _khatri_rao(wq, wk2)
+    dWK2 = G.transpose(2, 0, 1).reshape(d, d * d) @ _khatri_rao(wq, wk1)
+    dWV1 = np.einsum("bcm,cm->bm", H, wv2)
+    dWV2 = np.einsum("bcm,bm->cm", H, wv1)
+    return dWQ, dWK1, dWK2, dWV1, dWV2
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,7 +519,10 @@ def build_Y(W_V1, W_V2) -> np.ndarray:
     return _khatri_rao(wv1.astype(np.float64), wv2.astype(np.float64)).astype(dtype, copy=False)
 
 
-def output(A1, A2, A3, A4, A5, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> np.ndarray:
+def output(
+    A1, A2, A3, A4, A5, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    memory_budget: int | None = None, _chunk_rows: int | None = None,
+) -> np.ndarray:
     """The layer output ``D^{-1} exp(A1 X (A2 ⊗ A3)^T / d) (A4 ⊗ A5) Y`` (the ``f h`` of SPEC §3).
 
     Parameters
@@ -332,7 +531,9 @@ def output(A1, A2, A3, A4, A5, X, Y, *, method: str = "exact", _chunk_rows: int 
         Inputs of the query, two keys and two values; float32 or float64, one dtype, finite.
     X : array_like, shape (d, d²)
     Y : array_like, shape (d², d)
-    method : {"exact"}
+    method : {"exact", "poly"}
+    tol, degree, family, memory_budget
+        Options of method="poly", see :func:`loss`.
 
     Returns
     -------
@@ -342,13 +543,20 @@ def output(A1, A2, A3, A4, A5, X, Y, *, method: str = "exact", _chunk_rows: int 
 
     Notes
     -----
-    Time Θ(n³d + nd³), memory O(chunk·n² + nd + d³); see the module notes.
+    Exact: time Θ(n³d + nd³), memory O(chunk·n² + nd + d³); see the module notes.
+    Poly: O(n·r·d²), r = C(d² + g, g); entrywise error <= ``poly_certificate(...).output_bound``
+    (<= tol when tol is given).
     """
-    terms, dtype = _run(method, A1, A2, A3, A4, A5, None, X, Y, want_out=True, chunk_rows=_chunk_rows)
+    terms, dtype = _run(
+        method, A1, A2, A3, A4, A5, None, X, Y, want_out=True, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget
+    )
     return terms.out.astype(dtype, copy=False)
 
 
-def loss(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> float:
+def loss(
+    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    memory_budget: int | None = None, _chunk_rows: int | None = None,
+) -> float:
     """The training loss of Liang–Shi–Song–Zhou (2024), SPEC §3.
 
     ``Loss = ½ ‖ D^{-1} exp(A1 X (A2 ⊗ A3)^T / d) (A4 ⊗ A5) Y − E ‖_F²`` with D the row sums,
@@ -365,8 +573,22 @@ def loss(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int
         Query–key parameter, e.g. :func:`build_X`.
     Y : array_like, shape (d², d)
         Value parameter, e.g. :func:`build_Y`.
-    method : {"exact"}
+    method : {"exact", "poly"}
         ``"exact"``: chunked dense computation, never forming n×n² matrices.
+        ``"poly"``: the low-rank polynomial surrogate of SPEC §5 on the reduced tensor attention
+        of the module notes (feature and value width d², scale 1/d); almost linear in n.
+    tol : float, optional
+        method="poly" only: target certified bound on max |output_poly − output_exact| of the
+        layer output (n×d). The smallest certified degree is chosen for the underlying attention
+        with output tolerance tol/‖Y‖₁ (‖Y‖₁ the largest column sum of |Y|). Exactly one of
+        ``tol`` and ``degree``. The loss error is then certified by :func:`poly_certificate`.
+    degree : int, optional
+        method="poly" only: a fixed polynomial degree g instead of ``tol``.
+    family : {"chebyshev", "taylor"}, optional
+        method="poly" only; None means "chebyshev".
+    memory_budget : int, optional
+        method="poly" only: bytes the surrogate may allocate (default
+        ``config.MEMORY_BUDGET_BYTES``); a rank r = C(d² + g, g) needing more is refused.
 
     Returns
     -------
@@ -376,20 +598,30 @@ def loss(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int
     Raises
     ------
     TypeError
-        Non-array input, dtype other than float32/float64, mixed dtypes, non-string method.
+        Non-array input, dtype other than float32/float64, mixed dtypes, non-string method, a
+        poly option (tol, degree, family, memory_budget) given with method="exact", a tol/degree
+        of the wrong type.
     ValueError
         Wrong shapes (the message names the argument), empty arrays, NaN/Inf, unknown method,
-        or a single row's n×n work tensors above ``config.MEMORY_BUDGET_BYTES``.
+        or a single row's n×n work tensors above ``config.MEMORY_BUDGET_BYTES``; for
+        method="poly": neither or both of tol and degree, unknown family, non-positive tol,
+        negative degree, a degree too low to certify positive weights, or a rank above the
+        memory budget.
 
     Notes
     -----
-    Time Θ(n³d + nd³) (≈ 2n³d flops and n³ exponentials), memory O(chunk·n² + nd + d³).
+    Exact: time Θ(n³d + nd³) (≈ 2n³d flops and n³ exponentials), memory O(chunk·n² + nd + d³).
+    Poly: time O(n·r·d²), memory O(r·d⁴ + chunk·r + nd²), r = C(d² + g, g); certified
+    |loss_poly − loss_exact| <= ``poly_certificate(...).loss_bound``.
     """
-    terms, _ = _run(method, A1, A2, A3, A4, A5, E, X, Y, chunk_rows=_chunk_rows)
+    terms, _ = _run(method, A1, A2, A3, A4, A5, E, X, Y, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     return float(terms.loss)
 
 
-def grad_X(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> np.ndarray:
+def grad_X(
+    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    memory_budget: int | None = None, _chunk_rows: int | None = None,
+) -> np.ndarray:
     """Closed-form ``dLoss/dX = (1/d) A1^T p (A2 ⊗ A3)`` (Liang–Shi–Song–Zhou 2024; SPEC §3).
 
     With f the row softmax, h = (A4 ⊗ A5) Y, c = f h − E, q = c h^T, r_i = ⟨c_i, (f h)_i⟩ and
@@ -398,7 +630,7 @@ def grad_X(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: i
 
     Parameters
     ----------
-    A1, A2, A3, A4, A5, E, X, Y, method
+    A1, A2, A3, A4, A5, E, X, Y, method, tol, degree, family, memory_budget
         As for :func:`loss`.
 
     Returns
@@ -414,17 +646,26 @@ def grad_X(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: i
     Time Θ(n³d + nd³) (≈ 4n³d flops and n³ exponentials); memory O(chunk·n² + nd + d³), the
     chunk sized so that its n×n tensors take about 4 MiB (at least one row; a row that does
     not fit ``config.MEMORY_BUDGET_BYTES`` raises ``ValueError``).
+
+    method="poly": dLoss/dX = A1^T dQ̃' with dQ̃' the surrogate attention gradient w.r.t. Q' = A1 X
+    for the upstream dO' = c̃ Y^T (module notes); time O(n·r·d⁴), r = C(d² + g, g). Certified
+    entrywise error bound: ``poly_certificate(...).grad_X_bound``.
     """
-    terms, dtype = _run(method, A1, A2, A3, A4, A5, E, X, Y, want_dX=True, chunk_rows=_chunk_rows)
+    terms, dtype = _run(
+        method, A1, A2, A3, A4, A5, E, X, Y, want_dX=True, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget
+    )
     return terms.dX.astype(dtype, copy=False)
 
 
-def grad_Y(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: int | None = None) -> np.ndarray:
+def grad_Y(
+    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    memory_budget: int | None = None, _chunk_rows: int | None = None,
+) -> np.ndarray:
     """Closed-form ``dLoss/dY = (A4 ⊗ A5)^T f^T c`` (Liang–Shi–Song–Zhou 2024; SPEC §3).
 
     Parameters
     ----------
-    A1, A2, A3, A4, A5, E, X, Y, method
+    A1, A2, A3, A4, A5, E, X, Y, method, tol, degree, family, memory_budget
         As for :func:`loss`.
 
     Returns
@@ -437,13 +678,20 @@ def grad_Y(A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", _chunk_rows: i
     Per chunk of query rows, ``W_i = A4^T f_i A5`` (d×d) gives both the output row
     ``(f h)_i = vec(W_i)^T Y`` and the contribution ``vec(W_i) c_i^T`` to dY (identity I5).
     Time Θ(n³d + nd³) (≈ 2n³d flops and n³ exponentials); memory O(chunk·n² + nd + d³).
+
+    method="poly": dLoss/dY = Õ'^T c̃ from the surrogate forward alone, time O(n·r·d²); certified
+    entrywise error bound: ``poly_certificate(...).grad_Y_bound``.
     """
-    terms, dtype = _run(method, A1, A2, A3, A4, A5, E, X, Y, want_dY=True, chunk_rows=_chunk_rows)
+    terms, dtype = _run(
+        method, A1, A2, A3, A4, A5, E, X, Y, want_dY=True, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget
+    )
     return terms.dY.astype(dtype, copy=False)
 
 
 def weight_grads(
-    A1, A2, A3, A4, A5, E, W_Q, W_K1, W_K2, W_V1, W_V2, *, method: str = "exact", _chunk_rows: int | None = None
+    A1, A2, A3, A4, A5, E, W_Q, W_K1, W_K2, W_V1, W_V2, *, method: str = "exact",
+    tol: float | None = None, degree: int | None = None, family: str | None = None,
+    memory_budget: int | None = None, _chunk_rows: int | None = None,
 ) -> WeightGrads:
     """Gradients of ``loss(A…, E, build_X(W_Q, W_K1, W_K2), build_Y(W_V1, W_V2))`` w.r.t. the weights.
 
@@ -464,7 +712,10 @@ def weight_grads(
     E : array_like, shape (n, d)
     W_Q, W_K1, W_K2, W_V1, W_V2 : array_like, shape (d, d)
         float32 or float64 (one dtype for all arguments), finite.
-    method : {"exact"}
+    method : {"exact", "poly"}
+    tol, degree, family, memory_budget
+        Options of method="poly", see :func:`loss` (tol bounds the layer output at
+        X = build_X(W_Q, W_K1, W_K2), Y = build_Y(W_V1, W_V2)).
 
     Returns
     -------
@@ -474,9 +725,11 @@ def weight_grads(
     Notes
     -----
     One pass computes both dLoss/dX and dLoss/dY: time Θ(n³d + nd³ + d⁴), memory
-    O(chunk·n² + nd + d³).
+    O(chunk·n² + nd + d³). method="poly": time O(n·r·d⁴), r = C(d² + g, g); certified entrywise
+    bounds: ``poly_weight_grad_bounds(poly_certificate(...), W_Q, W_K1, W_K2, W_V1, W_V2)``.
     """
     method = _check_method(method)
+    options = _check_options(method, tol, degree, family, memory_budget)
     chunk_rows = _check_chunk_rows(chunk_rows=_chunk_rows)
     A, e, dtype, n, d = _check_data(A1, A2, A3, A4, A5, E)
     names = {"W_Q": W_Q, "W_K1": W_K1, "W_K2": W_K2, "W_V1": W_V1, "W_V2": W_V2}
@@ -484,12 +737,119 @@ def weight_grads(
     wq, wk1, wk2, wv1, wv2 = (np.asarray(w, dtype=np.float64) for w in W)
     X = wq @ _khatri_rao(wk1, wk2).T
     Y = _khatri_rao(wv1, wv2)
-    terms = _DRIVERS[method](A, e, X, Y, want_out=False, want_dX=True, want_dY=True, chunk_rows=chunk_rows)
-    G = terms.dX.reshape(d, d, d)  # G[a, b, c]
-    H = terms.dY.reshape(d, d, d)  # H[b, c, m]
-    dWQ = terms.dX @ _khatri_rao(wk1, wk2)
-    dWK1 = G.transpose(1, 0, 2).reshape(d, d * d) @ _khatri_rao(wq, wk2)
-    dWK2 = G.transpose(2, 0, 1).reshape(d, d * d) @ _khatri_rao(wq, wk1)
-    dWV1 = np.einsum("bcm,cm->bm", H, wv2)
-    dWV2 = np.einsum("bcm,bm->cm", H, wv1)
-    return WeightGrads(*(g.astype(dtype, copy=False) for g in (dWQ, dWK1, dWK2, dWV1, dWV2)))
+    terms = _DRIVERS[method](
+        A, e, X, Y, want_out=False, want_dX=True, want_dY=True, chunk_rows=chunk_rows, **options
+    )
+    grads = _chain_rule(terms.dX, terms.dY, wq, wk1, wk2, wv1, wv2)
+    return WeightGrads(*(g.astype(dtype, copy=False) for g in grads))
+
+
+# --------------------------------------------------------------------------------------------
+# certificates of the surrogate
+# --------------------------------------------------------------------------------------------
+
+
+def _pair_ranges(A4: np.ndarray, A5: np.ndarray) -> np.ndarray:
+    """range_(b,c) = max − min over (j1, j2) of A4[j1, b]·A5[j2, c], flattened to (d²,) at b·d + c."""
+    lo4, hi4 = A4.min(axis=0), A4.max(axis=0)
+    lo5, hi5 = A5.min(axis=0), A5.max(axis=0)
+    corners = np.stack([np.outer(lo4, lo5), np.outer(lo4, hi5), np.outer(hi4, lo5), np.outer(hi4, hi5)])
+    return (corners.max(axis=0) - corners.min(axis=0)).reshape(-1)
+
+
+def poly_certificate(
+    A1, A2, A3, A4, A5, E, X, Y, *, tol: float | None = None, degree: int | None = None,
+    family: str | None = None, memory_budget: int | None = None,
+) -> PolyCertificate:
+    """Surrogate loss, output, dLoss/dX, dLoss/dY (method="poly") with certified error bounds.
+
+    One surrogate forward and backward on the reduced attention of the module notes, plus
+    O(n·d³ + d⁵) work for the bounds; same options, errors and cost as ``grad_X(...,
+    method="poly")``. Returns a :class:`PolyCertificate` (all float64).
+
+    Parameters
+    ----------
+    A1, A2, A3, A4, A5, E, X, Y
+        As for :func:`loss`.
+    tol, degree, family, memory_budget
+        The method="poly" options of :func:`loss` (exactly one of tol and degree).
+
+    Notes
+    -----
+    Notation: O' the exact attention output (n×d²), Õ' the surrogate's, ΔO' = Õ' − O'; c = O'Y − E,
+    c̃ = Õ'Y − E, Δc = c̃ − c = ΔO' Y; |·| entrywise. The surrogate's plan certifies
+    |ΔO'| <= β := ``plan.output_bound`` entrywise (SPEC §5: |P̃ − P| <= κ_i P, and rows of P̃ − P
+    sum to zero, so |ΔO'[i,k]| <= κ_i·range_k/2). Everything below follows by the triangle
+    inequality and is computed from the surrogate's own quantities (Õ', c̃), not the unknown exact
+    ones. The bounds are for exact arithmetic on top of the computed float64 values; the float64
+    rounding of the final n-term sums (relative ~1e-16 of the summed magnitudes) is not included.
+
+    * output:  |Δ(O'Y)| = |ΔO' Y| <= β |Y| =: ω   (n×d).  With ``tol``, max ω <= tol.
+    * loss:    loss − loss̃ = −⟨c̃, Δc⟩ + ½‖Δc‖², so
+               |Δloss| <= min(Σ |c̃| ∘ ω, ‖c̃‖_F·ρ) + ½ρ²,   ρ = min(‖ω‖_F, ‖β‖_F·‖Y‖₂) >= ‖Δc‖_F.
+    * dY:      O'^T c = (Õ' − ΔO')^T (c̃ − Δc), so
+               |ΔdY| <= |Õ'|^T ω + β^T |c̃| + β^T ω          (d²×d).
+    * dX:      dX̃ − dX = A1^T (dQ̃'(c̃Y^T) − dQ'(cY^T)) where dQ̃'(u), dQ'(u) are the surrogate and
+               exact attention gradients w.r.t. Q' for upstream u. Split
+               dQ̃'(c̃Y^T) − dQ'(cY^T) = [dQ̃'(c̃Y^T) − dQ'(c̃Y^T)] + dQ'(Δc Y^T)
+               (the exact gradient is linear in its upstream). The first bracket is bounded by
+               ``tattn_numba.poly_gradient_bounds(state, c̃Y^T).dQ`` =: b₁. For the second, with
+               u = Δc Y^T, |u| <= γ := ω |Y|^T, and dQ'[i,l] = s Σ_j P[i,j](dS[i,j] − δ_i)K1'[j1,l]K2'[j2,l]
+               where dS[i,j] − δ_i = Σ_k u[i,k](w_k[j] − O'[i,k]) and O'[i,k] lies in the range of
+               w_k = V1'_k ⊘ V2'_k, so |dQ'(u)[i,(b,c)]| <= (1/d)·(Σ_k γ[i,k]·range_k)·max|A2_b|·max|A3_c|
+               =: b₂. Hence
+               |ΔdX| <= |A1|^T (b₁ + b₂)                        (d×d²).
+
+    For the weight gradients see :func:`poly_weight_grad_bounds`.
+    """
+    options = _check_options("poly", tol, degree, family, memory_budget)
+    A, e, dtype, n, d = _check_data(A1, A2, A3, A4, A5, E)
+    x, y = _check_XY(X, Y, dtype, d)
+    Op, state = _poly_forward(A, x, y, **options)
+    out = Op @ y
+    c = out - e
+    upstream = c @ y.T
+    dQ = np.asarray(attention_backward(state, upstream).dQ, dtype=np.float64)
+    dX = A[0].T @ dQ
+    dY = Op.T @ c
+    # bounds
+    plan = state.certificate
+    beta = np.asarray(plan.output_bound, dtype=np.float64).reshape(n, d * d)
+    absY, absc = np.abs(y), np.abs(c)
+    omega = beta @ absY
+    rho = min(float(np.linalg.norm(omega)), float(np.linalg.norm(beta)) * float(np.linalg.norm(y, 2)))
+    first = min(float(np.sum(absc * omega)), float(np.linalg.norm(c)) * rho)
+    loss_bound = first + 0.5 * rho * rho
+    dY_bound = np.abs(Op).T @ omega + beta.T @ (absc + omega)
+    b1 = np.asarray(poly_gradient_bounds(state, upstream).dQ, dtype=np.float64).reshape(n, d * d)
+    gamma = omega @ absY.T
+    key_max = np.outer(np.abs(A[1]).max(axis=0), np.abs(A[2]).max(axis=0)).reshape(-1)
+    b2 = (1.0 / d) * (gamma @ _pair_ranges(A[3], A[4]))[:, None] * key_max[None, :]
+    dX_bound = np.abs(A[0]).T @ (b1 + b2)
+    return PolyCertificate(
+        loss=0.5 * float(np.sum(c * c)), output=out, grad_X=dX, grad_Y=dY, loss_bound=float(loss_bound),
+        output_bound=omega, grad_X_bound=dX_bound, grad_Y_bound=dY_bound, plan=plan,
+    )
+
+
+def poly_weight_grad_bounds(certificate: PolyCertificate, W_Q, W_K1, W_K2, W_V1, W_V2) -> WeightGrads:
+    """Certified entrywise bounds on |weight_grads(method="poly") − weight_grads(method="exact")|.
+
+    ``certificate`` must come from :func:`poly_certificate` at X = build_X(W_Q, W_K1, W_K2),
+    Y = build_Y(W_V1, W_V2) (not checked). The weight gradients are linear in G = dLoss/dX and
+    H = dLoss/dY (:func:`weight_grads`), e.g. ΔdW_Q = ΔG (W_K1 ⊘ W_K2), so with
+    |ΔG| <= ``grad_X_bound`` and |ΔH| <= ``grad_Y_bound``:
+
+        |ΔdW_Q|  <= bG (|W_K1| ⊘ |W_K2|),   |ΔdW_K1| <= bG_(1) (|W_Q| ⊘ |W_K2|),
+        |ΔdW_K2| <= bG_(2) (|W_Q| ⊘ |W_K1|),
+        |ΔdW_V1[b,m]| <= Σ_c bH[b,c,m]·|W_V2[c,m]|,   |ΔdW_V2[c,m]| <= Σ_b bH[b,c,m]·|W_V1[b,m]|.
+
+    Returns a :class:`WeightGrads` of float64 (d, d) bounds. Time O(d⁴).
+    """
+    if not isinstance(certificate, PolyCertificate):
+        raise TypeError(f"certificate must be a PolyCertificate from poly_certificate, got {type(certificate).__name__}")
+    d = certificate.grad_X_bound.shape[0]
+    names = {"W_Q": W_Q, "W_K1": W_K1, "W_K2": W_K2, "W_V1": W_V1, "W_V2": W_V2}
+    W, _ = _check_weights(names, None, d)
+    absW = [np.abs(np.asarray(w, dtype=np.float64)) for w in W]
+    return WeightGrads(*_chain_rule(certificate.grad_X_bound, certificate.grad_Y_bound, *absW))

@@ -205,3 +205,31 @@ def test_nan_rejected(small):
     small[1][0, 0] = np.nan
     with pytest.raises(ValueError, match="K1"):
         ta.attention(*small, method="poly", degree=2)
+
+
+@pytest.mark.parametrize("family, degree", [("chebyshev", 3), ("taylor", 4), ("chebyshev", 6)])
+def test_output_bound_is_nearly_attained_on_an_adversarial_row(family, degree):
+    """A bound that could never fail is not a test: put half the softmax mass on the logit where
+    the polynomial's relative error is largest (value +1) and half where it is most negative
+    (value −1). The measured error must reach at least 1/10 of the certified bound (measured:
+    1/6.3 Chebyshev g=3, 1/4.1 Taylor g=4, 1/5.1 Chebyshev g=6; the gap is κ = 2ε/(1 − ε)
+    against a spread of η that is not quite 2ε, times the looseness of ε itself)."""
+    R = 1.0
+    plan = ta.poly_plan(np.ones((1, 1)), np.array([[R], [-R]]), np.ones((1, 1)), np.ones((2, 1)),
+                        np.ones((1, 1)), scale=1.0, degree=degree, family=family)
+    coefficients, radius = plan.coefficients[0], plan.radius[0]
+    x = np.linspace(-R, R, 20001)
+    eta = np.polynomial.polynomial.polyval(x / radius, coefficients) * np.exp(-x) - 1.0
+    xa, xb = x[np.argmax(eta)], x[np.argmin(eta)]
+    # equal softmax mass on both logits (up to rounding of the copy counts); one more key at −R
+    # keeps the row's radius, hence its polynomial, while carrying under 1% of the mass
+    copies_a = int(round(50 * np.exp(max(xb - xa, 0.0))))
+    copies_b = int(round(50 * np.exp(max(xa - xb, 0.0))))
+    K1 = np.array([[xa]] * copies_a + [[xb]] * copies_b + [[-R]])
+    V1 = np.array([[1.0]] * copies_a + [[-1.0]] * copies_b + [[0.0]])
+    args = (np.ones((1, 1)), K1, np.ones((1, 1)), V1, np.ones((1, 1)))
+    O, state = ta.attention_forward(*args, scale=1.0, method="poly", degree=degree, family=family)
+    error = np.abs(O - dense_attention(*args, 1.0)[0]).max()
+    bound = state.certificate.max_output_bound
+    assert error <= bound
+    assert error >= bound / 10, (error, bound)

@@ -56,24 +56,35 @@ def _chunks(rows: int, size: int):
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _fill_columns(c, X, Y, outT):
+def _fill_columns(c, XT, YT, outT):
     """Column j of ``outT`` = [c_j | X_j | c_j·Y_j | X_j ⊙ Y_j] (1, a, b and a·b entries; the
     last two blocks only when ``outT`` has that many rows). These are the right-hand sides of
-    the summaries: keys use c = 1, X = V, Y = K; queries c = δ, X = dO, Y = Q. Transposed
-    (columns × rows) because OpenBLAS runs the summary product faster that way round."""
-    a = X.shape[1]
-    b = Y.shape[1]
-    products = outT.shape[0] > 1 + a
-    for j in numba.prange(outT.shape[1]):
-        outT[0, j] = c[j]
-        for m in range(a):
-            outT[1 + m, j] = X[j, m]
-        if products:
-            for l in range(b):
-                outT[1 + a + l, j] = c[j] * Y[j, l]
-            for m in range(a):
-                for l in range(b):
-                    outT[1 + a + b + m * b + l, j] = X[j, m] * Y[j, l]
+    the summaries: keys use c = 1, X = V, Y = K; queries c = δ, X = dO, Y = Q. Everything is
+    transposed (columns × rows): OpenBLAS runs the summary product faster that way round, and
+    each output row is then one contiguous product of two input rows."""
+    a = XT.shape[0]
+    b = YT.shape[0]
+    rows = XT.shape[1]
+    width = outT.shape[0]
+    for k in numba.prange(width):
+        dst = outT[k]
+        if k == 0:
+            for j in range(rows):
+                dst[j] = c[j]
+        elif k <= a:
+            x = XT[k - 1]
+            for j in range(rows):
+                dst[j] = x[j]
+        elif k <= a + b:
+            y = YT[k - 1 - a]
+            for j in range(rows):
+                dst[j] = c[j] * y[j]
+        else:
+            m, l = divmod(k - 1 - a - b, b)
+            x = XT[m]
+            y = YT[l]
+            for j in range(rows):
+                dst[j] = x[j] * y[j]
 
 
 def _summary(features, c, X, Y, width, table, chunk):
@@ -82,11 +93,10 @@ def _summary(features, c, X, Y, width, table, chunk):
     ``features(rows)`` returns U^T (r, len(rows)) for a chunk of rows.
     """
     totalT = np.zeros((width, table.parent.shape[0]))
-    rows_total = X.shape[0]
-    buffer = np.empty((width, min(chunk, rows_total)))
-    for rows in _chunks(rows_total, chunk):
-        blockT = buffer[:, : rows.stop - rows.start]
-        _fill_columns(c[rows], X[rows], Y[rows], blockT)
+    XT, YT = np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T)
+    for rows in _chunks(X.shape[0], chunk):
+        blockT = np.empty((width, rows.stop - rows.start))
+        _fill_columns(c[rows], XT[:, rows], YT[:, rows], blockT)
         totalT += blockT @ features(rows).T
     return totalT.T
 

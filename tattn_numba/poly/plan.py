@@ -99,10 +99,21 @@ class GradientBounds(NamedTuple):
     dV2: np.ndarray
 
 
+def column_abs_max(X: np.ndarray) -> np.ndarray:
+    """max_j |X[b, j, l]|, (B, d), without an |X| temporary."""
+    return np.maximum(X.max(axis=1), -X.min(axis=1)).astype(np.float64)
+
+
 def key_column_maxima(K: np.ndarray) -> np.ndarray:
     """κ_l = max_j |K[b, j, l]| per batch entry, with 1 where a column is all zero; (B, d)."""
-    kappa = np.abs(K).max(axis=1)
+    kappa = column_abs_max(K)
     return np.where(kappa > 0.0, kappa, 1.0)
+
+
+def _max_row_4norm(K: np.ndarray) -> np.ndarray:
+    """max_j ‖K[b, j]‖₄ per batch entry, (B,)."""
+    squares = np.square(K, dtype=np.float64)
+    return np.sqrt(np.sqrt(np.einsum("bjl,bjl->bj", squares, squares).max(axis=1)))
 
 
 def row_radii(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
@@ -112,16 +123,13 @@ def row_radii(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
     Σ_l |s·Q[i,l]·K1[j1,l]·K2[j2,l]| (hence |logit|) for every pair: the first term by the
     column maxima, the second by Hölder's inequality with exponents (2, 4, 4).
     """
-    Q, K1, K2 = (np.asarray(x, dtype=np.float64) for x in (inputs.Q, inputs.K1, inputs.K2))
+    Q = np.asarray(inputs.Q, dtype=np.float64)
     s = inputs.scale
-    k1, k2 = np.abs(K1).max(axis=1), np.abs(K2).max(axis=1)  # (B, d), zeros kept
-    linf = s * np.einsum("bnl,bl->bn", np.abs(Q), k1 * k2)
-    holder = (
-        s * np.linalg.norm(Q, axis=2)
-        * np.linalg.norm(K1, ord=4, axis=2).max(axis=1)[:, None]
-        * np.linalg.norm(K2, ord=4, axis=2).max(axis=1)[:, None]
-    )
-    global_radius = s * np.einsum("bl,bl->b", np.abs(Q).max(axis=1), k1 * k2)
+    k12 = column_abs_max(inputs.K1) * column_abs_max(inputs.K2)  # (B, d), zeros kept
+    linf = s * np.einsum("bnl,bl->bn", np.abs(Q), k12)
+    holder = (s * _max_row_4norm(inputs.K1) * _max_row_4norm(inputs.K2))[:, None] * np.sqrt(
+        np.einsum("bnl,bnl->bn", Q, Q))
+    global_radius = s * np.einsum("bl,bl->b", column_abs_max(Q), k12)
     return np.minimum(linf, holder), global_radius
 
 
@@ -266,8 +274,8 @@ def gradient_bounds(inputs: AttentionInputs, kappa: np.ndarray, O: np.ndarray, d
     Q = inputs.Q.astype(np.float64)
     V1, V2 = inputs.V1.astype(np.float64), inputs.V2.astype(np.float64)
     s = inputs.scale
-    k1, k2 = np.abs(inputs.K1).max(axis=1).astype(np.float64), np.abs(inputs.K2).max(axis=1).astype(np.float64)
-    v1, v2 = np.abs(V1).max(axis=1), np.abs(V2).max(axis=1)
+    k1, k2 = column_abs_max(inputs.K1), column_abs_max(inputs.K2)
+    v1, v2 = column_abs_max(V1), column_abs_max(V2)
     ranges = value_ranges(V1, V2)
     abs_dO = np.abs(dO)
     d_delta = kappa * np.einsum("bnm,bm->bn", abs_dO, ranges) / 2.0

@@ -111,9 +111,6 @@ _LIVE_NN_TENSORS = 3
 
 _METHODS = ("exact", "poly")
 
-#: Keyword options of method="poly" (all must be None for method="exact").
-_POLY_OPTIONS = ("tol", "degree", "family", "memory_budget")
-
 
 class WeightGrads(NamedTuple):
     """Gradients of the paper's loss with respect to the five d×d weight matrices.
@@ -520,7 +517,8 @@ def build_Y(W_V1, W_V2) -> np.ndarray:
 
 
 def output(
-    A1, A2, A3, A4, A5, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    A1, A2, A3, A4, A5, X, Y, *, method: str = "exact",
+    tol: float | None = None, degree: int | None = None, family: str | None = None,
     memory_budget: int | None = None, _chunk_rows: int | None = None,
 ) -> np.ndarray:
     """The layer output ``D^{-1} exp(A1 X (A2 ⊗ A3)^T / d) (A4 ⊗ A5) Y`` (the ``f h`` of SPEC §3).
@@ -548,13 +546,15 @@ def output(
     (<= tol when tol is given).
     """
     terms, dtype = _run(
-        method, A1, A2, A3, A4, A5, None, X, Y, want_out=True, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget
+        method, A1, A2, A3, A4, A5, None, X, Y, want_out=True, chunk_rows=_chunk_rows,
+        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
     )
     return terms.out.astype(dtype, copy=False)
 
 
 def loss(
-    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact",
+    tol: float | None = None, degree: int | None = None, family: str | None = None,
     memory_budget: int | None = None, _chunk_rows: int | None = None,
 ) -> float:
     """The training loss of Liang–Shi–Song–Zhou (2024), SPEC §3.
@@ -614,12 +614,16 @@ def loss(
     Poly: time O(n·r·d²), memory O(r·d⁴ + chunk·r + nd²), r = C(d² + g, g); certified
     |loss_poly − loss_exact| <= ``poly_certificate(...).loss_bound``.
     """
-    terms, _ = _run(method, A1, A2, A3, A4, A5, E, X, Y, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+    terms, _ = _run(
+        method, A1, A2, A3, A4, A5, E, X, Y, chunk_rows=_chunk_rows,
+        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
+    )
     return float(terms.loss)
 
 
 def grad_X(
-    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact",
+    tol: float | None = None, degree: int | None = None, family: str | None = None,
     memory_budget: int | None = None, _chunk_rows: int | None = None,
 ) -> np.ndarray:
     """Closed-form ``dLoss/dX = (1/d) A1^T p (A2 ⊗ A3)`` (Liang–Shi–Song–Zhou 2024; SPEC §3).
@@ -652,13 +656,15 @@ def grad_X(
     entrywise error bound: ``poly_certificate(...).grad_X_bound``.
     """
     terms, dtype = _run(
-        method, A1, A2, A3, A4, A5, E, X, Y, want_dX=True, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget
+        method, A1, A2, A3, A4, A5, E, X, Y, want_dX=True, chunk_rows=_chunk_rows,
+        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
     )
     return terms.dX.astype(dtype, copy=False)
 
 
 def grad_Y(
-    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact", tol: float | None = None, degree: int | None = None, family: str | None = None,
+    A1, A2, A3, A4, A5, E, X, Y, *, method: str = "exact",
+    tol: float | None = None, degree: int | None = None, family: str | None = None,
     memory_budget: int | None = None, _chunk_rows: int | None = None,
 ) -> np.ndarray:
     """Closed-form ``dLoss/dY = (A4 ⊗ A5)^T f^T c`` (Liang–Shi–Song–Zhou 2024; SPEC §3).
@@ -683,7 +689,8 @@ def grad_Y(
     entrywise error bound: ``poly_certificate(...).grad_Y_bound``.
     """
     terms, dtype = _run(
-        method, A1, A2, A3, A4, A5, E, X, Y, want_dY=True, chunk_rows=_chunk_rows, tol=tol, degree=degree, family=family, memory_budget=memory_budget
+        method, A1, A2, A3, A4, A5, E, X, Y, want_dY=True, chunk_rows=_chunk_rows,
+        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
     )
     return terms.dY.astype(dtype, copy=False)
 
@@ -786,7 +793,8 @@ def poly_certificate(
 
     * output:  |Δ(O'Y)| = |ΔO' Y| <= β |Y| =: ω   (n×d).  With ``tol``, max ω <= tol.
     * loss:    loss − loss̃ = −⟨c̃, Δc⟩ + ½‖Δc‖², so
-               |Δloss| <= min(Σ |c̃| ∘ ω, ‖c̃‖_F·ρ) + ½ρ²,   ρ = min(‖ω‖_F, ‖β‖_F·‖Y‖₂) >= ‖Δc‖_F.
+               |Δloss| <= min(Σ |c̃| ∘ ω, ‖c̃‖_F·ρ) + ½ρ²,
+               ρ = min(‖ω‖_F, ‖β‖_F·‖Y‖₂) >= ‖Δc‖_F.
     * dY:      O'^T c = (Õ' − ΔO')^T (c̃ − Δc), so
                |ΔdY| <= |Õ'|^T ω + β^T |c̃| + β^T ω          (d²×d).
     * dX:      dX̃ − dX = A1^T (dQ̃'(c̃Y^T) − dQ'(cY^T)) where dQ̃'(u), dQ'(u) are the surrogate and
@@ -847,7 +855,9 @@ def poly_weight_grad_bounds(certificate: PolyCertificate, W_Q, W_K1, W_K2, W_V1,
     Returns a :class:`WeightGrads` of float64 (d, d) bounds. Time O(d⁴).
     """
     if not isinstance(certificate, PolyCertificate):
-        raise TypeError(f"certificate must be a PolyCertificate from poly_certificate, got {type(certificate).__name__}")
+        raise TypeError(
+            f"certificate must be a PolyCertificate from poly_certificate, got {type(certificate).__name__}"
+        )
     d = certificate.grad_X_bound.shape[0]
     names = {"W_Q": W_Q, "W_K1": W_K1, "W_K2": W_K2, "W_V1": W_V1, "W_V2": W_V2}
     W, _ = _check_weights(names, None, d)

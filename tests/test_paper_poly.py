@@ -10,6 +10,8 @@ bounds (:func:`paper.poly_certificate`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -114,7 +116,7 @@ def test_poly_within_certified_bounds(n, d, B, degree, family, seed):
     kw = dict(method="poly", degree=degree, family=family)
     cert = paper.poly_certificate(*A, E, X, Y, degree=degree, family=family)
     assert cert.plan.degree == degree and cert.plan.family == family
-    assert cert.plan.rank == len(__import__("itertools").combinations_with_replacement(range(d * d + 1), degree).__iter__.__self__.__class__.__mro__) or True
+    assert cert.plan.rank == math.comb(d * d + degree, degree)  # r = C(d² + g, g)
     # the public functions return the certificate's values
     assert paper.loss(*A, E, X, Y, **kw) == pytest.approx(cert.loss, rel=1e-14, abs=1e-300)
     np.testing.assert_allclose(paper.output(*A, X, Y, **kw), cert.output, rtol=1e-14, atol=0)
@@ -151,10 +153,10 @@ def test_poly_weight_grads_within_certified_bounds(n, d, B, degree, family, seed
     assert np.abs(poly.dW_Q - exact.dW_Q).max() <= 1e-2 * np.abs(exact.dW_Q).max() + 1e-12
 
 
-@pytest.mark.parametrize("d, degrees", [(2, (2, 4, 8, 12, 16)), (3, (2, 4, 6, 7))])
+@pytest.mark.parametrize("d, B, degrees", [(2, 1.0, (2, 4, 6, 8, 12)), (3, 0.5, (1, 2, 4, 6))])
 @pytest.mark.parametrize("family", ["chebyshev", "taylor"])
-def test_poly_converges_with_degree(d, degrees, family):
-    A, E, X, Y = problem(7 + d, 10, d, 0.5)
+def test_poly_converges_with_degree(d, B, degrees, family):
+    A, E, X, Y = problem(7 + d, 10, d, B)
     L, dX, dY = paper.loss(*A, E, X, Y), paper.grad_X(*A, E, X, Y), paper.grad_Y(*A, E, X, Y)
     errors, bounds = [], []
     for g in degrees:
@@ -162,13 +164,12 @@ def test_poly_converges_with_degree(d, degrees, family):
         errors.append(max(abs(cert.loss - L) / L, np.abs(cert.grad_X - dX).max() / np.abs(dX).max(),
                           np.abs(cert.grad_Y - dY).max() / np.abs(dY).max()))
         bounds.append((cert.loss_bound, cert.grad_X_bound.max(), cert.grad_Y_bound.max()))
-    # certified bounds shrink with the degree (until the float64 floor), errors follow
+    # the certified bounds shrink strictly with the degree (these degrees stay above the float64 floor)
     for lo, hi in zip(bounds[1:], bounds[:-1]):
-        assert all(a <= b * 1.0001 for a, b in zip(lo, hi))
-    assert errors[-1] <= 1e-10
-    assert errors[0] > errors[-1]
-    if d == 2:
-        assert bounds[-1][0] <= 1e-10 * L  # the certificate itself reaches high accuracy
+        assert all(a < b for a, b in zip(lo, hi))
+    assert errors[0] > 1e3 * errors[-1]
+    assert errors[-1] <= 1e-10  # relative error of loss, grad_X, grad_Y at the highest degree
+    assert bounds[-1][0] <= 1e-10 * L and bounds[-1][2] <= 1e-8 * np.abs(dY).max()
 
 
 @pytest.mark.parametrize("tol", [1e-2, 1e-5, 1e-9])
@@ -250,6 +251,7 @@ def test_bad_options(fn):
     fn(*args, method="poly", degree=np.int64(3), family="taylor")  # numpy integers are fine
 
 
+# poly/plan.py's κ = 2ε/(1 − ε) overflows (to the intended inf) for a hopeless degree, with a warning
 def test_certificate_bad_options_and_refusals():
     A, E, X, Y = problem(42, 6, 3, 1.0)
     with pytest.raises(ValueError, match="tol.*degree"):
@@ -269,7 +271,7 @@ def test_certificate_bad_options_and_refusals():
         paper.grad_X(*Ab, Eb, Xb, Yb, method="poly", degree=1)
     with pytest.raises(TypeError, match="PolyCertificate"):
         paper.poly_weight_grad_bounds(None, *weights(44, 3, 1.0))
-    cert = paper.poly_certificate(*A, E, X, Y, degree=2)
+    cert = paper.poly_certificate(*A, E, X, Y, degree=4)
     with pytest.raises(ValueError, match="W_V1"):
         paper.poly_weight_grad_bounds(cert, *weights(45, 3, 1.0)[:3], np.eye(2), np.eye(3))
 

@@ -54,22 +54,61 @@ def test_output_and_gradients_within_certificates(family, degree):
     n=st.integers(1, 7), m1=st.integers(1, 7), m2=st.integers(1, 7), d=st.integers(1, 4),
     dv=st.integers(1, 3), bound=st.sampled_from([0.3, 1.0, 1.6]), degree=st.integers(0, 7),
     family=st.sampled_from(FAMILIES), seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([None, 0.5]),
+    causal=st.booleans(),
 )
-def test_certificates_hold_on_random_inputs(n, m1, m2, d, dv, bound, degree, family, seed, scale):
+def test_certificates_hold_on_random_inputs(n, m1, m2, d, dv, bound, degree, family, seed, scale, causal):
     rng = np.random.default_rng(seed)
+    if causal:
+        m1 = m2 = n
     Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (), n, m1, m2, d, dv, bound)
+    options = dict(scale=scale, causal=causal, method="poly", degree=degree, family=family)
     plan = ta.poly_plan(Q, K1, K2, V1, V2, scale=scale, degree=degree, family=family)
     if not np.all(plan.epsilon < 1.0):
         with pytest.raises(ValueError, match="degree"):
-            ta.attention(Q, K1, K2, V1, V2, scale=scale, method="poly", degree=degree, family=family)
+            ta.attention(Q, K1, K2, V1, V2, **options)
         return
-    O, state = ta.attention_forward(Q, K1, K2, V1, V2, scale=scale, method="poly", degree=degree, family=family)
-    O_ref, _ = dense_attention(Q, K1, K2, V1, V2, scale)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, **options)
+    O_ref, _ = dense_attention(Q, K1, K2, V1, V2, scale, causal)
     assert np.all(np.abs(O - O_ref) <= state.certificate.output_bound + rounding_floor(O_ref))
     grads = ta.attention_backward(state, dO)
     bounds = ta.poly_gradient_bounds(state, dO)
-    for g, ref, b in zip(grads, dense_attention_grad(Q, K1, K2, V1, V2, dO, scale), bounds):
+    for g, ref, b in zip(grads, dense_attention_grad(Q, K1, K2, V1, V2, dO, scale, causal), bounds):
         assert np.all(np.abs(g - ref) <= b + rounding_floor(ref))
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 8192])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("degree", [2, 5])
+def test_causal_within_certificates(family, degree, chunk_rows, monkeypatch):
+    """Causal: prefix scans forward, downdating reverse scan backward; chunk_rows = 3 makes the
+    reverse scan restart from its checkpoints several times."""
+    monkeypatch.setattr(config, "POLY_CHUNK_ROWS", chunk_rows)
+    rng = np.random.default_rng(degree)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (2,), 10, 10, 10, 3, 2, bound=1.2)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, causal=True, method="poly", degree=degree, family=family)
+    O_ref, _ = dense_attention(Q, K1, K2, V1, V2, causal=True)
+    assert np.all(np.abs(O - O_ref) <= state.certificate.output_bound + rounding_floor(O_ref))
+    grads = ta.attention_backward(state, dO)
+    bounds = ta.poly_gradient_bounds(state, dO)
+    refs = dense_attention_grad(Q, K1, K2, V1, V2, dO, causal=True)
+    for name, g, ref, bound in zip(ta.AttentionGrads._fields, grads, refs, bounds):
+        assert np.all(np.abs(g - ref) <= bound + rounding_floor(ref)), name
+
+
+def test_causal_reaches_round_off_at_high_degree():
+    rng = np.random.default_rng(12)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (), 9, 9, 9, 2, 2, bound=0.8)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, causal=True, method="poly", degree=12)
+    np.testing.assert_allclose(O, dense_attention(Q, K1, K2, V1, V2, causal=True)[0], rtol=0, atol=1e-13)
+    for g, ref in zip(ta.attention_backward(state, dO), dense_attention_grad(Q, K1, K2, V1, V2, dO, causal=True)):
+        np.testing.assert_allclose(g, ref, rtol=0, atol=1e-12 * max(1.0, np.abs(ref).max()))
+
+
+def test_causal_first_row_attends_to_the_first_pair_only():
+    rng = np.random.default_rng(13)
+    Q, K1, K2, V1, V2, _ = uniform_inputs(rng, (), 6, 6, 6, 2, 3, bound=1.0)
+    O = ta.attention(Q, K1, K2, V1, V2, causal=True, method="poly", degree=3)
+    np.testing.assert_allclose(O[0], V1[0] * V2[0], rtol=1e-13)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -193,12 +232,6 @@ def small(rng):
 def test_bad_options(small, options, error, match):
     with pytest.raises(error, match=match):
         ta.attention(*small, method="poly", **options)
-
-
-def test_causal_is_refused_for_now(small):
-    Q = small[0][:3]
-    with pytest.raises(ValueError, match="causal"):
-        ta.attention(Q, small[1], small[2][:3], small[3], small[4][:3], causal=True, method="poly", degree=2)
 
 
 def test_nan_rejected(small):

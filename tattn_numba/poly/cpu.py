@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import config
 from .._validation import AttentionInputs
+from . import causal as _causal
 from . import exp_approx
 from .features import key_features, multi_index_table, query_features
 from .plan import PolyPlan, key_column_maxima, make_plan
@@ -115,8 +116,6 @@ def forward(inputs: AttentionInputs, *, tol=None, degree=None, family="chebyshev
 
     Time O((n + m1 + m2)·r·dv) per batch entry; memory O(chunk·r + r·dv).
     """
-    if inputs.causal:
-        raise ValueError("causal=True is not supported by method='poly' yet; use method='exact'")
     plan = make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     worst = float(np.max(plan.epsilon))
     if not worst < 1.0:
@@ -135,6 +134,13 @@ def forward(inputs: AttentionInputs, *, tol=None, degree=None, family="chebyshev
     lse = np.empty((B, n))
     for b in range(B):
         v = _Balanced(inputs, plan, b)
+        if inputs.causal:
+            out = _causal.forward(v, lambda rows: _chunks(rows, plan.chunk_rows), _fill_columns,
+                                  query_features, key_features)
+            _check_normaliser(out[:, 0], plan)
+            O[b] = out[:, 1:] / out[:, :1]
+            lse[b] = np.log(out[:, 0])
+            continue
         left = _summary(lambda rows: key_features(v.K1t[rows], v.table), np.ones(v.K1.shape[0]),
                         v.V1, v.K1, 1 + dv, v.table, plan.chunk_rows)
         right = _summary(lambda rows: key_features(v.K2t[rows], v.table), np.ones(v.K2.shape[0]),
@@ -163,6 +169,11 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     dO = dO.astype(np.float64)
     for b in range(B):
         v = _Balanced(inputs, plan, b)
+        if inputs.causal:
+            for g, value in zip(grads, _causal.backward(v, O[b], dO[b], s, lambda rows: _chunks(rows, chunk),
+                                                        _fill_columns, query_features, key_features)):
+                g[b] = value
+            continue
         width = 1 + dv + d + dv * d
         left = _summary(lambda rows: key_features(v.K1t[rows], v.table), np.ones(v.K1.shape[0]),
                         v.V1, v.K1, width, v.table, chunk)

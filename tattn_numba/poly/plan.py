@@ -160,7 +160,7 @@ def value_ranges(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
 
 
 def _kappa(epsilon: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
         return np.where(epsilon < 1.0, 2.0 * epsilon / np.maximum(1.0 - epsilon, 1e-300), np.inf)
 
 

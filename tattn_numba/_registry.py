@@ -2,16 +2,18 @@
 
 An implementation is a module-like object exposing
 
-``forward(inputs, **options) -> (O, lse, saved)``
+``forward(inputs, *, for_backward, **options) -> (O, lse, certificate, saved)``
     ``inputs`` is a validated :class:`~tattn_numba._validation.AttentionInputs`; ``O`` (B, n, dv)
     and ``lse`` (B, n) are float64; ``lse`` is the natural-log row normaliser
     log Σ_{j1,j2} exp(logit[i, j1, j2]) with the scale inside the logit (for an approximate
-    method, the log of its normaliser); ``saved`` is what else the backward needs (None for the
-    exact method, the certified :class:`~tattn_numba.poly.plan.PolyPlan` for the surrogate), and
-    is exposed as ``AttentionState.certificate``.
-``backward(inputs, O, lse, saved, dO) -> (dQ, dK1, dK2, dV1, dV2)``
-    takes the forward's float64 ``O``, ``lse`` and ``saved``; returns batch-flattened float64
-    arrays.
+    method, the log of its normaliser); ``certificate`` is the error certificate exposed as
+    ``AttentionState.certificate`` (None for the exact method, the
+    :class:`~tattn_numba.poly.plan.PolyPlan` for the surrogate) and ``saved`` whatever else the
+    backward can reuse. ``for_backward`` is False when only the output is wanted
+    (:func:`tattn_numba.attention`), so nothing needs saving.
+``backward(inputs, O, lse, certificate, saved, dO) -> (dQ, dK1, dK2, dV1, dV2)``
+    takes the forward's float64 ``O``, ``lse``, ``certificate`` and ``saved``; returns
+    batch-flattened float64 arrays.
     The public layer casts results to the input dtype.
 ``OPTIONS``
     the frozenset of keyword options the implementation accepts.

@@ -251,7 +251,6 @@ def test_bad_options(fn):
     fn(*args, method="poly", degree=np.int64(3), family="taylor")  # numpy integers are fine
 
 
-# poly/plan.py's κ = 2ε/(1 − ε) overflows (to the intended inf) for a hopeless degree, with a warning
 def test_certificate_bad_options_and_refusals():
     A, E, X, Y = problem(42, 6, 3, 1.0)
     with pytest.raises(ValueError, match="tol.*degree"):

@@ -266,3 +266,15 @@ def test_output_bound_is_nearly_attained_on_an_adversarial_row(family, degree):
     bound = state.certificate.max_output_bound
     assert error <= bound
     assert error >= bound / 10, (error, bound)
+
+
+def test_saved_key_summaries_give_the_same_gradients():
+    """attention_forward saves the wide key summaries for the backward when they fit a quarter
+    of the memory budget; a tight budget recomputes them instead: same gradients."""
+    rng = np.random.default_rng(14)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (2,), 9, 8, 7, 3, 2, bound=1.0)
+    _, roomy = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=4)
+    _, tight = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=4, memory_budget=40_000)
+    assert roomy._saved is not None and tight._saved is None
+    for a, b in zip(ta.attention_backward(roomy, dO), ta.attention_backward(tight, dO)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -384,8 +384,9 @@ def _check_logit_range(inputs: AttentionInputs) -> None:
         )
 
 
-def forward(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray, None]:
-    """Exact forward. Returns O (B, n, dv) and lse (B, n), both float64, and no saved extra.
+def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.ndarray, np.ndarray, None, None]:
+    """Exact forward. Returns O (B, n, dv) and lse (B, n), both float64, no certificate and
+    nothing else to save (the backward needs only O and lse).
 
     Time Θ(B·n·m1·m2·(d + dv)); extra memory O(B·(n + m1 + m2)·(d + dv)) for the float64
     working copies plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per thread.
@@ -399,10 +400,11 @@ def forward(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray, None]:
     lse = np.empty((B, n))
     _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.scale, inputs.causal,
                     config.KEY_TILE_1, config.KEY_TILE_2, numba.get_num_threads(), O, lse)
-    return O, lse, None
+    return O, lse, None, None
 
 
-def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, saved: None, dO: np.ndarray) -> tuple[np.ndarray, ...]:
+def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificate: None, saved: None,
+             dO: np.ndarray) -> tuple[np.ndarray, ...]:
     """Exact backward from the forward's float64 ``O`` and ``lse``.
 
     Returns float64 (dQ, dK1, dK2, dV1, dV2). δ = rowsum(dO ∘ O) uses the float64 output, so

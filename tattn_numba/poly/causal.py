@@ -141,7 +141,7 @@ def _row_major(featuresT: np.ndarray) -> np.ndarray:
 def _columns(c, X, Y, width, fill):
     """Row-major [c | X | c·Y | X⊙Y] (first ``width`` columns) for a chunk of rows."""
     outT = np.empty((width, X.shape[0]))
-    fill(c, np.ascontiguousarray(X.T), np.ascontiguousarray(Y.T), outT)
+    fill(c, X, Y, outT)
     return np.ascontiguousarray(outT.T)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from .. import config
@@ -99,9 +100,41 @@ class GradientBounds(NamedTuple):
     dV2: np.ndarray
 
 
+@numba.njit(parallel=True, cache=config.CACHE)
+def _column_extrema(X):
+    """(min, max) over rows of X (B, n, d) per batch entry and column, in one parallel pass.
+
+    NumPy's ``X.max(axis=1)`` walks a strided axis and is 5x slower for small d."""
+    B, n, d = X.shape
+    parts = max(1, min(64, n // 4096))
+    lo = np.empty((B, parts, d))
+    hi = np.empty((B, parts, d))
+    for task in numba.prange(B * parts):
+        b = task // parts
+        part = task - b * parts
+        start = part * n // parts
+        stop = (part + 1) * n // parts
+        for l in range(d):
+            lo[b, part, l] = X[b, start, l]
+            hi[b, part, l] = X[b, start, l]
+        for j in range(start + 1, stop):
+            for l in range(d):
+                x = X[b, j, l]
+                lo[b, part, l] = min(lo[b, part, l], x)
+                hi[b, part, l] = max(hi[b, part, l], x)
+    return lo, hi
+
+
+def column_extrema(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column minima and maxima (B, d) of X (B, n, d), float64."""
+    lo, hi = _column_extrema(np.ascontiguousarray(X, dtype=np.float64))
+    return lo.min(axis=1), hi.max(axis=1)
+
+
 def column_abs_max(X: np.ndarray) -> np.ndarray:
-    """max_j |X[b, j, l]|, (B, d), without an |X| temporary."""
-    return np.maximum(X.max(axis=1), -X.min(axis=1)).astype(np.float64)
+    """max_j |X[b, j, l]|, (B, d)."""
+    lo, hi = column_extrema(X)
+    return np.maximum(hi, -lo)
 
 
 def key_column_maxima(K: np.ndarray) -> np.ndarray:
@@ -153,8 +186,8 @@ def per_row_fits(family: str, degree: int, radius: np.ndarray) -> tuple[np.ndarr
 
 def value_ranges(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
     """max − min over pairs of V1[j1, m]·V2[j2, m], per batch entry and column: (B, dv)."""
-    lo1, hi1 = V1.min(axis=1), V1.max(axis=1)
-    lo2, hi2 = V2.min(axis=1), V2.max(axis=1)
+    lo1, hi1 = column_extrema(V1)
+    lo2, hi2 = column_extrema(V2)
     corners = np.stack([lo1 * lo2, lo1 * hi2, hi1 * lo2, hi1 * hi2])
     return corners.max(axis=0) - corners.min(axis=0)
 

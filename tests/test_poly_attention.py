@@ -278,3 +278,19 @@ def test_saved_key_summaries_give_the_same_gradients():
     assert roomy._saved is not None and tight._saved is None
     for a, b in zip(ta.attention_backward(roomy, dO), ta.attention_backward(tight, dO)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_plan_gradient_bounds_hold_before_any_attention_is_computed():
+    """poly_plan(..., dO=) certifies the gradients a priori (|δ̃| bounded without Õ); those
+    bounds are looser than poly_gradient_bounds(state, dO) but must hold too."""
+    rng = np.random.default_rng(15)
+    Q, K1, K2, V1, V2, dO = uniform_inputs(rng, (2,), 7, 6, 8, 3, 2, bound=1.0)
+    plan = ta.poly_plan(Q, K1, K2, V1, V2, degree=3, dO=dO)
+    _, state = ta.attention_forward(Q, K1, K2, V1, V2, method="poly", degree=3)
+    grads = ta.attention_backward(state, dO)
+    after = ta.poly_gradient_bounds(state, dO)
+    for g, ref, prior, post in zip(grads, dense_attention_grad(Q, K1, K2, V1, V2, dO), plan.gradient_bounds, after):
+        assert prior.shape == g.shape
+        assert np.all(prior >= post * (1 - 1e-12))
+        assert np.all(np.abs(g - ref) <= prior + rounding_floor(ref))
+    assert ta.poly_plan(Q, K1, K2, V1, V2, degree=3).gradient_bounds is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .._validation import check_attention_inputs, check_upstream
@@ -13,7 +15,7 @@ __all__ = ["poly_plan", "poly_gradient_bounds"]
 
 def poly_plan(
     Q, K1, K2, V1, V2, *, scale: float | None = None, tol: float | None = None, degree: int | None = None,
-    family: str = "chebyshev", memory_budget: int | None = None,
+    family: str = "chebyshev", memory_budget: int | None = None, causal: bool = False, dO=None,
 ) -> PolyPlan:
     """Inspect what ``attention(..., method="poly")`` would do, without doing it.
 
@@ -28,15 +30,28 @@ def poly_plan(
     family : {"chebyshev", "taylor"}
     memory_budget : int, optional
         Bytes the surrogate may allocate (default ``config.MEMORY_BUDGET_BYTES``).
+    causal : bool
+        As for :func:`tattn_numba.attention` (the bounds hold for the masked problem too).
+    dO : array_like, shape (..., n, dv), optional
+        An upstream gradient: the plan then also carries a-priori certified bounds on the five
+        gradients' errors (``plan.gradient_bounds``), computed before any attention.
 
     Returns
     -------
     PolyPlan
         Degree, rank r = C(d + g, g), per-row radii, certified per-row errors, the certified
-        output bound, and estimated time and memory. Cost O((n + m1 + m2)·(d + dv)).
+        output (and, with ``dO``, gradient) bounds, and estimated time and memory.
+        Cost O((n + m1 + m2)·(d + dv)·(1 + dv)).
     """
-    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, False)
-    return make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal)
+    plan = make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+    if dO is None:
+        return plan
+    upstream = check_upstream(dO, inputs).astype(np.float64)
+    kappa = np.asarray(plan.kappa).reshape(inputs.Q.shape[0], -1)
+    bounds = gradient_bounds(inputs, kappa, None, upstream)
+    return dataclasses.replace(plan, gradient_bounds=GradientBounds(
+        *(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds)))
 
 
 def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:

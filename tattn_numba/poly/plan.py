@@ -72,6 +72,9 @@ class PolyPlan:
         Forward+backward time at :data:`ASSUMED_FLOPS` and peak extra memory.
     chunk_rows : int
         Rows per chunk of the streamed feature matrices.
+    gradient_bounds : GradientBounds or None
+        Certified entrywise bounds on the five gradients' errors for the upstream ``dO`` given
+        to :func:`tattn_numba.poly_plan` (None without one).
     """
 
     family: str
@@ -87,6 +90,7 @@ class PolyPlan:
     estimated_seconds: float
     estimated_bytes: int
     chunk_rows: int
+    gradient_bounds: "GradientBounds | None" = None
 
 
 class GradientBounds(NamedTuple):
@@ -290,11 +294,12 @@ def _degree_for_tolerance(tol, family, radius, ranges) -> int:
     return int(exp_approx.min_degree(family, float(radius.max()), epsilon_target))
 
 
-def gradient_bounds(inputs: AttentionInputs, kappa: np.ndarray, O: np.ndarray, dO: np.ndarray) -> GradientBounds:
+def gradient_bounds(inputs: AttentionInputs, kappa: np.ndarray, O: np.ndarray | None, dO: np.ndarray) -> GradientBounds:
     """A-priori certified bounds on the surrogate gradients' entrywise error; O((n+m1+m2)·d·dv).
 
-    With |P̃ − P| <= κ_i·P (``kappa`` (B, n)), the computed output Õ (``O``, float64) and the
-    upstream ``dO`` (B, n, dv), using |Õ_i − O_i| <= κ_i·range/2 and marginals of P <= 1:
+    With |P̃ − P| <= κ_i·P (``kappa`` (B, n)), the computed output Õ (``O``, float64, or None
+    before the forward has run: then |δ̃_i| <= D_i is used) and the upstream ``dO``
+    (B, n, dv), using |Õ_i − O_i| <= κ_i·range/2 and marginals of P <= 1:
 
         Δδ_i   = Σ_m |dO[i,m]|·κ_i·range_m/2
         c_i    = κ_i·(D_i + |δ̃_i|) + Δδ_i,   D_i = Σ_m |dO[i,m]|·max|V1_m|·max|V2_m| >= |dS|
@@ -313,7 +318,7 @@ def gradient_bounds(inputs: AttentionInputs, kappa: np.ndarray, O: np.ndarray, d
     abs_dO = np.abs(dO)
     d_delta = kappa * np.einsum("bnm,bm->bn", abs_dO, ranges) / 2.0
     D = np.einsum("bnm,bm->bn", abs_dO, v1 * v2)
-    delta = np.abs(np.einsum("bnm,bnm->bn", dO, O))
+    delta = D if O is None else np.abs(np.einsum("bnm,bnm->bn", dO, O))
     c = kappa * (D + delta) + d_delta
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     dQ = s * c[:, :, None] * (k1 * k2)[:, None, :]

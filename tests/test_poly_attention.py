@@ -294,3 +294,32 @@ def test_plan_gradient_bounds_hold_before_any_attention_is_computed():
         assert np.all(prior >= post * (1 - 1e-12))
         assert np.all(np.abs(g - ref) <= prior + rounding_floor(ref))
     assert ta.poly_plan(Q, K1, K2, V1, V2, degree=3).gradient_bounds is None
+
+
+def test_low_rank_identities_with_tensorly():
+    """The algebra the surrogate relies on, checked densely with TensorLy's products at a tiny
+    size: Ã = U1 (U2 ⊘ U3)^T reproduces each row's polynomial of the logits, and identity I1,
+    (U2 ⊘ U3)^T (V1 ⊘ V2) = (U2^T V1) ∘ (U3^T V2), which is what lets the kernels never form
+    the m1·m2 rows."""
+    import tensorly as tl
+    from tensorly.tenalg import khatri_rao
+
+    from tattn_numba.poly.features import key_features, multi_index_table, query_features
+    from tattn_numba.poly.plan import key_column_maxima
+
+    rng = np.random.default_rng(16)
+    Q, K1, K2, V1, V2, _ = uniform_inputs(rng, (), 4, 5, 3, 2, 2, bound=1.0)
+    plan = ta.poly_plan(Q, K1, K2, V1, V2, degree=5, family="taylor")
+    k1, k2 = key_column_maxima(K1[None])[0], key_column_maxima(K2[None])[0]
+    table = multi_index_table(2, 5)
+    U1 = query_features(0.5 * Q * k1 * k2 / plan.radius[:, None], plan.coefficients, table).T
+    U2, U3 = key_features(K1 / k1, table).T, key_features(K2 / k2, table).T
+    with tl.backend_context("numpy"):
+        pairs = khatri_rao([U2, U3])  # (m1·m2, r): row pair(j1, j2) = U2[j1] ∘ U3[j2]
+        A_tilde = U1 @ pairs.T
+        lhs = pairs.T @ khatri_rao([V1, V2])
+    logits = 0.5 * np.einsum("il,jl,kl->ijk", Q, K1, K2).reshape(4, -1)
+    expected = np.stack([np.polynomial.polynomial.polyval(row / R, c)
+                         for row, R, c in zip(logits, plan.radius, plan.coefficients)])
+    np.testing.assert_allclose(A_tilde, expected, rtol=1e-13)
+    np.testing.assert_allclose(lhs, (U2.T @ V1) * (U3.T @ V2), rtol=1e-13)

@@ -53,7 +53,7 @@ All arithmetic is float64; results are returned in the input dtype.
 The polynomial surrogate (method="poly")
 ----------------------------------------
 The layer with general X (d×d²) and Y (d²×d) *is* tensor attention with feature width D = d² and
-value width d² (pair index (b, c) = b·d + c, as in X's columns), at scale 1/d (the d of the A's):
+value width d² (pair index (b, c) = b·d + c, as in X's columns), at scale 1/d (the d of the A's)::
 
     Q' = A1 X (n×d²),     K1'[j1,(b,c)] = A2[j1,b],   K2'[j2,(b,c)] = A3[j2,c],
                           V1'[j1,(b,c)] = A4[j1,b],   V2'[j2,(b,c)] = A5[j2,c],

@@ -1,0 +1,96 @@
+"""The verification package: bounds, executors, the CLI and a tiny report end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from verification import bounds, configs
+from verification.cli import main
+from verification.execution import InProcessExecutor, make_executor
+from verification.probes import accuracy
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_output_bound_and_its_inverse():
+    V1, V2 = np.array([[1.0], [-2.0]]), np.array([[0.5], [3.0]])  # pair values span [-6, 3]
+    epsilon = bounds.epsilon_for_output_tolerance(1e-4, V1, V2)
+    assert bounds.output_bound(epsilon, 9.0) == pytest.approx(1e-4, rel=1e-12)
+    assert bounds.output_bound(1.0, 9.0) == math.inf
+
+
+def test_theory_degree_shape():
+    assert bounds.theory_degree(1e-6, 1.0) < bounds.theory_degree(1e-12, 1.0)
+    assert bounds.theory_degree(1e-6, 50.0) == 50.0  # the R term dominates for large radii
+    assert bounds.entry_threshold(2980) == pytest.approx(2.0, abs=1e-4)  # ln 2980 = 7.9997
+
+
+def test_executor_choices():
+    assert isinstance(make_executor(), InProcessExecutor)
+    with pytest.raises(ValueError, match="not both"):
+        make_executor("tcp://localhost:1", 2)
+    with pytest.raises(ValueError, match="workers"):
+        make_executor(None, 0)
+    future = InProcessExecutor().submit(divmod, 7, 2)
+    assert future.result() == (3, 1)
+    failing = InProcessExecutor().submit(math.sqrt, -1.0)
+    with pytest.raises(ValueError):
+        failing.result()
+
+
+def test_unknown_configuration():
+    with pytest.raises(ValueError, match="unknown configuration"):
+        configs.get("medium")
+    with pytest.raises(SystemExit):
+        main(["--config", "medium", "--out", "x"])
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "tiny"
+    code = main(["--config", "tiny", "--out", str(out), "--no-progress"])
+    return code, out
+
+
+def test_tiny_report_end_to_end(tiny_report):
+    code, out = tiny_report
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"config", "settings", "probes", "environment", "failures", "predictions",
+                            "seconds", "total_seconds"}
+    assert set(results["probes"]) == {"accuracy", "threshold", "scaling", "per_row", "hardness"}
+    assert results["failures"] == []
+    assert not any(row.get("exceeded") for row in results["probes"]["accuracy"]["rows"])
+    assert results["environment"]["numba"]
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Tensor attention: verification report")
+    figures = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert len(figures) >= 5
+    for name in figures:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+
+
+def test_existing_report_is_not_overwritten_without_force(tiny_report, capsys):
+    _, out = tiny_report
+    before = (out / "results.json").read_text()
+    assert main(["--config", "tiny", "--out", str(out), "--no-progress"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+
+
+def test_dask_local_cluster_runs_the_same_sweep():
+    """Scale-out: the same probe through a Dask cluster (local, in-process workers) gives the
+    same numbers as in-process."""
+    distributed = pytest.importorskip("distributed")
+    settings = accuracy.PRESETS["tiny"]
+    local = accuracy.run(settings, InProcessExecutor())
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        executor = make_executor(scheduler=cluster.scheduler_address)
+        remote = accuracy.run(settings, executor)
+        executor._client.close()
+    assert remote == local

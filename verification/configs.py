@@ -1,0 +1,30 @@
+"""Named configurations of the report: which probes run, at which sizes.
+
+``tiny`` is for the test suite (seconds), ``quick`` is the README's main job (under 5 minutes
+on 2 cores), ``full`` is for a bigger machine or a Dask cluster (hours on 2 cores).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from . import hardness
+from .probes import accuracy, per_row, scaling, threshold
+
+#: (name in the report and in results.json, module with PRESETS, run, render), in report order.
+PROBES = (
+    ("accuracy", accuracy),
+    ("threshold", threshold),
+    ("scaling", scaling),
+    ("per_row", per_row),
+    ("hardness", hardness),
+)
+
+NAMES = ("tiny", "quick", "full")
+
+
+def get(name: str) -> dict:
+    """A deep copy of the named configuration: {probe name: settings}."""
+    if name not in NAMES:
+        raise ValueError(f"unknown configuration {name!r}; expected one of {list(NAMES)}")
+    return {probe: copy.deepcopy(module.PRESETS[name]) for probe, module in PROBES}

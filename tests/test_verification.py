@@ -94,3 +94,16 @@ def test_dask_local_cluster_runs_the_same_sweep():
         remote = accuracy.run(settings, executor)
         executor._client.close()
     assert remote == local
+
+
+def test_process_pool_after_numba_has_run():
+    """--workers: a spawned pool works even after this process ran Numba parallel kernels
+    (a forked one aborts under GNU OpenMP)."""
+    import tattn_numba as ta
+
+    ta.attention(*(np.ones((4, 2)),) * 5)
+    executor = make_executor(workers=1)
+    try:
+        assert executor.submit(math.sqrt, 16.0).result() == 4.0
+    finally:
+        executor.shutdown()

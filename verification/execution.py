@@ -8,6 +8,7 @@ report and on many machines for the full one (``--scheduler ADDRESS``).
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 
 
 class InProcessExecutor(concurrent.futures.Executor):
@@ -38,5 +39,8 @@ def make_executor(scheduler: str | None = None, workers: int | None = None) -> c
     if workers is not None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        return concurrent.futures.ProcessPoolExecutor(max_workers=workers)
+        # spawn, not fork: a forked child of a process that already ran a Numba parallel (GNU
+        # OpenMP) kernel aborts ("fork() called from a process already using GNU OpenMP").
+        return concurrent.futures.ProcessPoolExecutor(max_workers=workers,
+                                                      mp_context=multiprocessing.get_context("spawn"))
     return InProcessExecutor()

@@ -48,19 +48,20 @@ from .probes._plot import plt, save
 
 __all__ = ["TINY", "QUICK", "FULL", "PRESETS", "probe_instance", "run", "render"]
 
-#: CI: 4 instances (n = 8, 16), identity on all of them. Measured here: about 2 s.
+#: CI: 4 instances (n = 8, 16), identity on all of them. Measured here: 1.3 s (plus kernel compilation).
 TINY = {
     "sizes": [8, 16], "seeds": [0], "gamma": 0.5, "rho": 0.15, "c": 2.0,
     "surrogate_memory_bytes": 64 * 2**20, "identity_nodes": [4, 8, 16, 32], "identity_max_n": 16,
     "identity_rtol": 1e-6,
 }
-#: 16 instances, n = 16…128, identity up to n = 64. Measured here (2 cores): about 20 s.
+#: 16 instances, n = 16…128, identity up to n = 64. Measured here (2 shared cores, in-process): 27 s.
 QUICK = {
     "sizes": [16, 32, 64, 128], "seeds": [0, 1], "gamma": 0.5, "rho": 0.15, "c": 2.0,
     "surrogate_memory_bytes": 256 * 2**20, "identity_nodes": [4, 8, 16, 32], "identity_max_n": 64,
     "identity_rtol": 1e-6,
 }
-#: 36 instances, n = 16…512, identity up to n = 128 (about an hour on 2 cores; meant for a pool).
+#: 36 instances, n = 16…512, identity up to n = 128 (64 nodes). Measured here (2 shared cores, in-process):
+#: 12 minutes, 10 of them in the identity at n = 128 (about 0.6 s per paper.grad_X call).
 FULL = {
     "sizes": [16, 32, 64, 128, 256, 512], "seeds": [0, 1, 2], "gamma": 0.5, "rho": 0.15, "c": 2.0,
     "surrogate_memory_bytes": 2**30, "identity_nodes": [4, 8, 16, 32, 48, 64], "identity_max_n": 128,
@@ -335,7 +336,7 @@ def _entry_bound_section(instances: list[dict], out_dir: Path) -> dict:
     left.set_title("Entry bound of the hard instances")
     left.legend(fontsize=8)
     right.plot([i["n"] for i in instances], [i["max_logit"] for i in instances], "o",
-               label="largest logit β·max(⟨a,b,c⟩, e) (upper: YES)")
+               label="largest logit β·max(<a,b,c>, e) (upper points: YES)")
     gamma = instances[0]["gamma"]
     right.plot(grid, 2 * np.log(4 * grid**2) / gamma, "k:", label=r"$\beta t = 2\ln(4n^2)/\gamma$")
     right.axhline(FLOAT64_RADIUS_LIMIT, color="r", ls="--", label="no float64 certificate beyond R ≈ 16")
@@ -447,11 +448,14 @@ def _identity_section(instances: list[dict], rtol: float, out_dir: Path) -> dict
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sizes = sorted({i["n"] for i in checked})
     colors = dict(zip(sizes, plt.cm.viridis(np.linspace(0.0, 0.85, len(sizes)))))
+    labelled = set()
     for i in checked:
         rows = i["gradient"]["quadrature"]
+        key = (i["n"], i["label"])
         ax.plot([r["nodes"] for r in rows], [max(r["rel_error"], 1e-17) for r in rows],
                 "o-" if i["label"] == "YES" else "s--", color=colors[i["n"]],
-                label=f"n={i['n']} {i['label']} seed={i['seed']}")
+                label="_nolegend_" if key in labelled else f"n={i['n']} {i['label']}")
+        labelled.add(key)
     ax.axhline(rtol, color="k", ls="--", label=f"tolerance {rtol:g}")
     ax.set_yscale("log")
     ax.set_xlabel("Gauss–Legendre nodes (calls of dLoss/dX)")

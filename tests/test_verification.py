@@ -11,7 +11,7 @@ import pytest
 from verification import bounds, configs
 from verification.cli import main
 from verification.execution import InProcessExecutor, make_executor
-from verification.probes import accuracy
+from verification.report import run_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,18 +82,21 @@ def test_existing_report_is_not_overwritten_without_force(tiny_report, capsys):
     assert (out / "results.json").read_text() == before
 
 
-def test_dask_local_cluster_runs_the_same_sweep():
-    """Scale-out: the same probe through a Dask cluster (local, in-process workers) gives the
-    same numbers as in-process."""
-    distributed = pytest.importorskip("distributed")
-    settings = accuracy.PRESETS["tiny"]
-    local = accuracy.run(settings, InProcessExecutor())
+def test_dask_local_cluster_runs_the_tiny_report(tiny_report, tmp_path):
+    """Scale-out: the whole tiny report through a Dask cluster (local, in-process workers) runs
+    without code changes and gives the same accuracy numbers as in-process."""
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is the [dask] extra")
+    _, local_out = tiny_report
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         executor = make_executor(scheduler=cluster.scheduler_address)
-        remote = accuracy.run(settings, executor)
-        executor._client.close()
-    assert remote == local
+        try:
+            remote = run_report("tiny", tmp_path / "dask", executor, progress=False)
+        finally:
+            executor._client.close()
+    local = json.loads((local_out / "results.json").read_text())
+    assert remote["failures"] == []
+    assert json.loads(json.dumps(remote["probes"]["accuracy"])) == local["probes"]["accuracy"]
 
 
 def test_process_pool_after_numba_has_run():

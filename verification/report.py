@@ -92,6 +92,8 @@ def run_report(config: str, out_dir: str | os.PathLike, executor, *, force: bool
         results["probes"][name] = module.run(settings[name], executor)
         results["seconds"][name] = round(time.perf_counter() - t0, 2)
     results["environment"] = environment()
+    results["seeds"] = ("fixed: every sweep point seeds its own numpy Generator from its parameters "
+                        "(settings list the seeds), so a rerun reproduces every input")
     results["total_seconds"] = round(time.perf_counter() - started, 2)
     sections = {name: module.render(results["probes"][name], out) for name, module in configs.PROBES}
     results["failures"] = [f"{name}: {text}" for name in results["probes"] for text in results["probes"][name]["failures"]]

@@ -1,10 +1,8 @@
 """What per-row intervals buy: degree and rank for a tolerance, per-row radii against one global radius.
 
-Run: ``python -m benchmarks.per_row_gain --out docs/per_row_gain.md``. For entries uniform in
-[−B, B], n = m1 = m2 = 4096, the plan's certified degree (per-row radii, the default) is
-compared with the degree a single polynomial on the global interval [−R, R],
-R = s·Σ_l max|Q_l|·max|K1_l|·max|K2_l|, would need for the same certified output bound.
-Costs only O(n·d) per configuration (no attention is computed).
+Run: ``python -m benchmarks.per_row_gain --out docs/per_row_gain.md``. The computation is the
+verification report's ``per_row`` probe (:mod:`verification.probes.per_row`); this script runs it
+at n = m1 = m2 = 4096 and writes the table. Costs O(n·d) per configuration (no attention).
 """
 
 from __future__ import annotations
@@ -12,12 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
-import tattn_numba as ta
-from tattn_numba.poly import exp_approx
-from tattn_numba.poly.features import rank
-from tattn_numba.poly.plan import value_ranges
+from verification.probes.per_row import sweep_point
 
 
 def main(argv=None) -> None:
@@ -29,45 +22,30 @@ def main(argv=None) -> None:
     parser.add_argument("--family", default="chebyshev")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(0)
-    rows = []
-    for d in args.dims:
-        for bound in args.bounds:
-            Q, K1, K2, V1, V2 = (rng.uniform(-bound, bound, (args.n, d)) for _ in range(5))
-            probe = ta.poly_plan(Q, K1, K2, V1, V2, degree=0, family=args.family)
-            widest = float(value_ranges(V1[None], V2[None]).max())
-            for tol in args.tols:
-                kappa = 2 * tol / widest
-                epsilon = kappa / (2 + kappa)
+    rows = [row for d in args.dims for bound in args.bounds
+            for row in sweep_point(args.n, d, bound, args.tols, args.family)]
 
-                def degree_and_rank(radius):
-                    try:
-                        g = int(exp_approx.min_degree(args.family, radius, epsilon))
-                    except ValueError:
-                        return "not certifiable"
-                    return f"{g} / {rank(d, g):,}"
+    def cell(degree, rank):
+        return "not certifiable" if degree is None else f"{degree} / {rank:,}"
 
-                per_row = degree_and_rank(float(probe.radius.max()))
-                glob = degree_and_rank(probe.global_radius)
-                rows.append((d, bound, tol, float(probe.radius.max()), float(np.median(probe.radius)),
-                             probe.global_radius, per_row, glob))
-                print(rows[-1], flush=True)
+    lines = [
+        "# Per-row intervals against one global interval",
+        "",
+        "Command: `python -m benchmarks.per_row_gain " + " ".join(argv if argv is not None else sys.argv[1:])
+        + f"`. n = m1 = m2 = {args.n}, entries uniform in [−B, B], scale 1/d, {args.family} family. Degree / "
+        "rank needed for a certified max|Õ − O| <= tol (the rank is what the memory budget then has to "
+        "hold: a large one is refused by the surrogate).",
+        "",
+        "| d | B | tol | worst row radius | median row radius | global radius | per-row: degree / rank | "
+        "global: degree / rank |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {r['d']} | {r['B']} | {r['tol']:g} | {r['worst_radius']:.2f} | {r['median_radius']:.2f} | "
+              f"{r['global_radius']:.2f} | {cell(r['per_row_degree'], r['per_row_rank'])} | "
+              f"{cell(r['global_degree'], r['global_rank'])} |" for r in rows]
+    lines.append("")
+    print("\n".join(lines))
     if args.out:
-        command = "python -m benchmarks.per_row_gain " + " ".join(argv if argv is not None else sys.argv[1:])
-        lines = [
-            "# Per-row intervals against one global interval",
-            "",
-            f"Command: `{command}`. n = m1 = m2 = {args.n}, entries uniform in [−B, B], scale 1/d, "
-            f"{args.family} family. Degree / rank needed for a certified max|Õ − O| <= tol (the rank is "
-            "what the memory budget then has to hold: a large one is refused by the surrogate).",
-            "",
-            "| d | B | tol | worst row radius | median row radius | global radius | per-row: degree / rank | "
-            "global: degree / rank |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        lines += [f"| {d} | {b} | {t:g} | {w:.2f} | {m:.2f} | {g:.2f} | {p} | {q} |"
-                  for d, b, t, w, m, g, p, q in rows]
-        lines.append("")
         with open(args.out, "w") as out:
             out.write("\n".join(lines))
 

@@ -27,6 +27,8 @@ import numba
 import numpy as np
 
 from .. import config
+from ._blocks import chunks, fill_columns
+from .features import key_features, query_features
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -138,31 +140,31 @@ def _row_major(featuresT: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(featuresT.T)
 
 
-def _columns(c, X, Y, width, fill):
+def _columns(c, X, Y, width):
     """Row-major [c | X | c·Y | X⊙Y] (first ``width`` columns) for a chunk of rows."""
     outT = np.empty((width, X.shape[0]))
-    fill(c, X, Y, outT)
+    fill_columns(c, X, Y, outT)
     return np.ascontiguousarray(outT.T)
 
 
-def forward(v, chunks, fill, query_features, key_features):
+def forward(v, chunk: int) -> np.ndarray:
     """Causal surrogate forward for one batch entry: returns (n, 1 + dv) = [w | w·Õ]."""
     n, dv = v.Q.shape[0], v.V1.shape[1]
     r = v.table.parent.shape[0]
     P2, P3 = np.zeros((1 + dv, r)), np.zeros((1 + dv, r))
     out = np.empty((n, 1 + dv))
     ones = np.ones(n)
-    for rows in chunks(n):
+    for rows in chunks(n, chunk):
         _forward_scan(
             _row_major(query_features(v.Qt[rows], v.coefficients[rows], v.table)),
-            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], 1 + dv, fill),
-            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], 1 + dv, fill),
+            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], 1 + dv),
+            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], 1 + dv),
             P2, P3, out[rows],
         )
     return out
 
 
-def backward(v, Ohat, dO, scale, chunks, fill, query_features, key_features):
+def backward(v, Ohat, dO, scale: float, chunk: int) -> tuple:
     """Causal surrogate gradient for one batch entry: (dQ, dK1, dK2, dV1, dV2), float64."""
     n, d = v.Q.shape
     dv = v.V1.shape[1]
@@ -170,12 +172,12 @@ def backward(v, Ohat, dO, scale, chunks, fill, query_features, key_features):
     width = 1 + dv + d + dv * d
     ones = np.ones(n)
     delta = np.einsum("nm,nm->n", dO, Ohat)
-    pieces = list(chunks(n))
+    pieces = list(chunks(n, chunk))
 
     def key_rows(rows):
         return (
-            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], width, fill),
-            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], width, fill),
+            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], width),
+            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], width),
         )
 
     P2, P3 = np.zeros((width, r)), np.zeros((width, r))

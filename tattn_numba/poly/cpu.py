@@ -27,6 +27,8 @@ from .. import config
 from .._validation import AttentionInputs
 from . import causal as _causal
 from . import exp_approx
+from ._blocks import chunks as _chunks
+from ._blocks import fill_columns as _fill_columns
 from .features import key_features, multi_index_table, query_features
 from .plan import PolyPlan, key_column_maxima, make_plan
 
@@ -50,38 +52,6 @@ class _Balanced:
         self.K2t = _scale_rows_and_columns(self.K2, np.ones(self.K2.shape[0]), 1.0 / k2)
         self.coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)[b]
         self.table = multi_index_table(inputs.Q.shape[2], plan.degree)
-
-
-def _chunks(rows: int, size: int):
-    for start in range(0, rows, size):
-        yield slice(start, min(start + size, rows))
-
-
-@numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _fill_columns(c, X, Y, outT):
-    """Column j of ``outT`` = [c_j | X_j | c_j·Y_j | X_j ⊙ Y_j] (1, a, b and a·b entries; the
-    last two blocks only when ``outT`` has that many rows). These are the right-hand sides of
-    the summaries: keys use c = 1, X = V, Y = K; queries c = δ, X = dO, Y = Q. The output is
-    transposed (columns × rows): OpenBLAS runs the summary product faster that way round."""
-    a = X.shape[1]
-    b = Y.shape[1]
-    rows = X.shape[0]
-    for k in numba.prange(outT.shape[0]):
-        dst = outT[k]
-        if k == 0:
-            for j in range(rows):
-                dst[j] = c[j]
-        elif k <= a:
-            for j in range(rows):
-                dst[j] = X[j, k - 1]
-        elif k <= a + b:
-            for j in range(rows):
-                dst[j] = c[j] * Y[j, k - 1 - a]
-        else:
-            m = (k - 1 - a - b) // b
-            l = k - 1 - a - b - m * b
-            for j in range(rows):
-                dst[j] = X[j, m] * Y[j, l]
 
 
 def _summary(features, c, X, Y, width, table, chunk):
@@ -160,8 +130,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     for b in range(B):
         v = _Balanced(inputs, plan, b)
         if inputs.causal:
-            out = _causal.forward(v, lambda rows: _chunks(rows, plan.chunk_rows), _fill_columns,
-                                  query_features, key_features)
+            out = _causal.forward(v, plan.chunk_rows)
             _check_normaliser(out[:, 0], plan)
             O[b] = out[:, 1:] / out[:, :1]
             lse[b] = np.log(out[:, 0])
@@ -194,8 +163,7 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     for b in range(B):
         v = _Balanced(inputs, plan, b)
         if inputs.causal:
-            for g, value in zip(grads, _causal.backward(v, O[b], dO[b], s, lambda rows: _chunks(rows, chunk),
-                                                        _fill_columns, query_features, key_features)):
+            for g, value in zip(grads, _causal.backward(v, O[b], dO[b], s, chunk)):
                 g[b] = value
             continue
         width = 1 + dv + d + dv * d

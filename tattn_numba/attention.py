@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _registry
+from ._threads import threads_for
 from ._validation import AttentionInputs, cast_result, check_attention_inputs, check_upstream
 
 __all__ = ["AttentionGrads", "AttentionState", "attention", "attention_grad", "attention_forward", "attention_backward"]
@@ -93,10 +94,18 @@ def _unflatten(x: np.ndarray, batch_shape: tuple) -> np.ndarray:
     return x.reshape(batch_shape + x.shape[1:])
 
 
+def _exact_flops(inputs: AttentionInputs) -> float:
+    """2·B·n·m1·m2·(d + dv): the exact forward's work, the yardstick for 'small' (a problem
+    small for the exact kernel is small for the surrogate too)."""
+    B, n, d = inputs.Q.shape
+    return 2.0 * B * n * inputs.K1.shape[1] * inputs.K2.shape[1] * (d + inputs.V1.shape[2])
+
+
 def _forward(Q, K1, K2, V1, V2, scale, causal, method, device, options, for_backward):
     """Validate, run the implementation's forward, cast the output; shared by the entry points."""
     impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, options)
-    O64, lse, certificate, saved = impl.forward(inputs, for_backward=for_backward, **options)
+    with threads_for(_exact_flops(inputs)):
+        O64, lse, certificate, saved = impl.forward(inputs, for_backward=for_backward, **options)
     O = _unflatten(cast_result(O64, inputs.dtype, "O"), inputs.batch_shape)
     return inputs, O64, O, lse, certificate, saved
 
@@ -191,7 +200,8 @@ def attention_backward(state: AttentionState, dO) -> AttentionGrads:
     dO = check_upstream(dO, inputs)
     impl = _registry.lookup(state.method, state.device)
     lse = state.lse.reshape(inputs.Q.shape[0], -1)
-    grads = impl.backward(inputs, state._O64, lse, state.certificate, state._saved, dO)
+    with threads_for(3 * _exact_flops(inputs)):
+        grads = impl.backward(inputs, state._O64, lse, state.certificate, state._saved, dO)
     return AttentionGrads(*(
         _unflatten(cast_result(g, inputs.dtype, name), inputs.batch_shape)
         for name, g in zip(AttentionGrads._fields, grads)

@@ -25,6 +25,10 @@ OMP_WAIT_POLICY
     with OpenMP's default active waiting, idle threads of one pool spin on the 2 cores the other
     pool needs (measured: surrogate forward+backward at n = 65536 1.36 s -> 0.74 s). It has to
     be set before the first Numba parallel call in the process; the exact kernels are unaffected.
+SERIAL_BELOW_FLOPS : int
+    Calls whose work is below this many floating-point operations run their Numba loops on one
+    thread (``TATTN_NUMBA_SERIAL_BELOW_FLOPS``, default 4·10^6 ≈ 1 ms of one core): waking the
+    pool costs more than it saves there.
 MEMORY_BUDGET_BYTES : int
     Largest extra allocation a call may make (``TATTN_NUMBA_MEMORY_BUDGET``, bytes,
     default 4 GiB). A request above it raises ``ValueError`` before allocating.
@@ -34,7 +38,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "MEMORY_BUDGET_BYTES"]
+__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "SERIAL_BELOW_FLOPS",
+           "MEMORY_BUDGET_BYTES"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -56,5 +61,6 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CACHE = os.environ.get("TATTN_NUMBA_CACHE", "1") != "0"
 KEY_TILE_1 = _env_int("TATTN_NUMBA_KEY_TILE_1", 128)
 KEY_TILE_2 = _env_int("TATTN_NUMBA_KEY_TILE_2", 32)
+SERIAL_BELOW_FLOPS = _env_int("TATTN_NUMBA_SERIAL_BELOW_FLOPS", 4_000_000)
 POLY_CHUNK_ROWS = _env_int("TATTN_NUMBA_POLY_CHUNK_ROWS", 8192)
 MEMORY_BUDGET_BYTES = _env_int("TATTN_NUMBA_MEMORY_BUDGET", 4 * 2**30)

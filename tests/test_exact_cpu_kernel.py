@@ -101,6 +101,7 @@ def small_tiles(request, monkeypatch):
     tile1, tile2 = request.param
     monkeypatch.setattr(config, "KEY_TILE_1", tile1)
     monkeypatch.setattr(config, "KEY_TILE_2", tile2)
+    monkeypatch.setattr(config, "SERIAL_BELOW_FLOPS", 0)  # all workers, even for tiny problems
     return request.param
 
 
@@ -140,9 +141,11 @@ def test_beyond_default_tiles(causal):
     assert_grads_match(ta.attention_backward(state, dO), Q, K1, K2, V1, V2, dO, causal=causal)
 
 
-def test_single_thread_matches_parallel():
+def test_single_thread_matches_parallel(monkeypatch):
     """Per-worker accumulators: the result does not depend on the number of threads."""
     import numba
+
+    monkeypatch.setattr(config, "SERIAL_BELOW_FLOPS", 0)
 
     rng = np.random.default_rng(5)
     Q, K1, K2, V1, V2, dO = make_inputs(rng, (3,), 10, 9, 8, 4, 3, with_dO=True)
@@ -178,3 +181,18 @@ def test_memory_budget_is_enforced(monkeypatch):
     Q, K1, K2, V1, V2, dO = make_inputs(rng, (), 8, 40, 40, 4, 4, with_dO=True)
     with pytest.raises(ValueError, match="memory budget"):
         ta.attention_grad(Q, K1, K2, V1, V2, dO)
+
+
+def test_small_problems_run_on_one_thread(monkeypatch):
+    """Below config.SERIAL_BELOW_FLOPS the Numba loops get one thread (waking the pool costs more
+    than the work); the caller's thread count is restored afterwards."""
+    import numba
+
+    from tattn_numba._threads import threads_for
+
+    before = numba.get_num_threads()
+    with threads_for(10.0) as workers:
+        assert workers == 1 and numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with threads_for(config.SERIAL_BELOW_FLOPS) as workers:
+        assert workers == before

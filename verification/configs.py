@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from . import hardness
+from . import hardness, match3
 from .probes import accuracy, per_row, scaling, threshold
 
 #: (name in the report and in results.json, module with PRESETS, run, render), in report order.
@@ -18,6 +18,7 @@ PROBES = (
     ("scaling", scaling),
     ("per_row", per_row),
     ("hardness", hardness),
+    ("match3", match3),
 )
 
 NAMES = ("tiny", "quick", "full")

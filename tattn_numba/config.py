@@ -27,8 +27,8 @@ OMP_WAIT_POLICY
     be set before the first Numba parallel call in the process; the exact kernels are unaffected.
 SERIAL_BELOW_FLOPS : int
     Calls whose work is below this many floating-point operations run their Numba loops on one
-    thread (``TATTN_NUMBA_SERIAL_BELOW_FLOPS``, default 4·10^6 ≈ 1 ms of one core): waking the
-    pool costs more than it saves there.
+    thread (``TATTN_NUMBA_SERIAL_BELOW_FLOPS``, default 3·10^7 ≈ 5 ms of one core): waking the
+    pool costs more than it saves there, most of all next to another OpenMP runtime (PyTorch).
 MEMORY_BUDGET_BYTES : int
     Largest extra allocation a call may make (``TATTN_NUMBA_MEMORY_BUDGET``, bytes,
     default 4 GiB). A request above it raises ``ValueError`` before allocating.
@@ -61,6 +61,6 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CACHE = os.environ.get("TATTN_NUMBA_CACHE", "1") != "0"
 KEY_TILE_1 = _env_int("TATTN_NUMBA_KEY_TILE_1", 128)
 KEY_TILE_2 = _env_int("TATTN_NUMBA_KEY_TILE_2", 32)
-SERIAL_BELOW_FLOPS = _env_int("TATTN_NUMBA_SERIAL_BELOW_FLOPS", 4_000_000)
+SERIAL_BELOW_FLOPS = _env_int("TATTN_NUMBA_SERIAL_BELOW_FLOPS", 30_000_000)
 POLY_CHUNK_ROWS = _env_int("TATTN_NUMBA_POLY_CHUNK_ROWS", 8192)
 MEMORY_BUDGET_BYTES = _env_int("TATTN_NUMBA_MEMORY_BUDGET", 4 * 2**30)

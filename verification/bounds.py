@@ -13,7 +13,7 @@ import numpy as np
 
 from tattn_numba.poly.exp_approx import min_degree, relative_error_bound
 from tattn_numba.poly.features import rank
-from tattn_numba.poly.plan import value_ranges
+from tattn_numba.poly.plan import epsilon_for_tolerance, value_ranges
 
 __all__ = [
     "relative_error_bound", "min_degree", "rank", "output_bound", "epsilon_for_output_tolerance",
@@ -33,10 +33,7 @@ def epsilon_for_output_tolerance(tol: float, V1: np.ndarray, V2: np.ndarray) -> 
     """The polynomial relative error ε that certifies max |Õ − O| <= ``tol`` (inverse of
     :func:`output_bound` with the values' range)."""
     widest = float(value_ranges(np.asarray(V1, float)[None], np.asarray(V2, float)[None]).max())
-    if widest == 0.0:
-        return 0.5
-    kappa = 2.0 * tol / widest
-    return kappa / (2.0 + kappa)
+    return epsilon_for_tolerance(tol, widest)
 
 
 def theory_degree(epsilon: float, radius: float) -> float:

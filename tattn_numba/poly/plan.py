@@ -27,7 +27,7 @@ from . import exp_approx
 from .features import rank
 
 __all__ = [
-    "PolyPlan", "GradientBounds", "row_radii", "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan",
+    "PolyPlan", "GradientBounds", "epsilon_for_tolerance", "row_radii", "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan",
     "gradient_bounds",
 ]
 
@@ -277,20 +277,23 @@ def _check_degree(degree) -> int:
     return int(degree)
 
 
+def epsilon_for_tolerance(tol: float, widest_range: float) -> float:
+    """The polynomial relative error ε whose certificate κ·range/2 (κ = 2ε/(1 − ε)) meets
+    max |Õ − O| <= ``tol`` for values whose pair products span ``widest_range``. When every
+    pair carries the same value any positive weights are exact, so only ε < 1 is asked (0.5)."""
+    if widest_range == 0.0:
+        return 0.5
+    kappa = 2.0 * tol / widest_range
+    return kappa / (2.0 + kappa)
+
+
 def _degree_for_tolerance(tol, family, radius, ranges) -> int:
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.floating, np.integer)):
         raise TypeError(f"tol must be a positive real number, got {type(tol).__name__}")
     tol = float(tol)
     if not np.isfinite(tol) or tol <= 0.0:
         raise ValueError(f"tol must be positive and finite, got {tol!r}")
-    widest = float(ranges.max())
-    if widest == 0.0:
-        # Every pair carries the same value: any positive weights give the exact output, so
-        # only ask for weights that are certainly positive (ε < 1).
-        epsilon_target = 0.5
-    else:
-        kappa_target = 2.0 * tol / widest
-        epsilon_target = kappa_target / (2.0 + kappa_target)
+    epsilon_target = epsilon_for_tolerance(tol, float(ranges.max()))
     return int(exp_approx.min_degree(family, float(radius.max()), epsilon_target))
 
 

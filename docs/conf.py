@@ -98,6 +98,16 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
+def _protect_indented_block(lines: list[str], protected: list[bool], start: int) -> int:
+    """Mark the lines indented under ``lines[start]`` (blank lines included); return the next index."""
+    base = _indent(lines[start])
+    j = start + 1
+    while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > base):
+        protected[j] = True
+        j += 1
+    return j
+
+
 def _protected_lines(lines: list[str]) -> list[bool]:
     """Lines inside literal blocks (after "::"), math/code directives and doctest blocks."""
     protected = [False] * len(lines)
@@ -112,27 +122,11 @@ def _protected_lines(lines: list[str]) -> list[bool]:
                 protected[i] = True
                 i += 1
             continue
-        if stripped.endswith("::"):
-            directive = bool(_PROTECTED_DIRECTIVE.match(line))
-            literal = not stripped.startswith("..")  # a paragraph ending in "::"
-            if directive:
-                protected[i] = True
-            if directive or literal:
-                base = _indent(line)
-                j = i + 1
-                while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > base):
-                    protected[j] = True
-                    j += 1
-                i = j
-                continue
-        elif _PROTECTED_DIRECTIVE.match(line):  # e.g. ".. math:: x = |y|" on one line
-            protected[i] = True
-            base = _indent(line)
-            j = i + 1
-            while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > base):
-                protected[j] = True
-                j += 1
-            i = j
+        directive = bool(_PROTECTED_DIRECTIVE.match(line))  # also ".. math:: x = |y|" on one line
+        literal = stripped.endswith("::") and not stripped.startswith("..")  # a paragraph ending in "::"
+        if directive or literal:
+            protected[i] = protected[i] or directive
+            i = _protect_indented_block(lines, protected, i)
             continue
         i += 1
     return protected

@@ -8,7 +8,6 @@ GFLOP/s.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import tattn_numba as ta

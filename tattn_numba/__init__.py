@@ -11,10 +11,13 @@ poly_plan, poly_gradient_bounds
 paper
     The training problem of Liang–Shi–Song–Zhou (2024): loss, closed-form dLoss/dX, dLoss/dY.
 config
-    Settings read once at import (fast-math flags, tile sizes, memory budget).
+    Settings read once at import (fast-math flags, tile sizes, memory budget, CUDA launch sizes).
+CUDAUnavailableError
+    Raised for ``device="cuda"`` when numba-cuda or a usable NVIDIA GPU is missing.
 """
 
 from . import config, paper
+from ._cuda import CUDAUnavailableError
 from .attention import (
     AttentionGrads,
     AttentionState,
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionGrads",
     "AttentionState",
+    "CUDAUnavailableError",
     "attention",
     "attention_backward",
     "attention_forward",

@@ -11,6 +11,9 @@ An implementation is a module-like object exposing
     :class:`~tattn_numba.poly.plan.PolyPlan` for the surrogate) and ``saved`` whatever else the
     backward can reuse. ``for_backward`` is False when only the output is wanted
     (:func:`tattn_numba.attention`), so nothing needs saving.
+For ``device="cuda"`` the arrays in ``inputs``, ``O``, ``lse`` and the gradients are numba device
+arrays, and ``O`` and the gradients may already be in the input dtype.
+
 ``backward(inputs, O, lse, certificate, saved, dO) -> (dQ, dK1, dK2, dV1, dV2)``
     takes the forward's float64 ``O``, ``lse``, ``certificate`` and ``saved``; returns
     batch-flattened float64 arrays.
@@ -27,9 +30,13 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from . import _cuda
+
 _IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     ("exact", "cpu"): "tattn_numba.exact.cpu",
+    ("exact", "cuda"): "tattn_numba.exact.cuda",
     ("poly", "cpu"): "tattn_numba.poly.cpu",
+    ("poly", "cuda"): "tattn_numba.poly.cuda",
 }
 
 METHODS = frozenset(method for method, _ in _IMPLEMENTATIONS)
@@ -42,7 +49,11 @@ def available() -> list[tuple[str, str]]:
 
 
 def lookup(method, device) -> ModuleType:
-    """Return the implementation for ``(method, device)`` or raise a clear error."""
+    """Return the implementation for ``(method, device)`` or raise a clear error.
+
+    CUDA implementations are imported only here, after :func:`tattn_numba._cuda.require` has
+    checked for numba-cuda and a GPU (raising :class:`~tattn_numba._cuda.CUDAUnavailableError`).
+    """
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
     if not isinstance(device, str):
@@ -54,6 +65,8 @@ def lookup(method, device) -> ModuleType:
     key = (method, device)
     if key not in _IMPLEMENTATIONS:
         raise ValueError(f"method={method!r} is not implemented for device={device!r}")
+    if device == "cuda":
+        _cuda.require()
     return importlib.import_module(_IMPLEMENTATIONS[key])
 
 

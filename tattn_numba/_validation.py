@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _cuda
+
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -19,7 +21,9 @@ class AttentionInputs(NamedTuple):
     """Validated inputs with leading dimensions flattened into one batch axis.
 
     Arrays are C-contiguous, share one floating dtype, and have shapes
-    Q (B, n, d), K1 (B, m1, d), K2 (B, m2, d), V1 (B, m1, dv), V2 (B, m2, dv).
+    Q (B, n, d), K1 (B, m1, d), K2 (B, m2, d), V1 (B, m1, dv), V2 (B, m2, dv). For
+    ``device="cuda"`` they are numba device arrays; ``host_io`` says whether the caller passed
+    host arrays (then results are copied back to the host) or GPU arrays (results stay there).
     """
 
     Q: np.ndarray
@@ -30,6 +34,8 @@ class AttentionInputs(NamedTuple):
     batch_shape: tuple
     scale: float
     causal: bool
+    device: str = "cpu"
+    host_io: bool = True
 
     @property
     def dtype(self) -> np.dtype:
@@ -38,12 +44,40 @@ class AttentionInputs(NamedTuple):
 
 def as_float_array(x, name: str, dtype: np.dtype | None = None) -> np.ndarray:
     """Return ``x`` as a finite float32/float64 ndarray or raise naming ``name``."""
+    if _cuda.is_device_array(x):
+        raise TypeError(
+            f"{name} is a GPU array; pass device='cuda' to compute on the GPU, or copy it to the host first"
+        )
     if isinstance(x, np.ndarray):
         arr = x
     elif hasattr(x, "__array__") or isinstance(x, (list, tuple)):
         arr = np.asarray(x)
     else:
         raise TypeError(f"{name} must be an array (numpy.ndarray or array-like), got {type(x).__name__}")
+    _check_dtype_and_size(arr, name, dtype)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf; all entries must be finite")
+    return arr
+
+
+def as_device_float_array(x, name: str, dtype: np.dtype | None = None):
+    """Return the GPU array ``x`` as a finite, C-contiguous float32/float64 numba device array
+    (a view, no copy) or raise naming ``name``."""
+    from . import _device  # noqa: PLC0415 - CUDA machinery only for GPU arrays
+
+    arr = _cuda.as_device_array(x)
+    _check_dtype_and_size(arr, name, dtype)
+    if not arr.is_c_contiguous():
+        raise ValueError(
+            f"{name} is a non-contiguous GPU array (strides {arr.strides}); pass a C-contiguous one "
+            "(e.g. .contiguous() in PyTorch, cupy.ascontiguousarray)"
+        )
+    if not _device.all_finite(arr):
+        raise ValueError(f"{name} contains NaN or Inf; all entries must be finite")
+    return arr
+
+
+def _check_dtype_and_size(arr, name: str, dtype: np.dtype | None) -> None:
     if arr.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
@@ -53,9 +87,32 @@ def as_float_array(x, name: str, dtype: np.dtype | None = None) -> np.ndarray:
         )
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf; all entries must be finite")
-    return arr
+
+
+def _operands_on_gpu(operands: dict, device: str) -> bool:
+    """Whether the operands are GPU arrays; rejects GPU arrays on the CPU path and mixtures."""
+    on_gpu = [name for name, x in operands.items() if _cuda.is_device_array(x)]
+    if device != "cuda" or not on_gpu:
+        return False
+    if len(on_gpu) < len(operands):
+        on_host = [name for name in operands if name not in on_gpu]
+        raise ValueError(
+            f"{', '.join(on_gpu)} {'is a GPU array' if len(on_gpu) == 1 else 'are GPU arrays'} but "
+            f"{', '.join(on_host)} {'is a host array' if len(on_host) == 1 else 'are host arrays'}; pass "
+            "all of them on one side (numba.cuda.to_device moves host arrays explicitly)"
+        )
+    return True
+
+
+def _checked_operands(operands: dict, device: str) -> tuple[dict, bool]:
+    """Validated arrays (host ndarrays or device arrays) and whether they are on the host."""
+    on_gpu = _operands_on_gpu(operands, device)
+    check = as_device_float_array if on_gpu else as_float_array
+    arrays, dtype = {}, None
+    for name, x in operands.items():
+        arrays[name] = check(x, name, dtype)
+        dtype = arrays[name].dtype
+    return arrays, not on_gpu
 
 
 def check_scale(scale, d: int) -> float:
@@ -76,8 +133,11 @@ def check_flag(value, name: str) -> bool:
     return bool(value)
 
 
-def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal) -> AttentionInputs:
+def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu") -> AttentionInputs:
     """Validate the five attention operands and return them batch-flattened.
+
+    For ``device="cuda"`` the operands are either all host arrays (validated here, then copied
+    to the GPU) or all GPU arrays (used in place); host arrays on the CPU path stay where they are.
 
     Raises
     ------
@@ -87,10 +147,8 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal) -> AttentionInputs:
         Rank below 2, mismatched batch or feature dimensions, empty arrays, NaN/Inf entries,
         ``causal=True`` with unequal lengths, a non-positive or non-finite ``scale``.
     """
-    q = as_float_array(Q, "Q")
-    arrays = {"Q": q}
-    for name, x in (("K1", K1), ("K2", K2), ("V1", V1), ("V2", V2)):
-        arrays[name] = as_float_array(x, name, dtype=q.dtype)
+    arrays, host_io = _checked_operands({"Q": Q, "K1": K1, "K2": K2, "V1": V1, "V2": V2}, device)
+    q = arrays["Q"]
     for name, arr in arrays.items():
         if arr.ndim < 2:
             raise ValueError(f"{name} must have at least 2 dimensions (..., rows, features), got shape {arr.shape}")
@@ -120,19 +178,42 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal) -> AttentionInputs:
     if causal and not n == m1 == m2:
         raise ValueError(f"causal=True needs n == m1 == m2 (self-attention), got n={n}, m1={m1}, m2={m2}")
     scale = check_scale(scale, d)
-    flat = {name: np.ascontiguousarray(arr.reshape((-1,) + arr.shape[-2:])) for name, arr in arrays.items()}
-    return AttentionInputs(flat["Q"], flat["K1"], flat["K2"], flat["V1"], flat["V2"], batch_shape, scale, causal)
+    flat = {name: _flatten(arr, device, host_io) for name, arr in arrays.items()}
+    return AttentionInputs(flat["Q"], flat["K1"], flat["K2"], flat["V1"], flat["V2"], batch_shape, scale, causal,
+                           device, host_io)
+
+
+def _flatten(arr, device: str, host_io: bool):
+    """(..., rows, cols) -> (B, rows, cols), C-contiguous, on the compute device."""
+    if not host_io:
+        return arr.reshape(int(np.prod(arr.shape[:-2], dtype=np.int64)), *arr.shape[-2:])
+    flat = np.ascontiguousarray(arr.reshape((-1,) + arr.shape[-2:]))
+    if device == "cuda":
+        from . import _device  # noqa: PLC0415
+
+        return _device.to_device(flat)
+    return flat
 
 
 def check_upstream(dO, inputs: AttentionInputs) -> np.ndarray:
-    """Validate the upstream gradient ``dO`` against the forward inputs; return it batch-flattened."""
-    arr = as_float_array(dO, "dO", dtype=inputs.dtype)
+    """Validate the upstream gradient ``dO`` against the forward inputs; return it batch-flattened
+    on the forward's compute device. ``dO`` must sit where the forward's inputs were passed
+    (host or GPU)."""
+    if inputs.device == "cuda" and _cuda.is_device_array(dO) == inputs.host_io:
+        if inputs.host_io:
+            raise ValueError("dO is a GPU array but the forward inputs were host arrays; pass dO on the host too")
+        raise ValueError(
+            "dO is a host array but the forward inputs were GPU arrays; move it explicitly "
+            "(numba.cuda.to_device) or pass host inputs to the forward"
+        )
+    check = as_float_array if inputs.host_io else as_device_float_array
+    arr = check(dO, "dO", dtype=inputs.dtype)
     B, n, _ = inputs.Q.shape
     dv = inputs.V1.shape[-1]
     expected = inputs.batch_shape + (n, dv)
     if arr.shape != expected:
         raise ValueError(f"dO must have the output's shape {expected} (..., n, dv), got {arr.shape}")
-    return np.ascontiguousarray(arr.reshape(B, n, dv))
+    return _flatten(arr, inputs.device, inputs.host_io)
 
 
 def check_memory(nbytes: int, what: str, budget: int) -> None:
@@ -144,15 +225,38 @@ def check_memory(nbytes: int, what: str, budget: int) -> None:
         )
 
 
-def cast_result(x: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
-    """Cast a float64 result to the input ``dtype``; raise if it is not finite there.
+def check_logit_range(scale: float, q_max: np.ndarray, k1_max: np.ndarray, k2_max: np.ndarray) -> None:
+    """Reject inputs whose logits could overflow float64, from the column maxima (B, d) of |Q|,
+    |K1|, |K2|: |logit| <= scale·Σ_l max|Q_l|·max|K1_l|·max|K2_l|."""
+    with np.errstate(over="ignore"):
+        bound = scale * np.sum(q_max * k1_max * k2_max, axis=-1).max()
+    if not np.isfinite(bound) or bound > 1e300:
+        raise ValueError(
+            "Q, K1, K2 are too large: the logits scale·⟨Q_i, K1_j1 ∘ K2_j2⟩ may overflow float64 "
+            f"(bound {bound:.3g}); rescale the inputs or the scale"
+        )
+
+
+def cast_result(x, inputs: AttentionInputs, name: str):
+    """Cast a result to the input dtype, check it is finite there, and return it where the
+    caller's inputs were (host, or GPU for GPU inputs).
 
     Inputs are finite, but a result can still leave the dtype's range (value products above
     float32's 3.4e38, say). That is reported instead of returning Inf or NaN.
     """
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = x.astype(dtype, copy=False)
-    if not np.isfinite(out).all():
+    dtype = inputs.dtype
+    if inputs.device == "cuda" and _cuda.is_device_array(x):
+        from . import _device  # noqa: PLC0415
+
+        out = _device.cast(x, dtype)
+        finite = _device.all_finite(out)
+        if finite and inputs.host_io:
+            out = _device.to_host(out)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = x.astype(dtype, copy=False)
+        finite = np.isfinite(out).all()
+    if not finite:
         raise ValueError(
             f"the result {name} overflows {np.dtype(dtype).name} although the inputs are finite; "
             "rescale the inputs (or use float64)"

@@ -42,8 +42,8 @@ class AttentionState:
     Attributes
     ----------
     O : ndarray, shape (..., n, dv)
-        The forward output, in the input dtype.
-    lse : ndarray, shape (..., n), float64
+        The forward output, in the input dtype (a device array for GPU inputs).
+    lse : ndarray, shape (..., n), float64 (a device array for GPU inputs)
         Row log-normaliser in natural-log units: ``lse[i] = log Σ_{j1,j2} exp(logit[i,j1,j2])``
         where ``logit = scale·⟨Q_i, K1_j1 ∘ K2_j2⟩`` and the sum runs over the allowed pairs
         (``j1, j2 ≤ i`` when causal). ``P[i,j1,j2] = exp(logit[i,j1,j2] − lse[i])``.
@@ -59,6 +59,7 @@ class AttentionState:
     each; :func:`attention_backward` recomputes the fingerprints and raises ``ValueError`` if an
     input was modified in between, instead of returning gradients of a different problem.
     (Fingerprints cost ~30 ms per 64 MB; copies cost ~140 ms here and double the memory.)
+    GPU inputs get a 64-bit hash computed on the GPU instead of the CRC-32.
     """
 
     O: np.ndarray
@@ -71,7 +72,8 @@ class AttentionState:
     certificate: Any = None
     _saved: Any = field(default=None, repr=False)
     _inputs: AttentionInputs | None = field(default=None, repr=False)
-    _O64: np.ndarray | None = field(default=None, repr=False)
+    _O_impl: Any = field(default=None, repr=False)
+    _lse_impl: Any = field(default=None, repr=False)
     _fingerprints: tuple = field(default=(), repr=False)
 
 
@@ -79,19 +81,26 @@ _OPERANDS = ("Q", "K1", "K2", "V1", "V2")
 
 
 def _fingerprints(inputs: AttentionInputs) -> tuple[int, ...]:
-    """CRC-32 of each (C-contiguous) operand's bytes."""
+    """CRC-32 of each (C-contiguous) operand's bytes; a 64-bit hash computed on the GPU for
+    operands the caller passed as GPU arrays (copied host inputs cannot change)."""
+    if inputs.device == "cuda":
+        if inputs.host_io:
+            return ()
+        from . import _device  # noqa: PLC0415
+
+        return tuple(_device.fingerprint(getattr(inputs, name)) for name in _OPERANDS)
     return tuple(zlib.crc32(memoryview(getattr(inputs, name)).cast("B")) for name in _OPERANDS)
 
 
 def _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, options):
     impl = _registry.lookup(method, device)
     _registry.check_options(impl, method, options)
-    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal)
+    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device)
     return impl, inputs
 
 
-def _unflatten(x: np.ndarray, batch_shape: tuple) -> np.ndarray:
-    return x.reshape(batch_shape + x.shape[1:])
+def _unflatten(x, batch_shape: tuple):
+    return x.reshape(batch_shape + tuple(x.shape[1:]))
 
 
 def _exact_flops(inputs: AttentionInputs) -> float:
@@ -105,9 +114,9 @@ def _forward(Q, K1, K2, V1, V2, scale, causal, method, device, options, for_back
     """Validate, run the implementation's forward, cast the output; shared by the entry points."""
     impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, options)
     with threads_for(_exact_flops(inputs)):
-        O64, lse, certificate, saved = impl.forward(inputs, for_backward=for_backward, **options)
-    O = _unflatten(cast_result(O64, inputs.dtype, "O"), inputs.batch_shape)
-    return inputs, O64, O, lse, certificate, saved
+        O_impl, lse, certificate, saved = impl.forward(inputs, for_backward=for_backward, **options)
+    O = _unflatten(cast_result(O_impl, inputs, "O"), inputs.batch_shape)
+    return inputs, O_impl, O, lse, certificate, saved
 
 
 def attention_forward(
@@ -156,13 +165,14 @@ def attention_forward(
     The exact method costs Θ(n·m1·m2·(d + dv)) time and O((n + m1 + m2)·(d + dv)) memory:
     logits are recomputed tile by tile with an online softmax and never stored.
     """
-    inputs, O64, O, lse, certificate, saved = _forward(
+    inputs, O_impl, O, lse, certificate, saved = _forward(
         Q, K1, K2, V1, V2, scale, causal, method, device, method_options, for_backward=True
     )
+    public_lse = lse.copy_to_host() if inputs.device == "cuda" and inputs.host_io else lse
     state = AttentionState(
-        O=O, lse=_unflatten(lse, inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
+        O=O, lse=_unflatten(public_lse, inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
         method=method, device=device, options=dict(method_options), certificate=certificate,
-        _saved=saved, _inputs=inputs, _O64=O64, _fingerprints=_fingerprints(inputs),
+        _saved=saved, _inputs=inputs, _O_impl=O_impl, _lse_impl=lse, _fingerprints=_fingerprints(inputs),
     )
     return O, state
 
@@ -199,11 +209,10 @@ def attention_backward(state: AttentionState, dO) -> AttentionGrads:
             )
     dO = check_upstream(dO, inputs)
     impl = _registry.lookup(state.method, state.device)
-    lse = state.lse.reshape(inputs.Q.shape[0], -1)
     with threads_for(3 * _exact_flops(inputs)):
-        grads = impl.backward(inputs, state._O64, lse, state.certificate, state._saved, dO)
+        grads = impl.backward(inputs, state._O_impl, state._lse_impl, state.certificate, state._saved, dO)
     return AttentionGrads(*(
-        _unflatten(cast_result(g, inputs.dtype, name), inputs.batch_shape)
+        _unflatten(cast_result(g, inputs, name), inputs.batch_shape)
         for name, g in zip(AttentionGrads._fields, grads)
     ))
 

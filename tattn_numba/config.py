@@ -32,6 +32,17 @@ SERIAL_BELOW_FLOPS : int
 MEMORY_BUDGET_BYTES : int
     Largest extra allocation a call may make (``TATTN_NUMBA_MEMORY_BUDGET``, bytes,
     default 4 GiB). A request above it raises ``ValueError`` before allocating.
+CUDA_THREADS_PER_BLOCK : int
+    Threads per block of every CUDA kernel (``TATTN_NUMBA_CUDA_THREADS_PER_BLOCK``, a power of
+    two, default 128). The tests set it to 8 under the simulator so that multi-block grids and
+    in-block reductions run on tiny sizes.
+CUDA_QUERY_TILE : int
+    Query rows per block of the exact CUDA kernels (``TATTN_NUMBA_CUDA_QUERY_TILE``, a power of
+    two dividing CUDA_THREADS_PER_BLOCK, default 4): each row gets
+    CUDA_THREADS_PER_BLOCK / CUDA_QUERY_TILE threads that split its first key axis.
+CUDA_KEY_TILE : int
+    Rows of the inner key operand (K2 and V2 in the forward) a block stages in shared memory at
+    a time (``TATTN_NUMBA_CUDA_KEY_TILE``, default 64).
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "SERIAL_BELOW_FLOPS",
-           "MEMORY_BUDGET_BYTES"]
+           "MEMORY_BUDGET_BYTES", "CUDA_THREADS_PER_BLOCK", "CUDA_QUERY_TILE", "CUDA_KEY_TILE"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -64,3 +75,6 @@ KEY_TILE_2 = _env_int("TATTN_NUMBA_KEY_TILE_2", 32)
 SERIAL_BELOW_FLOPS = _env_int("TATTN_NUMBA_SERIAL_BELOW_FLOPS", 30_000_000)
 POLY_CHUNK_ROWS = _env_int("TATTN_NUMBA_POLY_CHUNK_ROWS", 8192)
 MEMORY_BUDGET_BYTES = _env_int("TATTN_NUMBA_MEMORY_BUDGET", 4 * 2**30)
+CUDA_THREADS_PER_BLOCK = _env_int("TATTN_NUMBA_CUDA_THREADS_PER_BLOCK", 128)
+CUDA_QUERY_TILE = _env_int("TATTN_NUMBA_CUDA_QUERY_TILE", 4)
+CUDA_KEY_TILE = _env_int("TATTN_NUMBA_CUDA_KEY_TILE", 64)

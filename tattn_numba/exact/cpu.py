@@ -32,7 +32,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .. import config
-from .._validation import AttentionInputs, check_memory
+from .._validation import AttentionInputs, check_logit_range, check_memory
 
 OPTIONS = frozenset()
 
@@ -368,22 +368,6 @@ def _transposed(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float64)
 
 
-def _check_logit_range(inputs: AttentionInputs) -> None:
-    """Reject inputs whose logits could overflow float64 (|logit| <= scale·Σ_l max|Q|max|K1|max|K2|)."""
-    with np.errstate(over="ignore"):
-        bound = inputs.scale * np.sum(
-            np.abs(inputs.Q).max(axis=1).astype(np.float64)
-            * np.abs(inputs.K1).max(axis=1)
-            * np.abs(inputs.K2).max(axis=1),
-            axis=-1,
-        ).max()
-    if not np.isfinite(bound) or bound > 1e300:
-        raise ValueError(
-            "Q, K1, K2 are too large: the logits scale·⟨Q_i, K1_j1 ∘ K2_j2⟩ may overflow float64 "
-            f"(bound {bound:.3g}); rescale the inputs or the scale"
-        )
-
-
 def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.ndarray, np.ndarray, None, None]:
     """Exact forward. Returns O (B, n, dv) and lse (B, n), both float64, no certificate and
     nothing else to save (the backward needs only O and lse).
@@ -391,7 +375,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
     Time Θ(B·n·m1·m2·(d + dv)); extra memory O(B·(n + m1 + m2)·(d + dv)) for the float64
     working copies plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per thread.
     """
-    _check_logit_range(inputs)
+    check_logit_range(inputs.scale, *(np.abs(x).max(axis=1).astype(np.float64) for x in (inputs.Q, inputs.K1, inputs.K2)))
     Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
     K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
     V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)

@@ -67,5 +67,5 @@ def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
     dO = check_upstream(dO, inputs)
     B = inputs.Q.shape[0]
     kappa = np.asarray(state.certificate.kappa).reshape(B, -1)
-    bounds = gradient_bounds(inputs, kappa, state._O64, dO.astype(np.float64))
+    bounds = gradient_bounds(inputs, kappa, state._O_impl, dO.astype(np.float64))
     return GradientBounds(*(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds))

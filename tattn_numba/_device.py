@@ -1,0 +1,135 @@
+"""GPU-side helpers of the public layer for ``device="cuda"``: transfers, finiteness checks,
+column extrema, dtype casts and input fingerprints, each a small kernel over a device array.
+
+Imported only once a CUDA request has passed :func:`tattn_numba._cuda.require`, so the kernels
+below are compiled lazily and only on machines that use them. Reductions give every thread a
+private partial result and combine those with one atomic per block, so their cost is one read
+of the array.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from . import _cuda, config
+
+cuda = _cuda.require()
+
+__all__ = ["to_device", "to_host", "device_empty", "all_finite", "column_extrema", "cast", "fingerprint"]
+
+
+def _blocks(count: int, per_thread: int = 1) -> int:
+    """Blocks of ``config.CUDA_THREADS_PER_BLOCK`` threads covering ``count`` items, capped so
+    that a grid-stride loop takes over for very large arrays."""
+    threads = config.CUDA_THREADS_PER_BLOCK
+    return max(1, min(4096, -(-count // (threads * per_thread))))
+
+
+def to_device(x: np.ndarray):
+    """Copy a host array to the GPU (an explicit, counted transfer)."""
+    return cuda.to_device(np.ascontiguousarray(x))
+
+
+def to_host(x) -> np.ndarray:
+    """Copy a device array back to the host."""
+    return x.copy_to_host()
+
+
+def device_empty(shape, dtype):
+    """An uninitialised device array."""
+    return cuda.device_array(shape, dtype=dtype)
+
+
+@cuda.jit
+def _count_non_finite(flat, count):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    bad = 0
+    for k in range(start, flat.shape[0], stride):
+        x = flat[k]
+        if math.isnan(x) or math.isinf(x):
+            bad += 1
+    if bad:
+        cuda.atomic.add(count, 0, bad)
+
+
+def all_finite(x) -> bool:
+    """Whether every entry of the contiguous device array ``x`` is finite."""
+    flat = x.reshape(x.size)
+    count = cuda.to_device(np.zeros(1, dtype=np.int64))
+    _count_non_finite[_blocks(x.size, 4), config.CUDA_THREADS_PER_BLOCK](flat, count)
+    return int(count.copy_to_host()[0]) == 0
+
+
+@cuda.jit
+def _column_extrema_kernel(X, lo, hi):
+    """Block row ``blockIdx.y`` = (b, l); threads stride over the rows and meet by atomics."""
+    B, n, d = X.shape
+    b = cuda.blockIdx.y // d
+    l = cuda.blockIdx.y - b * d
+    start = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    stride = cuda.gridDim.x * cuda.blockDim.x
+    if start < n:
+        low = X[b, start, l]
+        high = low
+        for j in range(start + stride, n, stride):
+            x = X[b, j, l]
+            low = min(low, x)
+            high = max(high, x)
+        cuda.atomic.min(lo, (b, l), low)
+        cuda.atomic.max(hi, (b, l), high)
+
+
+def column_extrema(X) -> tuple[np.ndarray, np.ndarray]:
+    """Column minima and maxima (B, d) on the host of the device array X (B, n, d); finite X."""
+    B, n, d = X.shape
+    lo = cuda.to_device(np.full((B, d), np.inf, dtype=X.dtype))
+    hi = cuda.to_device(np.full((B, d), -np.inf, dtype=X.dtype))
+    grid = (max(1, min(64, -(-n // config.CUDA_THREADS_PER_BLOCK))), B * d)
+    _column_extrema_kernel[grid, config.CUDA_THREADS_PER_BLOCK](X, lo, hi)
+    return lo.copy_to_host().astype(np.float64), hi.copy_to_host().astype(np.float64)
+
+
+@cuda.jit
+def _cast_kernel(src, dst):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for k in range(start, src.shape[0], stride):
+        dst[k] = src[k]
+
+
+def cast(x, dtype):
+    """``x`` converted to ``dtype`` on the device (``x`` itself when it already has it)."""
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    out = cuda.device_array(x.shape, dtype=dtype)
+    _cast_kernel[_blocks(x.size, 4), config.CUDA_THREADS_PER_BLOCK](x.reshape(x.size), out.reshape(x.size))
+    return out
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+
+
+@cuda.jit
+def _fingerprint_kernel(words, total):
+    """Σ_k mix(words[k] + k·golden) modulo 2^64: order-free, so one atomic per thread suffices."""
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    acc = np.uint64(0)
+    for k in range(start, words.shape[0], stride):
+        h = (np.uint64(words[k]) + np.uint64(k) * _GOLDEN) * _MIX
+        acc += h ^ (h >> np.uint64(31))
+    cuda.atomic.add(total, 0, acc)
+
+
+def fingerprint(x) -> int:
+    """A 64-bit hash of the bits of the contiguous device array ``x`` (one pass, no copy)."""
+    words = x.reshape(x.size).view(np.uint32)
+    total = cuda.to_device(np.zeros(1, dtype=np.uint64))
+    with warnings.catch_warnings():
+        # The hash wraps modulo 2^64 on purpose; the simulator's NumPy scalars warn about it.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _fingerprint_kernel[_blocks(words.shape[0], 4), config.CUDA_THREADS_PER_BLOCK](words, total)
+    return int(total.copy_to_host()[0])

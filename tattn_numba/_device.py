@@ -18,7 +18,8 @@ from . import _cuda, config
 
 cuda = _cuda.require()
 
-__all__ = ["to_device", "to_host", "device_empty", "all_finite", "column_extrema", "cast", "fingerprint"]
+__all__ = ["to_device", "to_host", "device_empty", "device_full", "device_zeros", "launch", "all_finite",
+           "column_extrema", "cast", "fingerprint"]
 
 
 def _blocks(count: int, per_thread: int = 1) -> int:
@@ -26,6 +27,12 @@ def _blocks(count: int, per_thread: int = 1) -> int:
     that a grid-stride loop takes over for very large arrays."""
     threads = config.CUDA_THREADS_PER_BLOCK
     return max(1, min(4096, -(-count // (threads * per_thread))))
+
+
+def launch(kernel, count: int, *args, per_thread: int = 1) -> None:
+    """Run ``kernel(*args)`` on enough blocks for ``count`` items (``per_thread`` each); the
+    kernel walks its items with a grid-stride loop, so any grid size is correct."""
+    kernel[_blocks(count, per_thread), config.CUDA_THREADS_PER_BLOCK](*args)
 
 
 def to_device(x: np.ndarray):
@@ -44,6 +51,27 @@ def device_empty(shape, dtype):
 
 
 @cuda.jit
+def _fill_kernel(flat, value):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for k in range(start, flat.shape[0], stride):
+        flat[k] = value
+
+
+def device_full(shape, value: float, dtype=np.float64):
+    """A device array filled with ``value`` on the GPU (no host transfer)."""
+    out = cuda.device_array(shape, dtype=dtype)
+    size = int(np.prod(shape, dtype=np.int64))
+    if size:
+        launch(_fill_kernel, size, out.reshape(size), value, per_thread=4)
+    return out
+
+
+def device_zeros(shape, dtype=np.float64):
+    """A zero-filled device array, filled on the GPU (no host transfer)."""
+    return device_full(shape, 0.0, dtype)
+
+
+@cuda.jit
 def _count_non_finite(flat, count):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     bad = 0
@@ -59,7 +87,7 @@ def all_finite(x) -> bool:
     """Whether every entry of the contiguous device array ``x`` is finite."""
     flat = x.reshape(x.size)
     count = cuda.to_device(np.zeros(1, dtype=np.int64))
-    _count_non_finite[_blocks(x.size, 4), config.CUDA_THREADS_PER_BLOCK](flat, count)
+    launch(_count_non_finite, x.size, flat, count, per_thread=4)
     return int(count.copy_to_host()[0]) == 0
 
 
@@ -105,7 +133,7 @@ def cast(x, dtype):
     if x.dtype == dtype:
         return x
     out = cuda.device_array(x.shape, dtype=dtype)
-    _cast_kernel[_blocks(x.size, 4), config.CUDA_THREADS_PER_BLOCK](x.reshape(x.size), out.reshape(x.size))
+    launch(_cast_kernel, x.size, x.reshape(x.size), out.reshape(x.size), per_thread=4)
     return out
 
 
@@ -131,5 +159,5 @@ def fingerprint(x) -> int:
     with warnings.catch_warnings():
         # The hash wraps modulo 2^64 on purpose; the simulator's NumPy scalars warn about it.
         warnings.simplefilter("ignore", RuntimeWarning)
-        _fingerprint_kernel[_blocks(words.shape[0], 4), config.CUDA_THREADS_PER_BLOCK](words, total)
+        launch(_fingerprint_kernel, words.shape[0], words, total, per_thread=4)
     return int(total.copy_to_host()[0])

@@ -148,29 +148,29 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu"
         ``causal=True`` with unequal lengths, a non-positive or non-finite ``scale``.
     """
     arrays, host_io = _checked_operands({"Q": Q, "K1": K1, "K2": K2, "V1": V1, "V2": V2}, device)
-    q = arrays["Q"]
-    for name, arr in arrays.items():
-        if arr.ndim < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions (..., rows, features), got shape {arr.shape}")
-    batch_shape = q.shape[:-2]
-    for name, arr in arrays.items():
-        if arr.shape[:-2] != batch_shape:
+    shapes = {name: tuple(arr.shape) for name, arr in arrays.items()}  # plain tuples (the simulator's refuse [-1])
+    for name, shape in shapes.items():
+        if len(shape) < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions (..., rows, features), got shape {shape}")
+    batch_shape = shapes["Q"][:-2]
+    for name, shape in shapes.items():
+        if shape[:-2] != batch_shape:
             raise ValueError(
-                f"{name} has leading (batch) dimensions {arr.shape[:-2]} but Q has {batch_shape}; "
+                f"{name} has leading (batch) dimensions {shape[:-2]} but Q has {batch_shape}; "
                 "all inputs must share the same leading dimensions"
             )
-    n, d = q.shape[-2:]
-    m1, m2 = arrays["K1"].shape[-2], arrays["K2"].shape[-2]
-    if arrays["K1"].shape[-1] != d:
+    n, d = shapes["Q"][-2:]
+    m1, m2 = shapes["K1"][-2], shapes["K2"][-2]
+    if shapes["K1"][-1] != d:
         raise ValueError(f"K1 must have shape (..., m1, d={d}) to match Q, got {arrays['K1'].shape}")
-    if arrays["K2"].shape[-1] != d:
+    if shapes["K2"][-1] != d:
         raise ValueError(f"K2 must have shape (..., m2, d={d}) to match Q, got {arrays['K2'].shape}")
-    if arrays["V1"].shape[-2] != m1:
+    if shapes["V1"][-2] != m1:
         raise ValueError(f"V1 must have shape (..., m1={m1}, dv) to match K1, got {arrays['V1'].shape}")
-    if arrays["V2"].shape[-2] != m2:
+    if shapes["V2"][-2] != m2:
         raise ValueError(f"V2 must have shape (..., m2={m2}, dv) to match K2, got {arrays['V2'].shape}")
-    dv = arrays["V1"].shape[-1]
-    if arrays["V2"].shape[-1] != dv:
+    dv = shapes["V1"][-1]
+    if shapes["V2"][-1] != dv:
         raise ValueError(
             f"V2 must have shape (..., m2, dv={dv}) with the same value width as V1, got {arrays['V2'].shape}"
         )
@@ -186,7 +186,8 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu"
 def _flatten(arr, device: str, host_io: bool):
     """(..., rows, cols) -> (B, rows, cols), C-contiguous, on the compute device."""
     if not host_io:
-        return arr.reshape(int(np.prod(arr.shape[:-2], dtype=np.int64)), *arr.shape[-2:])
+        shape = tuple(arr.shape)
+        return arr.reshape(int(np.prod(shape[:-2], dtype=np.int64)), *shape[-2:])
     flat = np.ascontiguousarray(arr.reshape((-1,) + arr.shape[-2:]))
     if device == "cuda":
         from . import _device  # noqa: PLC0415
@@ -209,9 +210,9 @@ def check_upstream(dO, inputs: AttentionInputs) -> np.ndarray:
     check = as_float_array if inputs.host_io else as_device_float_array
     arr = check(dO, "dO", dtype=inputs.dtype)
     B, n, _ = inputs.Q.shape
-    dv = inputs.V1.shape[-1]
+    dv = inputs.V1.shape[2]
     expected = inputs.batch_shape + (n, dv)
-    if arr.shape != expected:
+    if tuple(arr.shape) != expected:
         raise ValueError(f"dO must have the output's shape {expected} (..., n, dv), got {arr.shape}")
     return _flatten(arr, inputs.device, inputs.host_io)
 

@@ -140,10 +140,12 @@ def attention_forward(
         2-simplicial transformers use ``1/sqrt(d)``).
     causal : bool
         Keep only pairs with ``j1 <= i`` and ``j2 <= i``; needs ``n == m1 == m2``.
-    method : {"exact"}
+    method : {"exact", "poly"}
         Implementation, looked up in the ``(method, device)`` registry.
-    device : {"cpu"}
-        Where to compute.
+    device : {"cpu", "cuda"}
+        Where to compute. With ``"cuda"`` the operands are all host arrays (copied to the GPU,
+        results copied back) or all GPU arrays (``__cuda_array_interface__``; used in place,
+        results stay on the GPU as numba device arrays); a mixture raises ``ValueError``.
     **method_options
         Options of the chosen method; unknown options raise ``TypeError``.
 
@@ -238,10 +240,12 @@ def attention(
         Logit scale; ``None`` means ``1/d``.
     causal : bool
         Only pairs with ``j1 <= i`` and ``j2 <= i`` (needs ``n == m1 == m2``).
-    method : {"exact"}
+    method : {"exact", "poly"}
         ``"exact"``: streaming online-softmax kernel, Θ(n·m1·m2·(d + dv)) time,
-        O((n + m1 + m2)·(d + dv)) memory.
-    device : {"cpu"}
+        O((n + m1 + m2)·(d + dv)) memory. ``"poly"``: the certified low-rank surrogate
+        (options ``tol`` or ``degree``, ``family``, ``memory_budget``).
+    device : {"cpu", "cuda"}
+        See :func:`attention_forward`; GPU inputs give GPU results.
     **method_options
         Method-specific options; unknown ones raise ``TypeError``.
 
@@ -256,7 +260,10 @@ def attention(
         non-real ``scale``; non-string or unknown-option ``method``.
     ValueError
         Rank < 2, mismatched dimensions, empty arrays, NaN/Inf, ``causal`` with unequal
-        lengths, ``scale`` ≤ 0 or non-finite, unknown ``method`` or ``device``.
+        lengths, ``scale`` ≤ 0 or non-finite, unknown ``method`` or ``device``, host and GPU
+        operands mixed, a non-contiguous GPU array.
+    CUDAUnavailableError
+        ``device="cuda"`` without numba-cuda or without a usable GPU.
 
     Examples
     --------

@@ -43,6 +43,10 @@ CUDA_QUERY_TILE : int
 CUDA_KEY_TILE : int
     Rows of the inner key operand (K2 and V2 in the forward) a block stages in shared memory at
     a time (``TATTN_NUMBA_CUDA_KEY_TILE``, default 64).
+CUDA_GEMM_TILE : int
+    Edge of the square tiles of the polynomial surrogate's CUDA matrix products
+    (``TATTN_NUMBA_CUDA_GEMM_TILE``, at most 32, default 16): a block of CUDA_GEMM_TILE²
+    threads computes one tile of the product, staging tiles of both operands in shared memory.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ from __future__ import annotations
 import os
 
 __all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "SERIAL_BELOW_FLOPS",
-           "MEMORY_BUDGET_BYTES", "CUDA_THREADS_PER_BLOCK", "CUDA_QUERY_TILE", "CUDA_KEY_TILE"]
+           "MEMORY_BUDGET_BYTES", "CUDA_THREADS_PER_BLOCK", "CUDA_QUERY_TILE", "CUDA_KEY_TILE",
+           "CUDA_GEMM_TILE"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -78,3 +83,4 @@ MEMORY_BUDGET_BYTES = _env_int("TATTN_NUMBA_MEMORY_BUDGET", 4 * 2**30)
 CUDA_THREADS_PER_BLOCK = _env_int("TATTN_NUMBA_CUDA_THREADS_PER_BLOCK", 128)
 CUDA_QUERY_TILE = _env_int("TATTN_NUMBA_CUDA_QUERY_TILE", 4)
 CUDA_KEY_TILE = _env_int("TATTN_NUMBA_CUDA_KEY_TILE", 64)
+CUDA_GEMM_TILE = _env_int("TATTN_NUMBA_CUDA_GEMM_TILE", 16)

@@ -68,8 +68,8 @@ def _to_numpy(x, name: str):
     if device.type != "cpu":
         kind = "a CUDA tensor" if device.type == "cuda" else f"a tensor on device type {device.type!r}"
         raise ValueError(
-            f"{name} is {kind} (device={device}); tattn_numba.torch supports CPU tensors only "
-            "(the CUDA path does not exist yet); move it with .cpu()"
+            f"{name} is {kind} (device={device}); tattn_numba.torch supports CPU tensors only: move it "
+            "with .cpu(), or call tattn_numba.attention(..., device='cuda') on detached CUDA tensors"
         )
     if x.dtype not in _SUPPORTED:
         # The core's message, raised here because .numpy() fails on some dtypes (bfloat16).

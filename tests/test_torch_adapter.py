@@ -190,7 +190,7 @@ def test_cuda_tensor_refused(monkeypatch):
         xs[0] = xs[0].detach().cuda()
     else:  # fake it: the adapter decides from tensor.device
         monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda", 0)))
-    with pytest.raises(ValueError, match=r"Q is a CUDA tensor \(device=cuda:0\).*CUDA path does not exist"):
+    with pytest.raises(ValueError, match=r"Q is a CUDA tensor \(device=cuda:0\).*CPU tensors only.*device='cuda'"):
         tensor_attention(*xs)
 
 

@@ -375,7 +375,8 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
     Time Θ(B·n·m1·m2·(d + dv)); extra memory O(B·(n + m1 + m2)·(d + dv)) for the float64
     working copies plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per thread.
     """
-    check_logit_range(inputs.scale, *(np.abs(x).max(axis=1).astype(np.float64) for x in (inputs.Q, inputs.K1, inputs.K2)))
+    column_maxima = (np.abs(x).max(axis=1).astype(np.float64) for x in (inputs.Q, inputs.K1, inputs.K2))
+    check_logit_range(inputs.scale, *column_maxima)
     Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
     K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
     V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)

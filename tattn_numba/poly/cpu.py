@@ -26,11 +26,11 @@ import numpy as np
 from .. import config
 from .._validation import AttentionInputs
 from . import causal as _causal
-from . import exp_approx
 from ._blocks import chunks as _chunks
 from ._blocks import fill_columns as _fill_columns
 from .features import key_features, multi_index_table, query_features
-from .plan import PolyPlan, key_column_maxima, make_plan
+from .plan import (PolyPlan, check_certified, check_normaliser, keeps_key_summaries, key_column_maxima,
+                   make_plan)
 
 OPTIONS = frozenset({"tol", "degree", "family", "memory_budget"})
 
@@ -78,15 +78,6 @@ def _scale_rows_and_columns(X, row_factor, column_factor):
     return out
 
 
-def _check_normaliser(w: np.ndarray, plan: PolyPlan) -> None:
-    if not np.all(np.isfinite(w)) or np.any(w <= 0.0):
-        raise ValueError(
-            f"the degree-{plan.degree} {plan.family} polynomial is not accurate enough for these inputs "
-            f"(certified relative error up to {float(np.max(plan.epsilon)):.3g}, normaliser not positive); "
-            "raise degree or pass tol"
-        )
-
-
 def _key_summaries(v: _Balanced, width: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """U2^T [1 | V1 | K1 | V1⊙K1] and U3^T [1 | V2 | K2 | V2⊙K2], first ``width`` columns."""
     left = _summary(lambda rows: key_features(v.K1t[rows], v.table), np.ones(v.K1.shape[0]),
@@ -108,30 +99,19 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     feature builds and two r×(1 + dv + d + dv·d) products.
     """
     plan = make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
-    worst = float(np.max(plan.epsilon))
-    if not worst < 1.0:
-        widest = float(np.max(plan.radius))
-        try:
-            advice = f"use degree >= {exp_approx.min_degree(plan.family, widest, 0.5)} or pass tol"
-        except ValueError:
-            advice = "no degree is certified at this radius in float64; use method='exact'"
-        raise ValueError(
-            f"degree {plan.degree} is too low for these inputs: the certified relative error of the "
-            f"{plan.family} polynomial reaches {worst:.3g} >= 1 (logit radius up to {widest:.3g}); {advice}"
-        )
+    check_certified(plan)
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
     O = np.empty((B, n, dv))
     lse = np.empty((B, n))
     wide = 1 + dv + d + dv * d
-    budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else memory_budget
-    keep = for_backward and not inputs.causal and 2 * 8 * B * plan.rank * wide <= budget // 4
+    keep = keeps_key_summaries(for_backward, inputs.causal, B, plan, d, dv, memory_budget)
     saved = [] if keep else None
     for b in range(B):
         v = _Balanced(inputs, plan, b)
         if inputs.causal:
             out = _causal.forward(v, plan.chunk_rows)
-            _check_normaliser(out[:, 0], plan)
+            check_normaliser(out[:, 0], plan)
             O[b] = out[:, 1:] / out[:, :1]
             lse[b] = np.log(out[:, 0])
             continue
@@ -142,7 +122,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
         for rows in _chunks(n, plan.chunk_rows):
             out = (summary.T @ query_features(v.Qt[rows], v.coefficients[rows], v.table)).T
             w = out[:, 0]
-            _check_normaliser(w, plan)
+            check_normaliser(w, plan)
             O[b, rows] = out[:, 1:] / w[:, None]
             lse[b, rows] = np.log(w)
     return O, lse, plan, saved
@@ -178,7 +158,7 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
             """Un^T for a chunk (U1^T divided by the normaliser), and dQ for those rows."""
             U1T = query_features(v.Qt[rows], v.coefficients[rows], v.table)
             w = normaliser @ U1T
-            _check_normaliser(w, plan)
+            check_normaliser(w, plan)
             U1T /= w[None, :]
             T = (query_side.T @ U1T).T
             terms = T[:, :dv * d].reshape(-1, dv, d)

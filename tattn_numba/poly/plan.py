@@ -27,8 +27,9 @@ from . import exp_approx
 from .features import rank
 
 __all__ = [
-    "PolyPlan", "GradientBounds", "epsilon_for_tolerance", "row_radii", "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan",
-    "gradient_bounds",
+    "PolyPlan", "GradientBounds", "InputStatistics", "input_statistics", "balancing_maxima", "epsilon_for_tolerance", "row_radii",
+    "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan", "gradient_bounds", "check_certified",
+    "normaliser_error", "check_normaliser", "keeps_key_summaries",
 ]
 
 #: Rate assumed by the time estimate (floating-point operations per second, BLAS-bound
@@ -143,7 +144,12 @@ def column_abs_max(X: np.ndarray) -> np.ndarray:
 
 def key_column_maxima(K: np.ndarray) -> np.ndarray:
     """κ_l = max_j |K[b, j, l]| per batch entry, with 1 where a column is all zero; (B, d)."""
-    kappa = column_abs_max(K)
+    return balancing_maxima(*column_extrema(K))
+
+
+def balancing_maxima(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """κ = max(hi, −lo) from column minima and maxima, with 1 where a column is all zero."""
+    kappa = np.maximum(hi, -lo)
     return np.where(kappa > 0.0, kappa, 1.0)
 
 
@@ -153,20 +159,65 @@ def _max_row_4norm(K: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sqrt(np.einsum("bjl,bjl->bj", squares, squares).max(axis=1)))
 
 
-def row_radii(inputs: AttentionInputs) -> tuple[np.ndarray, np.ndarray]:
+class InputStatistics(NamedTuple):
+    """The O((n + m1 + m2)·(d + dv)) numbers of the inputs that the plan reads, float64, on the host.
+
+    Computed from host arrays by :func:`input_statistics`, or on the GPU (only these numbers
+    are copied back) by :func:`tattn_numba.poly.cuda.input_statistics`.
+
+    Q_min, Q_max, K1_min, K1_max, K2_min, K2_max : (B, d)
+        Column minima and maxima over rows.
+    V1_min, V1_max, V2_min, V2_max : (B, dv)
+    K1_max_4norm, K2_max_4norm : (B,)
+        max_j ‖K[b, j]‖₄.
+    Q_weighted_l1 : (B, n)
+        Σ_l |Q[b, i, l]|·max_j|K1[b, j, l]|·max_j|K2[b, j, l]|.
+    Q_l2 : (B, n)
+        ‖Q[b, i]‖₂.
+    """
+
+    Q_min: np.ndarray
+    Q_max: np.ndarray
+    K1_min: np.ndarray
+    K1_max: np.ndarray
+    K2_min: np.ndarray
+    K2_max: np.ndarray
+    V1_min: np.ndarray
+    V1_max: np.ndarray
+    V2_min: np.ndarray
+    V2_max: np.ndarray
+    K1_max_4norm: np.ndarray
+    K2_max_4norm: np.ndarray
+    Q_weighted_l1: np.ndarray
+    Q_l2: np.ndarray
+
+
+def input_statistics(inputs: AttentionInputs) -> InputStatistics:
+    """:class:`InputStatistics` of host inputs; O((n + m1 + m2)·(d + dv)) per batch entry."""
+    Q = np.asarray(inputs.Q, dtype=np.float64)
+    extrema = [column_extrema(x) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2)]
+    k12 = np.maximum(extrema[1][1], -extrema[1][0]) * np.maximum(extrema[2][1], -extrema[2][0])  # (B, d), zeros kept
+    return InputStatistics(
+        *(bound for pair in extrema for bound in pair),
+        K1_max_4norm=_max_row_4norm(inputs.K1), K2_max_4norm=_max_row_4norm(inputs.K2),
+        Q_weighted_l1=np.einsum("bnl,bl->bn", np.abs(Q), k12), Q_l2=np.sqrt(np.einsum("bnl,bnl->bn", Q, Q)),
+    )
+
+
+def row_radii(inputs: AttentionInputs, statistics: InputStatistics | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-row certified logit radii (B, n) and the global one-interval radius (B,).
 
     R_i = min(s·Σ_l |Q[i,l]|·κ1_l·κ2_l,  s·‖Q_i‖₂·max_j‖K1_j‖₄·max_j‖K2_j‖₄) bounds
     Σ_l |s·Q[i,l]·K1[j1,l]·K2[j2,l]| (hence |logit|) for every pair: the first term by the
-    column maxima, the second by Hölder's inequality with exponents (2, 4, 4).
+    column maxima, the second by Hölder's inequality with exponents (2, 4, 4). ``statistics``
+    (default: computed from the host arrays of ``inputs``) are the numbers this reads.
     """
-    Q = np.asarray(inputs.Q, dtype=np.float64)
+    stats = input_statistics(inputs) if statistics is None else statistics
     s = inputs.scale
-    k12 = column_abs_max(inputs.K1) * column_abs_max(inputs.K2)  # (B, d), zeros kept
-    linf = s * np.einsum("bnl,bl->bn", np.abs(Q), k12)
-    holder = (s * _max_row_4norm(inputs.K1) * _max_row_4norm(inputs.K2))[:, None] * np.sqrt(
-        np.einsum("bnl,bnl->bn", Q, Q))
-    global_radius = s * np.einsum("bl,bl->b", column_abs_max(Q), k12)
+    k12 = np.maximum(stats.K1_max, -stats.K1_min) * np.maximum(stats.K2_max, -stats.K2_min)
+    linf = s * stats.Q_weighted_l1
+    holder = (s * stats.K1_max_4norm * stats.K2_max_4norm)[:, None] * stats.Q_l2
+    global_radius = s * np.einsum("bl,bl->b", np.maximum(stats.Q_max, -stats.Q_min), k12)
     return np.minimum(linf, holder), global_radius
 
 
@@ -190,8 +241,11 @@ def per_row_fits(family: str, degree: int, radius: np.ndarray) -> tuple[np.ndarr
 
 def value_ranges(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
     """max − min over pairs of V1[j1, m]·V2[j2, m], per batch entry and column: (B, dv)."""
-    lo1, hi1 = column_extrema(V1)
-    lo2, hi2 = column_extrema(V2)
+    return _ranges_of_products(*column_extrema(V1), *column_extrema(V2))
+
+
+def _ranges_of_products(lo1, hi1, lo2, hi2) -> np.ndarray:
+    """max − min of x·y over x in [lo1, hi1], y in [lo2, hi2], elementwise."""
     corners = np.stack([lo1 * lo2, lo1 * hi2, hi1 * lo2, hi1 * hi2])
     return corners.max(axis=0) - corners.min(axis=0)
 
@@ -215,13 +269,14 @@ def memory_estimate(r: int, d: int, dv: int, rows: int) -> int:
 
 
 def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebyshev",
-              memory_budget=None) -> PolyPlan:
+              memory_budget=None, statistics: InputStatistics | None = None) -> PolyPlan:
     """Choose the degree (or check the given one) and certify the result; see :class:`PolyPlan`.
 
     Exactly one of ``tol`` (target bound on max |Õ − O|) and ``degree`` must be given. Raises
     ``ValueError`` naming the argument for an impossible request, and naming the degree, rank
     and memory when the rank's memory would pass ``memory_budget`` (default
-    ``config.MEMORY_BUDGET_BYTES``).
+    ``config.MEMORY_BUDGET_BYTES``). Only the shapes and scale of ``inputs`` are read when
+    ``statistics`` (see :class:`InputStatistics`) is given, so its arrays may live on the GPU.
     """
     if (tol is None) == (degree is None):
         raise ValueError("give exactly one of tol (target error of the output) or degree")
@@ -230,9 +285,10 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else _check_budget(memory_budget)
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
-    radius, global_radius = row_radii(inputs)
+    stats = input_statistics(inputs) if statistics is None else statistics
+    radius, global_radius = row_radii(inputs, stats)
     radius = round_up_to_grid(radius)
-    ranges = value_ranges(inputs.V1.astype(np.float64), inputs.V2.astype(np.float64))
+    ranges = _ranges_of_products(stats.V1_min, stats.V1_max, stats.V2_min, stats.V2_max)
     if degree is None:
         degree = _degree_for_tolerance(tol, family, radius, ranges)
     else:
@@ -261,6 +317,47 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
         output_bound=output_bound.reshape(batch + (n, dv)), max_output_bound=float(output_bound.max()),
         estimated_seconds=flops / ASSUMED_FLOPS, estimated_bytes=int(nbytes), chunk_rows=rows,
     )
+
+
+def check_certified(plan: PolyPlan) -> None:
+    """Raise ``ValueError`` (with the degree to use instead) when some row's certified relative
+    error reaches 1: its polynomial may then be non-positive and the surrogate meaningless."""
+    worst = float(np.max(plan.epsilon))
+    if not worst < 1.0:
+        widest = float(np.max(plan.radius))
+        try:
+            advice = f"use degree >= {exp_approx.min_degree(plan.family, widest, 0.5)} or pass tol"
+        except ValueError:
+            advice = "no degree is certified at this radius in float64; use method='exact'"
+        raise ValueError(
+            f"degree {plan.degree} is too low for these inputs: the certified relative error of the "
+            f"{plan.family} polynomial reaches {worst:.3g} >= 1 (logit radius up to {widest:.3g}); {advice}"
+        )
+
+
+def normaliser_error(plan: PolyPlan) -> ValueError:
+    """The error raised when a surrogate normaliser w̃_i is not positive and finite."""
+    return ValueError(
+        f"the degree-{plan.degree} {plan.family} polynomial is not accurate enough for these inputs "
+        f"(certified relative error up to {float(np.max(plan.epsilon)):.3g}, normaliser not positive); "
+        "raise degree or pass tol"
+    )
+
+
+def check_normaliser(w: np.ndarray, plan: PolyPlan) -> None:
+    """Raise :func:`normaliser_error` unless every entry of the host array ``w`` is positive and finite."""
+    if not np.all(np.isfinite(w)) or np.any(w <= 0.0):
+        raise normaliser_error(plan)
+
+
+def keeps_key_summaries(for_backward: bool, causal: bool, batch: int, plan: PolyPlan, d: int, dv: int,
+                        memory_budget) -> bool:
+    """Whether the forward saves the wide key summaries U^T[1 | V | K | V⊙K] (2·B·r·(1 + dv + d +
+    dv·d) floats) for the backward: only without a causal mask and when they fit a quarter of
+    the memory budget."""
+    budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else memory_budget
+    wide = 1 + dv + d + dv * d
+    return for_backward and not causal and 2 * 8 * batch * plan.rank * wide <= budget // 4
 
 
 def _check_budget(value) -> int:

@@ -1,0 +1,339 @@
+"""Exact streaming tensor attention on NVIDIA GPUs (numba-cuda).
+
+The GPU twin of :mod:`tattn_numba.exact.cpu`: same ``forward``/``backward`` contract, no
+n×m1×m2 buffer, O((n + m1 + m2)·(d + dv)) memory (SPEC §1–§2).
+
+Work partition. A block owns a tile of ``CUDA_QUERY_TILE`` query rows; each row gets
+``lanes = CUDA_THREADS_PER_BLOCK / CUDA_QUERY_TILE`` threads, and lane ``t`` takes the rows
+``j1 = t, t + lanes, …`` of K1. For its (i, j1) a thread keeps ``a = scale·Q_i ∘ K1_j1`` in
+registers and streams K2 and V2 through shared memory, ``CUDA_KEY_TILE`` rows at a time (the
+whole block reads each staged row, so a row of K2 is loaded from global memory once per block
+and j1-step, not once per thread). Each thread runs its own online softmax (running maximum,
+running sum, rescaled accumulators in registers); at the end the lanes of a row merge their
+(maximum, sum, accumulator) triples with a tree reduction in shared memory, which is
+deterministic.
+
+Backward. One kernel, launched twice: with (K1, V1) as the thread-owned operand and (K2, V2)
+streamed it produces dQ, dK1 and dV1; with the roles swapped (the logit is symmetric in the
+two keys) it produces dK2 and dV2. Per (i, j1) a thread accumulates u = Σ_j2 dZ·K2_j2 and
+Σ_j2 P·V2_j2, adds scale·Q_i∘u into dK1[j1] and dO_i∘(Σ P·V2) into dV1[j1] with float64
+atomics (summing over the query rows, so their order, and the last bits of dK1, dK2, dV1, dV2,
+vary between runs), and reduces scale·K1_j1∘u over its lanes into dQ[i] deterministically.
+This recomputes the logits once more than a single fused pass would, and needs no per-thread
+copies of the key gradients.
+
+Precision. All arithmetic is float64, also for float32 inputs (read as float32, widened in
+registers by ``float(...)`` before any product, so no float32 product is ever rounded): the
+package promises float64 accumulation, and the tests hold every device to it.
+On GPUs with weak float64 units this is the price of that promise.
+
+Kernels are specialised per (d, dv) and launch shape (register arrays need constant sizes) and
+cached for the process.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from .. import _cuda, _device, config
+from .._validation import AttentionInputs, check_logit_range
+
+cuda = _cuda.require()
+
+OPTIONS = frozenset()
+
+#: Shared-memory bytes the staged key and value tiles may take (of the 48 KiB a block gets
+#: without opting in to more).
+_TILE_BYTES = 32 * 1024
+
+
+@cuda.jit(device=True)
+def _lane_reduce(red, tid, lane, lanes, take_max):
+    """Tree reduction of ``red[tid]`` over the ``lanes`` consecutive threads of a query row;
+    the row's result lands in ``red[tid - lane]``. Every thread of the block must call it."""
+    stride = lanes // 2
+    while stride > 0:
+        if lane < stride:
+            if take_max:
+                red[tid] = max(red[tid], red[tid + stride])
+            else:
+                red[tid] += red[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+
+
+@cuda.jit(device=True)
+def _stage_rows(src, b, r0, rows, dst, tid, threads):
+    """Copy ``src[b, r0:r0 + rows]`` into the shared tile ``dst`` (zeros past the end)."""
+    cols = dst.shape[1]
+    for idx in range(tid, dst.shape[0] * cols, threads):
+        r = idx // cols
+        c = idx - r * cols
+        dst[r, c] = src[b, r0 + r, c] if r < rows else 0.0
+
+
+def _launch_shape(d: int, dv: int) -> tuple[int, int, int, int]:
+    """(threads per block, query rows per block, lanes per row, key rows per shared tile)."""
+    threads = config.CUDA_THREADS_PER_BLOCK
+    query_tile = config.CUDA_QUERY_TILE
+    if threads & (threads - 1) or query_tile & (query_tile - 1) or query_tile > threads:
+        raise ValueError(
+            "config.CUDA_THREADS_PER_BLOCK and config.CUDA_QUERY_TILE must be powers of two with "
+            f"CUDA_QUERY_TILE <= CUDA_THREADS_PER_BLOCK, got {threads} and {query_tile}"
+        )
+    key_tile = max(1, min(config.CUDA_KEY_TILE, _TILE_BYTES // (8 * (d + dv))))
+    return threads, query_tile, threads // query_tile, key_tile
+
+
+@lru_cache(maxsize=None)
+def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, key_tile: int):
+    """The forward kernel for one (d, dv) and launch shape; grid: one block per (b, query tile)."""
+
+    @cuda.jit
+    def kernel(Q, K1, K2, V1, V2, scale, causal, O, lse):
+        B, n, _ = Q.shape
+        m1 = K1.shape[1]
+        m2 = K2.shape[1]
+        tiles = (n + query_tile - 1) // query_tile
+        b = cuda.blockIdx.x // tiles
+        i0 = (cuda.blockIdx.x - b * tiles) * query_tile
+        tid = cuda.threadIdx.x
+        q = tid // lanes
+        lane = tid - q * lanes
+        i = i0 + q
+        valid = i < n
+        last = min(n, i0 + query_tile)
+        block_end1 = min(m1, last) if causal else m1
+        block_end2 = min(m2, last) if causal else m2
+        end1 = (min(m1, i + 1) if causal else m1) if valid else 0
+        end2 = (min(m2, i + 1) if causal else m2) if valid else 0
+
+        k2s = cuda.shared.array((key_tile, d), np.float64)
+        v2s = cuda.shared.array((key_tile, dv), np.float64)
+        red = cuda.shared.array(threads, np.float64)
+        a = cuda.local.array(d, np.float64)
+        t = cuda.local.array(dv, np.float64)
+        acc = cuda.local.array(dv, np.float64)
+        for m in range(dv):
+            acc[m] = 0.0
+        row_max = -math.inf
+        row_sum = 0.0
+
+        for j10 in range(0, block_end1, lanes):
+            j1 = j10 + lane
+            active = j1 < end1
+            if active:
+                for l in range(d):
+                    a[l] = scale * float(Q[b, i, l]) * float(K1[b, j1, l])
+            for m in range(dv):
+                t[m] = 0.0
+            for k0 in range(0, block_end2, key_tile):
+                cuda.syncthreads()
+                _stage_rows(K2, b, k0, min(key_tile, m2 - k0), k2s, tid, threads)
+                _stage_rows(V2, b, k0, min(key_tile, m2 - k0), v2s, tid, threads)
+                cuda.syncthreads()
+                if active:
+                    for jj in range(min(key_tile, end2 - k0)):
+                        s = 0.0
+                        for l in range(d):
+                            s += a[l] * k2s[jj, l]
+                        if s > row_max:
+                            corr = math.exp(row_max - s)
+                            row_sum *= corr
+                            for m in range(dv):
+                                t[m] *= corr
+                                acc[m] *= corr
+                            row_max = s
+                        p = math.exp(s - row_max)
+                        row_sum += p
+                        for m in range(dv):
+                            t[m] += p * v2s[jj, m]
+            if active:
+                for m in range(dv):
+                    acc[m] += V1[b, j1, m] * t[m]
+
+        red[tid] = row_max
+        cuda.syncthreads()
+        _lane_reduce(red, tid, lane, lanes, True)
+        top = red[tid - lane]
+        cuda.syncthreads()
+        corr = math.exp(row_max - top) if row_max > -math.inf else 0.0
+        red[tid] = row_sum * corr
+        cuda.syncthreads()
+        _lane_reduce(red, tid, lane, lanes, False)
+        total = red[tid - lane]
+        cuda.syncthreads()
+        for m in range(dv):
+            red[tid] = acc[m] * corr
+            cuda.syncthreads()
+            _lane_reduce(red, tid, lane, lanes, False)
+            if lane == 0 and valid:
+                O[b, i, m] = red[tid] / total
+            cuda.syncthreads()
+        if lane == 0 and valid:
+            lse[b, i] = top + math.log(total)
+
+    return kernel
+
+
+@lru_cache(maxsize=None)
+def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, key_tile: int):
+    """The backward kernel for one (d, dv) and launch shape: threads own rows of (Ka, Va), the
+    block streams (Kb, Vb); accumulates dKa, dVa (atomics) and, with ``write_dq``, writes dQ."""
+
+    @cuda.jit
+    def kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, scale, causal, write_dq, dQ, dKa, dVa):
+        B, n, _ = Q.shape
+        ma = Ka.shape[1]
+        mb = Kb.shape[1]
+        tiles = (n + query_tile - 1) // query_tile
+        b = cuda.blockIdx.x // tiles
+        i0 = (cuda.blockIdx.x - b * tiles) * query_tile
+        tid = cuda.threadIdx.x
+        q = tid // lanes
+        lane = tid - q * lanes
+        i = i0 + q
+        valid = i < n
+        last = min(n, i0 + query_tile)
+        block_enda = min(ma, last) if causal else ma
+        block_endb = min(mb, last) if causal else mb
+        enda = (min(ma, i + 1) if causal else ma) if valid else 0
+        endb = (min(mb, i + 1) if causal else mb) if valid else 0
+        shift = lse[b, i] if valid else 0.0
+        di = delta[b, i] if valid else 0.0
+
+        kbs = cuda.shared.array((key_tile, d), np.float64)
+        vbs = cuda.shared.array((key_tile, dv), np.float64)
+        red = cuda.shared.array(threads, np.float64)
+        a = cuda.local.array(d, np.float64)
+        g = cuda.local.array(dv, np.float64)
+        u = cuda.local.array(d, np.float64)
+        pv = cuda.local.array(dv, np.float64)
+        dq = cuda.local.array(d, np.float64)
+        for l in range(d):
+            dq[l] = 0.0
+
+        for ja0 in range(0, block_enda, lanes):
+            ja = ja0 + lane
+            active = ja < enda
+            if active:
+                for l in range(d):
+                    a[l] = scale * float(Q[b, i, l]) * float(Ka[b, ja, l])
+                for m in range(dv):
+                    g[m] = float(dO[b, i, m]) * float(Va[b, ja, m])
+            for l in range(d):
+                u[l] = 0.0
+            for m in range(dv):
+                pv[m] = 0.0
+            for k0 in range(0, block_endb, key_tile):
+                cuda.syncthreads()
+                _stage_rows(Kb, b, k0, min(key_tile, mb - k0), kbs, tid, threads)
+                _stage_rows(Vb, b, k0, min(key_tile, mb - k0), vbs, tid, threads)
+                cuda.syncthreads()
+                if active:
+                    for jj in range(min(key_tile, endb - k0)):
+                        s = 0.0
+                        for l in range(d):
+                            s += a[l] * kbs[jj, l]
+                        p = math.exp(s - shift)
+                        ds = 0.0
+                        for m in range(dv):
+                            ds += g[m] * vbs[jj, m]
+                            pv[m] += p * vbs[jj, m]
+                        dz = p * (ds - di)
+                        for l in range(d):
+                            u[l] += dz * kbs[jj, l]
+            if active:
+                for l in range(d):
+                    cuda.atomic.add(dKa, (b, ja, l), scale * float(Q[b, i, l]) * u[l])
+                    dq[l] += scale * float(Ka[b, ja, l]) * u[l]
+                for m in range(dv):
+                    cuda.atomic.add(dVa, (b, ja, m), dO[b, i, m] * pv[m])
+
+        if write_dq:
+            for l in range(d):
+                cuda.syncthreads()
+                red[tid] = dq[l]
+                cuda.syncthreads()
+                _lane_reduce(red, tid, lane, lanes, False)
+                if lane == 0 and valid:
+                    dQ[b, i, l] = red[tid]
+
+    return kernel
+
+
+@cuda.jit
+def _row_dot_kernel(X, Y, out):
+    """``out[b, i] = Σ_m X[b, i, m]·Y[b, i, m]`` (δ = rowsum(dO ∘ O)); one thread per row."""
+    B, n, width = X.shape
+    row = cuda.grid(1)
+    if row < B * n:
+        b = row // n
+        i = row - b * n
+        total = 0.0
+        for m in range(width):
+            total += X[b, i, m] * Y[b, i, m]
+        out[b, i] = total
+
+
+def _check_logit_range(inputs: AttentionInputs) -> None:
+    maxima = []
+    for x in (inputs.Q, inputs.K1, inputs.K2):
+        lo, hi = _device.column_extrema(x)
+        maxima.append(np.maximum(hi, -lo))
+    check_logit_range(inputs.scale, *maxima)
+
+
+def _grid(inputs: AttentionInputs, query_tile: int) -> int:
+    B, n, _ = inputs.Q.shape
+    return B * -(-n // query_tile)
+
+
+def forward(inputs: AttentionInputs, *, for_backward: bool = True):
+    """Exact forward on the GPU: float64 device arrays O (B, n, dv) and lse (B, n), no
+    certificate, nothing else saved.
+
+    Time Θ(B·n·m1·m2·(d + dv)) on the device; extra memory O(B·n·dv) for the outputs.
+    """
+    _check_logit_range(inputs)
+    B, n, d = inputs.Q.shape
+    dv = inputs.V1.shape[2]
+    shape = _launch_shape(d, dv)
+    O = _device.device_empty((B, n, dv), np.float64)
+    lse = _device.device_empty((B, n), np.float64)
+    _forward_kernel(d, dv, *shape)[_grid(inputs, shape[1]), shape[0]](
+        inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2, inputs.scale, inputs.causal, O, lse
+    )
+    return O, lse, None, None
+
+
+def backward(inputs: AttentionInputs, O, lse, certificate: None, saved: None, dO):
+    """Exact backward on the GPU from the forward's float64 ``O`` and ``lse`` (device arrays).
+
+    Returns float64 device arrays (dQ, dK1, dK2, dV1, dV2). The key and value gradients are
+    summed over query rows with float64 atomics: correct to rounding, but the order of the
+    additions (hence the last bits) can change from run to run.
+
+    Time Θ(B·n·m1·m2·(d + dv)) per launch, two launches; extra memory O(B·(n + m1 + m2)·(d + dv)).
+    """
+    B, n, d = inputs.Q.shape
+    m1, m2, dv = inputs.K1.shape[1], inputs.K2.shape[1], inputs.V1.shape[2]
+    shape = _launch_shape(d, dv)
+    delta = _device.device_empty((B, n), np.float64)
+    rows = B * n
+    _row_dot_kernel[-(-rows // shape[0]), shape[0]](dO, O, delta)
+    dQ = _device.device_zeros((B, n, d))
+    grads = {name: _device.device_zeros(shape_) for name, shape_ in
+             (("K1", (B, m1, d)), ("K2", (B, m2, d)), ("V1", (B, m1, dv)), ("V2", (B, m2, dv)))}
+    kernel = _backward_kernel(d, dv, *shape)
+    grid = _grid(inputs, shape[1])
+    for own, other, write_dq in (("1", "2", True), ("2", "1", False)):
+        kernel[grid, shape[0]](
+            inputs.Q, getattr(inputs, "K" + own), getattr(inputs, "K" + other), getattr(inputs, "V" + own),
+            getattr(inputs, "V" + other), dO, lse, delta, inputs.scale, inputs.causal, write_dq,
+            dQ, grads["K" + own], grads["V" + own],
+        )
+    return dQ, grads["K1"], grads["K2"], grads["V1"], grads["V2"]

@@ -1,0 +1,374 @@
+"""CUDA kernels of the polynomial surrogate other than the matrix product (see :mod:`._cuda_gemm`).
+
+Feature maps (one thread per row, walking the multi-index table as :mod:`.features` does),
+the input statistics of the plan, the elementwise and per-row kernels around the low-rank
+products, and the two scans of the causal surrogate (:mod:`.causal` on the CPU).
+
+Every reduction is deterministic: per-thread partial sums in a scratch array, then a
+fixed-shape tree within the block. The one atomic operation on floats is the maximum of
+:func:`_max_row_fourth_powers`, whose result does not depend on the order; the count of bad
+normalisers is an integer atomic. Grid-stride loops cover any size with
+``config.CUDA_THREADS_PER_BLOCK`` threads per block.
+
+Imported only once a CUDA request has passed :func:`tattn_numba._cuda.require`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .._cuda import require
+
+cuda = require()
+
+
+@cuda.jit
+def _query_row_sums(Q, k12, weighted_l1, squares):
+    """Per query row: ``weighted_l1[b, i] = Σ_l |Q[b, i, l]|·k12[b, l]`` and
+    ``squares[b, i] = Σ_l Q[b, i, l]²``. Q (B, n, d) float64, k12 (B, d); O(B·n·d)."""
+    B, n, d = Q.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for task in range(start, B * n, stride):
+        b = task // n
+        i = task - b * n
+        l1 = 0.0
+        l2 = 0.0
+        for l in range(d):
+            x = Q[b, i, l]
+            l1 += abs(x) * k12[b, l]
+            l2 += x * x
+        weighted_l1[b, i] = l1
+        squares[b, i] = l2
+
+
+@cuda.jit
+def _max_row_fourth_powers(K, out):
+    """``out[b] = max(out[b], max_j Σ_l K[b, j, l]⁴)`` by atomic maxima (order-free). K (B, m, d)
+    float64, ``out`` (B,) initialised to 0; O(B·m·d)."""
+    B, m, d = K.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for task in range(start, B * m, stride):
+        b = task // m
+        j = task - b * m
+        total = 0.0
+        for l in range(d):
+            square = K[b, j, l] * K[b, j, l]
+            total += square * square
+        cuda.atomic.max(out, b, total)
+
+
+@cuda.jit
+def _scale_rows_and_columns(X, row_factor, column_factor, out):
+    """``out[b, i, l] = X[b, i, l]·row_factor[b, i]·column_factor[b, l]``: the balanced variables
+    q̃ = s·Q·κ1·κ2/R and K/κ. X, out (B, rows, d); O(B·rows·d)."""
+    B, rows, d = X.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for task in range(start, B * rows * d, stride):
+        b = task // (rows * d)
+        i = (task // d) - b * rows
+        l = task - (b * rows + i) * d
+        out[b, i, l] = X[b, i, l] * row_factor[b, i] * column_factor[b, l]
+
+
+@cuda.jit
+def _monomials(X, coefficients, parent, var, degree, multinomial, weighted, outT):
+    """Feature map transposed, ``outT[c, j] = Π_l X[j, l]^{α_l}`` for column c ↔ α.
+
+    One thread per row j walks the table: column c is its parent column times X[j, var[c]].
+    With ``weighted`` (the query side, U1) column c is then multiplied by
+    ``multinomial[c]·coefficients[j, degree[c]]``. X (rows, d), coefficients (rows, g + 1),
+    table arrays (r,), outT (r, rows); O(rows·r). Consecutive threads write consecutive entries
+    of a feature row.
+    """
+    rows = X.shape[0]
+    r = parent.shape[0]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for j in range(start, rows, stride):
+        outT[0, j] = 1.0
+        for c in range(1, r):
+            outT[c, j] = outT[parent[c], j] * X[j, var[c]]
+        if weighted:
+            for c in range(r):
+                outT[c, j] *= multinomial[c] * coefficients[j, degree[c]]
+
+
+@cuda.jit
+def _fill_columns(c, X, Y, out):
+    """Row j of ``out`` = [c_j | X_j | c_j·Y_j | X_j ⊙ Y_j] (first ``out.shape[1]`` columns): the
+    right-hand sides of the summaries (keys: c = 1, X = V, Y = K; queries: c = δ, X = dO,
+    Y = Q). X (rows, a), Y (rows, b), out (rows, width); O(rows·width)."""
+    rows, width = out.shape
+    a = X.shape[1]
+    b = Y.shape[1]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for task in range(start, rows * width, stride):
+        j = task // width
+        k = task - j * width
+        if k == 0:
+            out[j, k] = c[j]
+        elif k <= a:
+            out[j, k] = X[j, k - 1]
+        elif k <= a + b:
+            out[j, k] = c[j] * Y[j, k - 1 - a]
+        else:
+            m = (k - 1 - a - b) // b
+            out[j, k] = X[j, m] * Y[j, k - 1 - a - b - m * b]
+
+
+@cuda.jit
+def _hadamard_columns(left, right, columns, out):
+    """``out[α, k] = left[α, columns[k]]·right[α, columns[k]]``: products of two summaries' chosen
+    columns (r, width) into out (r, len(columns)); O(r·len(columns))."""
+    r, width = out.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for task in range(start, r * width, stride):
+        a = task // width
+        k = task - a * width
+        out[a, k] = left[a, columns[k]] * right[a, columns[k]]
+
+
+@cuda.jit(device=True)
+def _is_bad_normaliser(w):
+    """True unless 0 < w < ∞ (NaN included)."""
+    return not (w > 0.0 and w < math.inf)
+
+
+@cuda.jit
+def _normalise(T, O, lse, bad):
+    """From T = [w | w·Õ] (rows, 1 + dv): ``O = T[:, 1:] / w``, ``lse = log w``; counts rows whose
+    w is not positive and finite into ``bad[0]`` (int64, integer atomics). O(rows·dv)."""
+    rows, dv = O.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for j in range(start, rows, stride):
+        w = T[j, 0]
+        if _is_bad_normaliser(w):
+            cuda.atomic.add(bad, 0, 1)
+            w = 1.0
+        for m in range(dv):
+            O[j, m] = T[j, 1 + m] / w
+        lse[j] = math.log(w)
+
+
+@cuda.jit
+def _row_dots(X, Y, out):
+    """``out[b, i] = Σ_m X[b, i, m]·Y[b, i, m]`` (δ = rowsum(dO ∘ Õ)); (B, n, dv) -> (B, n), O(B·n·dv)."""
+    B, n, dv = X.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for task in range(start, B * n, stride):
+        b = task // n
+        i = task - b * n
+        total = 0.0
+        for m in range(dv):
+            total += X[b, i, m] * Y[b, i, m]
+        out[b, i] = total
+
+
+@cuda.jit
+def _query_gradient_rows(T, dO, delta, scale, w, dQ, bad):
+    """dQ of a chunk of query rows from T = U1·[s2∘s3 | A1∘A2 | B1∘B2] (rows, 1 + dv·d + d):
+
+        w_i = T[i, 0],   dQ[i, l] = s·(Σ_m dO[i, m]·T[i, 1 + m·d + l] − δ_i·T[i, 1 + dv·d + l]) / w_i
+
+    (the CPU's einsum("cm,cml->cl") term with Un = U1 / w). Writes ``w`` (rows,) and counts bad
+    normalisers into ``bad[0]``. O(rows·d·dv).
+    """
+    rows, d = dQ.shape
+    dv = dO.shape[1]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, rows, stride):
+        wi = T[i, 0]
+        if _is_bad_normaliser(wi):
+            cuda.atomic.add(bad, 0, 1)
+            wi = 1.0
+        w[i] = wi
+        for l in range(d):
+            total = 0.0
+            for m in range(dv):
+                total += dO[i, m] * T[i, 1 + m * d + l]
+            dQ[i, l] = scale * (total - delta[i] * T[i, 1 + dv * d + l]) / wi
+
+
+@cuda.jit
+def _divide_columns(UT, w):
+    """``UT[α, j] /= w[j]``: Un^T = U1^T / w for a chunk; UT (r, rows), O(r·rows)."""
+    r, rows = UT.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for task in range(start, r * rows, stride):
+        a = task // rows
+        j = task - a * rows
+        UT[a, j] /= w[j]
+
+
+@cuda.jit
+def _key_gradient_rows(T, V, scale, dV, dK):
+    """dV and dK of a chunk of key rows from T = U·[S∘Gq | C1∘A | C2∘B] (rows, dv + dv·d + d):
+
+        dV[j, m] = T[j, m],   dK[j, l] = s·(Σ_m V[j, m]·T[j, dv + m·d + l] − T[j, dv + dv·d + l])
+
+    O(rows·d·dv).
+    """
+    rows, d = dK.shape
+    dv = V.shape[1]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for j in range(start, rows, stride):
+        for m in range(dv):
+            dV[j, m] = T[j, m]
+        for l in range(d):
+            total = 0.0
+            for m in range(dv):
+                total += V[j, m] * T[j, dv + m * d + l]
+            dK[j, l] = scale * (total - T[j, dv + dv * d + l])
+
+
+@cuda.jit(device=True)
+def _block_tree_sum(partial, first, count):
+    """Sum the block's partials ``partial[q, :blockDim.x]`` into ``partial[q, 0]`` for
+    q in [first, first + count), by a fixed tree (deterministic; blockDim.x a power of two).
+    Every thread of the block must call it; it ends with a barrier."""
+    t = cuda.threadIdx.x
+    half = cuda.blockDim.x // 2
+    cuda.syncthreads()
+    while half > 0:
+        if t < half:
+            for q in range(first, first + count):
+                partial[q, t] += partial[q, t + half]
+        cuda.syncthreads()
+        half //= 2
+
+
+@cuda.jit
+def _causal_forward_scan(U1T, U2T, c2, U3T, c3, P2, P3, partial, out, with_output):
+    """Causal forward over a chunk of rows; block k owns summary column k.
+
+    For each row i in order: ``P2[k, :] += c2[i, k]·U2[i, :]`` and ``P3[k, :] += c3[i, k]·U3[i, :]``
+    (the prefix states), then, with ``with_output``,
+    ``out[i, k] = Σ_α U1[i, α]·P2[k, α]·P3[k, α]``. Threads of a block stride over the r features
+    (each owns its own entries of the state, so the update is race-free) and meet in a tree sum.
+
+    U1T, U2T, U3T (r, rows) (U1T unused without output); c2, c3 (rows, k); P2, P3 (k, r),
+    updated in place; partial (k, blockDim.x) scratch; out (rows, k). Time O(rows·r·k / threads
+    + rows·log(threads)) per block; the rows are sequential.
+    """
+    k = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    r = P2.shape[1]
+    for i in range(U2T.shape[1]):
+        factor2 = c2[i, k]
+        factor3 = c3[i, k]
+        total = 0.0
+        for a in range(t, r, threads):
+            P2[k, a] += factor2 * U2T[a, i]
+            P3[k, a] += factor3 * U3T[a, i]
+            if with_output:
+                total += U1T[a, i] * P2[k, a] * P3[k, a]
+        if with_output:
+            partial[k, t] = total
+            _block_tree_sum(partial, k, 1)
+            if t == 0:
+                out[i, k] = partial[k, 0]
+            cuda.syncthreads()
+
+
+@cuda.jit
+def _causal_backward_scan(U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale, P2, P3,
+                          GS2, GS3, Y1, Y2, Z1, Z2, partial, dQ, dK1, dK2, dV1, dV2):
+    """Causal backward over a chunk of rows in reverse order, one block (the CPU's
+    ``causal._backward_scan``, row for row).
+
+    On entry P2, P3 (width × r, width = 1 + dv + d + dv·d, layout [1 | V | K | V⊙K]) hold the
+    prefix through the chunk's last row; they are downdated row by row. The suffix sums over
+    query rows after the current one, GS2, GS3 (dv × r), Y1, Y2 (dv·d × r), Z1, Z2 (d × r), are
+    carried in place across chunks. For row i (threads stride over the features α):
+
+    1. w_i = Σ_α U1[i, α]·P2[0, α]·P3[0, α] (tree sum), un = U1[i] / w_i;
+    2. per α: the partial sums of dQ's terms Σ_α un·P2·P3 over the A and K columns, the suffix
+       updates with query row i, then the partial sums of dV, dK's terms Σ_α U·(suffix), and the
+       downdate of P2, P3 by key row i;
+    3. one tree sum of all 3·(dv·d + d) + 2·dv partials; threads split the outputs
+       dQ[i, :], dV1[i, :], dV2[i, :], dK1[i, :], dK2[i, :].
+
+    ``partial`` is (1 + 3·(dv·d + d) + 2·dv, blockDim.x) scratch. Time O(rows·r·d·dv / threads
+    + rows·d·dv·log(threads)).
+    """
+    t = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    d = Q.shape[1]
+    dv = dO.shape[1]
+    r = P2.shape[1]
+    width = P2.shape[0]
+    S = 1
+    K = 1 + dv
+    A = 1 + dv + d
+    wide = dv * d + d
+    query_terms = 1
+    value_terms = query_terms + wide
+    key_terms = value_terms + 2 * dv
+    count = partial.shape[0] - 1
+    for i in range(U2T.shape[1] - 1, -1, -1):
+        total = 0.0
+        for a in range(t, r, threads):
+            total += U1T[a, i] * P2[0, a] * P3[0, a]
+        partial[0, t] = total
+        _block_tree_sum(partial, 0, 1)
+        w = partial[0, 0]
+        for q in range(1, partial.shape[0]):
+            partial[q, t] = 0.0
+        for a in range(t, r, threads):
+            un = U1T[a, i] / w
+            u2 = U2T[a, i]
+            u3 = U3T[a, i]
+            for l in range(d):
+                for m in range(dv):
+                    partial[query_terms + m * d + l, t] += un * P2[A + m * d + l, a] * P3[A + m * d + l, a]
+                partial[query_terms + dv * d + l, t] += un * P2[K + l, a] * P3[K + l, a]
+            for m in range(dv):
+                g = dO[i, m]
+                GS2[m, a] += g * un * P2[S + m, a]
+                GS3[m, a] += g * un * P3[S + m, a]
+                for l in range(d):
+                    gq = g * Q[i, l]
+                    Y1[m * d + l, a] += gq * un * P3[A + m * d + l, a]
+                    Y2[m * d + l, a] += gq * un * P2[A + m * d + l, a]
+            for l in range(d):
+                dq = delta[i] * Q[i, l]
+                Z1[l, a] += dq * un * P3[K + l, a]
+                Z2[l, a] += dq * un * P2[K + l, a]
+            for m in range(dv):
+                partial[value_terms + m, t] += u2 * GS3[m, a]
+                partial[value_terms + dv + m, t] += u3 * GS2[m, a]
+                for l in range(d):
+                    partial[key_terms + m * d + l, t] += u2 * Y1[m * d + l, a]
+                    partial[key_terms + wide + m * d + l, t] += u3 * Y2[m * d + l, a]
+            for l in range(d):
+                partial[key_terms + dv * d + l, t] += u2 * Z1[l, a]
+                partial[key_terms + wide + dv * d + l, t] += u3 * Z2[l, a]
+            for k in range(width):
+                P2[k, a] += -c2[i, k] * u2
+                P3[k, a] += -c3[i, k] * u3
+        _block_tree_sum(partial, 1, count)
+        for o in range(t, 3 * d + 2 * dv, threads):
+            if o < d:
+                total = 0.0
+                for m in range(dv):
+                    total += dO[i, m] * partial[query_terms + m * d + o, 0]
+                dQ[i, o] = scale * (total - delta[i] * partial[query_terms + dv * d + o, 0])
+            elif o < d + 2 * dv:
+                m = o - d
+                if m < dv:
+                    dV1[i, m] = partial[value_terms + m, 0]
+                else:
+                    dV2[i, m - dv] = partial[value_terms + m, 0]
+            else:
+                side = (o - d - 2 * dv) // d
+                l = o - d - 2 * dv - side * d
+                base = key_terms + side * wide
+                total = 0.0
+                for m in range(dv):
+                    total += (V1[i, m] if side == 0 else V2[i, m]) * partial[base + m * d + l, 0]
+                value = scale * (total - partial[base + dv * d + l, 0])
+                if side == 0:
+                    dK1[i, l] = value
+                else:
+                    dK2[i, l] = value
+        cuda.syncthreads()

@@ -19,7 +19,7 @@ from . import _cuda, config
 cuda = _cuda.require()
 
 __all__ = ["to_device", "to_host", "device_empty", "device_full", "device_zeros", "launch", "all_finite",
-           "column_extrema", "cast", "fingerprint"]
+           "column_extrema", "cast", "fingerprint", "row_dots"]
 
 
 def _blocks(count: int, per_thread: int = 1) -> int:
@@ -134,6 +134,28 @@ def cast(x, dtype):
         return x
     out = cuda.device_array(x.shape, dtype=dtype)
     launch(_cast_kernel, x.size, x.reshape(x.size), out.reshape(x.size), per_thread=4)
+    return out
+
+
+@cuda.jit
+def _row_dots_kernel(X, Y, out):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    B, n, width = X.shape
+    for task in range(start, B * n, stride):
+        b = task // n
+        i = task - b * n
+        total = 0.0
+        for m in range(width):
+            total += float(X[b, i, m]) * float(Y[b, i, m])
+        out[b, i] = total
+
+
+def row_dots(X, Y):
+    """``Σ_m X[b, i, m]·Y[b, i, m]`` (B, n), float64 on the device, for device arrays of one
+    shape (B, n, width) in any float dtypes: δ = rowsum(dO ∘ O) of the backward passes."""
+    B, n, _ = X.shape
+    out = cuda.device_array((B, n), dtype=np.float64)
+    launch(_row_dots_kernel, B * n, X, Y, out)
     return out
 
 

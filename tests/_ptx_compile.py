@@ -72,6 +72,10 @@ def _cases() -> list[Case]:
                       "void(float64[::1], float32[::1])"))
     # device_zeros(shape) (float64 only), filled with the Python int 0.
     cases.append(Case("_device._fill_kernel[float64]", f"{dev}:_fill_kernel", None, f"void({f1}, float64)"))
+    for dt in ("float32", "float64"):
+        # row_dots(dO (input dtype), O (float64)) -> delta; the surrogate passes float64 for both.
+        cases.append(Case(f"_device._row_dots_kernel[{dt}]", f"{dev}:_row_dots_kernel", None,
+                          f"void({dt}[:, :, ::1], {f3}, {f2})"))
     # fingerprint(x): the input's words, x.reshape(x.size).view(uint32).
     cases.append(Case("_device._fingerprint_kernel", f"{dev}:_fingerprint_kernel", None,
                       "void(uint32[::1], uint64[::1])"))
@@ -93,10 +97,6 @@ def _cases() -> list[Case]:
             cases.append(Case(f"exact.cuda._backward_kernel[{tag}]", f"{exact}:_backward_kernel", args,
                               f"void({x3}, {x3}, {x3}, {x3}, {x3}, {x3}, {f2}, {f2}, float64, boolean, boolean, "
                               f"{f3}, {f3}, {f3})", small))
-    for dt in ("float32", "float64"):
-        # _row_dot_kernel(dO (input dtype), O (float64), delta).
-        cases.append(Case(f"exact.cuda._row_dot_kernel[{dt}]", f"{exact}:_row_dot_kernel", None,
-                          f"void({dt}[:, :, ::1], {f3}, {f2})"))
 
     # --- poly._cuda_gemm: the driver passes whole C-contiguous float64 arrays (U^T, summaries,
     # [c | X | c·Y | X⊙Y] blocks, fresh outputs); gemm() documents any strides, so 'A' too.
@@ -119,7 +119,6 @@ def _cases() -> list[Case]:
         "_fill_columns": f"void({f1}, {f2}, {f2}, {f2})",
         "_hadamard_columns": f"void({f2}, {f2}, {i1}, {f2})",
         "_normalise": f"void({f2}, {f2}, {f1}, {i1})",
-        "_row_dots": f"void({f3}, {f3}, {f2})",
         "_query_gradient_rows": f"void({f2}, {f2}, {f1}, float64, {f1}, {f2}, {i1})",
         "_divide_columns": f"void({f2}, {f1})",
         "_key_gradient_rows": f"void({f2}, {f2}, float64, {f2}, {f2})",

@@ -30,11 +30,45 @@ from hypothesis import HealthCheck, settings
 
 from tattn_numba import _cuda, config
 
+
+
+def _share_simulated_shared_memory_safely() -> None:
+    """Make the simulator's ``cuda.shared.array`` thread-safe.
+
+    numba-cuda 0.30's simulator hands each block one array per source line, created on first
+    request with an unlocked check-then-insert: two GPU threads (Python threads) arriving
+    together can each create their own array, after which they no longer share memory and a
+    correct kernel computes garbage, now and then (found as a flaky property test). The same
+    logic under a lock.
+    """
+    import threading
+    import traceback
+
+    from numba.cuda.simulator import kernelapi
+
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            raise RuntimeError("aligned or dynamic shared arrays are not used by tattn_numba")
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]
+        with lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                found = self._allocations[caller] = np.empty(shape, dtype)
+        return found
+
+    kernelapi.FakeCUDAShared.array = array
+
+
 if _cuda.simulator_enabled():
     config.CUDA_THREADS_PER_BLOCK = 8
     config.CUDA_QUERY_TILE = 2
     config.CUDA_KEY_TILE = 3
     sys.setswitchinterval(5e-5)
+    _share_simulated_shared_memory_safely()
 
 settings.register_profile(
     "default", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
@@ -76,6 +110,31 @@ def exact_implementation_params():
             marks = (pytest.mark.skip(reason="no usable GPU or numba-cuda, and NUMBA_ENABLE_CUDASIM=0"),)
         params.append(pytest.param({"method": method, "device": device}, id=f"{method}-{device}", marks=marks))
     return params
+
+
+#: Hypothesis examples per property test for CUDA implementations under the simulator, which
+#: runs kernels as Python threads (about a second per example); the CPU keeps the profile's count.
+SIMULATOR_EXAMPLES = 4
+
+
+@pytest.fixture(autouse=True)
+def _fewer_examples_under_simulator(request):
+    """Cap the hypothesis examples of property tests parametrised with a CUDA ``impl`` while the
+    simulator runs. Hypothesis keeps a test's settings on the (shared) test function, so they are
+    swapped for the duration of this one parametrised item and restored afterwards."""
+    callspec = getattr(request.node, "callspec", None)
+    test = getattr(request.node, "obj", None)
+    current = getattr(test, "_hypothesis_internal_use_settings", None)
+    impl = callspec.params.get("impl") if callspec is not None else None
+    if current is None or not isinstance(impl, dict) or impl.get("device") != "cuda" or not _cuda.simulator_enabled():
+        yield
+        return
+    test._hypothesis_internal_use_settings = settings(current, max_examples=min(current.max_examples,
+                                                                                 SIMULATOR_EXAMPLES))
+    try:
+        yield
+    finally:
+        test._hypothesis_internal_use_settings = current
 
 
 @pytest.fixture(scope="session", params=exact_implementation_params())

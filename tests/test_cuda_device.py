@@ -226,3 +226,12 @@ def test_missing_numba_cuda_is_a_clear_error(monkeypatch):
 def test_cuda_error_is_a_runtime_error_not_a_value_error():
     assert issubclass(ta.CUDAUnavailableError, RuntimeError)
     assert not issubclass(ta.CUDAUnavailableError, ValueError)
+
+
+def test_poly_gradient_bounds_of_a_cuda_state_is_refused_clearly():
+    *X, dO = _host_inputs()
+    _, state = ta.attention_forward(*X, device="cuda", method="poly", degree=3)
+    with pytest.raises(ValueError, match="poly_gradient_bounds works on host arrays.*poly_plan"):
+        ta.poly_gradient_bounds(state, dO)
+    plan = ta.poly_plan(*X, degree=3, dO=dO)
+    assert plan.degree == state.certificate.degree and plan.gradient_bounds is not None

@@ -66,6 +66,29 @@ def _lane_reduce(red, tid, lane, lanes, take_max):
 
 
 @cuda.jit(device=True)
+def _query_tile(n, m_own, m_streamed, causal, query_tile, lanes):
+    """Where this thread works: batch entry ``b``, query row ``i`` (``valid`` if i < n), its
+    thread index and lane, and the key ranges. The block covers the query tile
+    ``blockIdx.x mod ceil(n / query_tile)`` of batch entry ``blockIdx.x div ceil(n / query_tile)``;
+    ``block_end_*`` bound the loops every thread of the block runs (barriers inside), ``end_*``
+    this thread's own row (causal: keys j <= i)."""
+    tiles = (n + query_tile - 1) // query_tile
+    b = cuda.blockIdx.x // tiles
+    i0 = (cuda.blockIdx.x - b * tiles) * query_tile
+    tid = cuda.threadIdx.x
+    q = tid // lanes
+    lane = tid - q * lanes
+    i = i0 + q
+    valid = i < n
+    last = min(n, i0 + query_tile)
+    block_end_own = min(m_own, last) if causal else m_own
+    block_end_streamed = min(m_streamed, last) if causal else m_streamed
+    end_own = (min(m_own, i + 1) if causal else m_own) if valid else 0
+    end_streamed = (min(m_streamed, i + 1) if causal else m_streamed) if valid else 0
+    return b, i, tid, lane, valid, block_end_own, block_end_streamed, end_own, end_streamed
+
+
+@cuda.jit(device=True)
 def _stage_rows(src, b, r0, rows, dst, tid, threads):
     """Copy ``src[b, r0:r0 + rows]`` into the shared tile ``dst`` (zeros past the end)."""
     cols = dst.shape[1]
@@ -94,22 +117,9 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
 
     @cuda.jit
     def kernel(Q, K1, K2, V1, V2, scale, causal, O, lse):
-        B, n, _ = Q.shape
-        m1 = K1.shape[1]
         m2 = K2.shape[1]
-        tiles = (n + query_tile - 1) // query_tile
-        b = cuda.blockIdx.x // tiles
-        i0 = (cuda.blockIdx.x - b * tiles) * query_tile
-        tid = cuda.threadIdx.x
-        q = tid // lanes
-        lane = tid - q * lanes
-        i = i0 + q
-        valid = i < n
-        last = min(n, i0 + query_tile)
-        block_end1 = min(m1, last) if causal else m1
-        block_end2 = min(m2, last) if causal else m2
-        end1 = (min(m1, i + 1) if causal else m1) if valid else 0
-        end2 = (min(m2, i + 1) if causal else m2) if valid else 0
+        b, i, tid, lane, valid, block_end1, block_end2, end1, end2 = _query_tile(
+            Q.shape[1], K1.shape[1], m2, causal, query_tile, lanes)
 
         k2s = cuda.shared.array((key_tile, d), np.float64)
         v2s = cuda.shared.array((key_tile, dv), np.float64)
@@ -186,22 +196,9 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
 
     @cuda.jit
     def kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, scale, causal, write_dq, dQ, dKa, dVa):
-        B, n, _ = Q.shape
-        ma = Ka.shape[1]
         mb = Kb.shape[1]
-        tiles = (n + query_tile - 1) // query_tile
-        b = cuda.blockIdx.x // tiles
-        i0 = (cuda.blockIdx.x - b * tiles) * query_tile
-        tid = cuda.threadIdx.x
-        q = tid // lanes
-        lane = tid - q * lanes
-        i = i0 + q
-        valid = i < n
-        last = min(n, i0 + query_tile)
-        block_enda = min(ma, last) if causal else ma
-        block_endb = min(mb, last) if causal else mb
-        enda = (min(ma, i + 1) if causal else ma) if valid else 0
-        endb = (min(mb, i + 1) if causal else mb) if valid else 0
+        b, i, tid, lane, valid, block_enda, block_endb, enda, endb = _query_tile(
+            Q.shape[1], Ka.shape[1], mb, causal, query_tile, lanes)
         shift = lse[b, i] if valid else 0.0
         di = delta[b, i] if valid else 0.0
 
@@ -265,20 +262,6 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
     return kernel
 
 
-@cuda.jit
-def _row_dot_kernel(X, Y, out):
-    """``out[b, i] = Σ_m X[b, i, m]·Y[b, i, m]`` (δ = rowsum(dO ∘ O)); one thread per row."""
-    B, n, width = X.shape
-    row = cuda.grid(1)
-    if row < B * n:
-        b = row // n
-        i = row - b * n
-        total = 0.0
-        for m in range(width):
-            total += X[b, i, m] * Y[b, i, m]
-        out[b, i] = total
-
-
 def _check_logit_range(inputs: AttentionInputs) -> None:
     maxima = []
     for x in (inputs.Q, inputs.K1, inputs.K2):
@@ -322,9 +305,7 @@ def backward(inputs: AttentionInputs, O, lse, certificate: None, saved: None, dO
     B, n, d = inputs.Q.shape
     m1, m2, dv = inputs.K1.shape[1], inputs.K2.shape[1], inputs.V1.shape[2]
     shape = _launch_shape(d, dv)
-    delta = _device.device_empty((B, n), np.float64)
-    rows = B * n
-    _row_dot_kernel[-(-rows // shape[0]), shape[0]](dO, O, delta)
+    delta = _device.row_dots(dO, O)
     dQ = _device.device_zeros((B, n, d))
     grads = {name: _device.device_zeros(shape_) for name, shape_ in
              (("K1", (B, m1, d)), ("K2", (B, m2, d)), ("V1", (B, m1, dv)), ("V2", (B, m2, dv)))}

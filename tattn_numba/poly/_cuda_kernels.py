@@ -150,20 +150,6 @@ def _normalise(T, O, lse, bad):
 
 
 @cuda.jit
-def _row_dots(X, Y, out):
-    """``out[b, i] = Σ_m X[b, i, m]·Y[b, i, m]`` (δ = rowsum(dO ∘ Õ)); (B, n, dv) -> (B, n), O(B·n·dv)."""
-    B, n, dv = X.shape
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for task in range(start, B * n, stride):
-        b = task // n
-        i = task - b * n
-        total = 0.0
-        for m in range(dv):
-            total += X[b, i, m] * Y[b, i, m]
-        out[b, i] = total
-
-
-@cuda.jit
 def _query_gradient_rows(T, dO, delta, scale, w, dQ, bad):
     """dQ of a chunk of query rows from T = U1·[s2∘s3 | A1∘A2 | B1∘B2] (rows, 1 + dv·d + d):
 

@@ -57,13 +57,20 @@ def poly_plan(
 def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
     """Certified entrywise bounds on |surrogate gradient − exact gradient| for ``dO``.
 
-    ``state`` comes from ``attention_forward(..., method="poly")``. Cost O((n + m1 + m2)·d·dv);
+    ``state`` comes from ``attention_forward(..., method="poly")`` on the CPU (a state of
+    ``device="cuda"`` raises ``ValueError``; use :func:`poly_plan` with ``dO`` on host copies).
+    Cost O((n + m1 + m2)·d·dv);
     the derivation is in :func:`tattn_numba.poly.plan.gradient_bounds` and docs/surrogate.md.
     Returns arrays shaped like the gradients.
     """
     if not isinstance(state, AttentionState) or not isinstance(state.certificate, PolyPlan):
         raise TypeError("state must come from attention_forward(..., method='poly')")
     inputs = state._inputs
+    if inputs.device != "cpu":
+        raise ValueError(
+            "poly_gradient_bounds works on host arrays and this state comes from device='cuda'; for "
+            "a-priori bounds call poly_plan(Q, K1, K2, V1, V2, ..., dO=dO) on host copies of the inputs"
+        )
     dO = check_upstream(dO, inputs)
     B = inputs.Q.shape[0]
     kappa = np.asarray(state.certificate.kappa).reshape(B, -1)

@@ -78,8 +78,6 @@ def require() -> ModuleType:
 def is_device_array(x) -> bool:
     """True for GPU arrays: numba device arrays, or anything exposing ``__cuda_array_interface__``
     (CuPy arrays, CUDA PyTorch tensors); under the simulator, its fake device arrays."""
-    if isinstance(x, (list, tuple, float, int)):
-        return False
     try:
         if hasattr(x, "__cuda_array_interface__"):
             return True

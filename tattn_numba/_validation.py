@@ -238,6 +238,14 @@ def check_logit_range(scale: float, q_max: np.ndarray, k1_max: np.ndarray, k2_ma
         )
 
 
+def to_caller(x, inputs: AttentionInputs):
+    """A result where the caller's inputs were: copied back to the host when the caller passed
+    host arrays to a ``device="cuda"`` call, as it is otherwise."""
+    if inputs.device == "cuda" and inputs.host_io:
+        return x.copy_to_host()
+    return x
+
+
 def cast_result(x, inputs: AttentionInputs, name: str):
     """Cast a result to the input dtype, check it is finite there, and return it where the
     caller's inputs were (host, or GPU for GPU inputs).
@@ -246,13 +254,13 @@ def cast_result(x, inputs: AttentionInputs, name: str):
     float32's 3.4e38, say). That is reported instead of returning Inf or NaN.
     """
     dtype = inputs.dtype
-    if inputs.device == "cuda" and _cuda.is_device_array(x):
+    if inputs.device == "cuda":
         from . import _device  # noqa: PLC0415
 
         out = _device.cast(x, dtype)
         finite = _device.all_finite(out)
-        if finite and inputs.host_io:
-            out = _device.to_host(out)
+        if finite:
+            out = to_caller(out, inputs)
     else:
         with np.errstate(over="ignore", invalid="ignore"):
             out = x.astype(dtype, copy=False)

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _registry
 from ._threads import threads_for
-from ._validation import AttentionInputs, cast_result, check_attention_inputs, check_upstream
+from ._validation import AttentionInputs, cast_result, check_attention_inputs, check_upstream, to_caller
 
 __all__ = ["AttentionGrads", "AttentionState", "attention", "attention_grad", "attention_forward", "attention_backward"]
 
@@ -170,9 +170,8 @@ def attention_forward(
     inputs, O_impl, O, lse, certificate, saved = _forward(
         Q, K1, K2, V1, V2, scale, causal, method, device, method_options, for_backward=True
     )
-    public_lse = lse.copy_to_host() if inputs.device == "cuda" and inputs.host_io else lse
     state = AttentionState(
-        O=O, lse=_unflatten(public_lse, inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
+        O=O, lse=_unflatten(to_caller(lse, inputs), inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
         method=method, device=device, options=dict(method_options), certificate=certificate,
         _saved=saved, _inputs=inputs, _O_impl=O_impl, _lse_impl=lse, _fingerprints=_fingerprints(inputs),
     )

@@ -98,6 +98,18 @@ def _stage_rows(src, b, r0, rows, dst, tid, threads):
         dst[r, c] = src[b, r0 + r, c] if r < rows else 0.0
 
 
+@cuda.jit(device=True)
+def _stage_key_tile(K, V, b, r0, keys, values, tid, threads):
+    """Stage rows ``r0 : r0 + keys.shape[0]`` of K[b] and V[b] in the shared tiles ``keys`` and
+    ``values``, between two barriers (no thread still reads the previous tile, every thread
+    sees the new one). Every thread of the block must call it."""
+    rows = min(keys.shape[0], K.shape[1] - r0)
+    cuda.syncthreads()
+    _stage_rows(K, b, r0, rows, keys, tid, threads)
+    _stage_rows(V, b, r0, rows, values, tid, threads)
+    cuda.syncthreads()
+
+
 def _launch_shape(d: int, dv: int) -> tuple[int, int, int, int]:
     """(threads per block, query rows per block, lanes per row, key rows per shared tile)."""
     threads = config.CUDA_THREADS_PER_BLOCK
@@ -117,9 +129,8 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
 
     @cuda.jit
     def kernel(Q, K1, K2, V1, V2, scale, causal, O, lse):
-        m2 = K2.shape[1]
         b, i, tid, lane, valid, block_end1, block_end2, end1, end2 = _query_tile(
-            Q.shape[1], K1.shape[1], m2, causal, query_tile, lanes)
+            Q.shape[1], K1.shape[1], K2.shape[1], causal, query_tile, lanes)
 
         k2s = cuda.shared.array((key_tile, d), np.float64)
         v2s = cuda.shared.array((key_tile, dv), np.float64)
@@ -141,10 +152,7 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
             for m in range(dv):
                 t[m] = 0.0
             for k0 in range(0, block_end2, key_tile):
-                cuda.syncthreads()
-                _stage_rows(K2, b, k0, min(key_tile, m2 - k0), k2s, tid, threads)
-                _stage_rows(V2, b, k0, min(key_tile, m2 - k0), v2s, tid, threads)
-                cuda.syncthreads()
+                _stage_key_tile(K2, V2, b, k0, k2s, v2s, tid, threads)
                 if active:
                     for jj in range(min(key_tile, end2 - k0)):
                         s = 0.0
@@ -196,9 +204,8 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
 
     @cuda.jit
     def kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, scale, causal, write_dq, dQ, dKa, dVa):
-        mb = Kb.shape[1]
         b, i, tid, lane, valid, block_enda, block_endb, enda, endb = _query_tile(
-            Q.shape[1], Ka.shape[1], mb, causal, query_tile, lanes)
+            Q.shape[1], Ka.shape[1], Kb.shape[1], causal, query_tile, lanes)
         shift = lse[b, i] if valid else 0.0
         di = delta[b, i] if valid else 0.0
 
@@ -226,10 +233,7 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
             for m in range(dv):
                 pv[m] = 0.0
             for k0 in range(0, block_endb, key_tile):
-                cuda.syncthreads()
-                _stage_rows(Kb, b, k0, min(key_tile, mb - k0), kbs, tid, threads)
-                _stage_rows(Vb, b, k0, min(key_tile, mb - k0), vbs, tid, threads)
-                cuda.syncthreads()
+                _stage_key_tile(Kb, Vb, b, k0, kbs, vbs, tid, threads)
                 if active:
                     for jj in range(min(key_tile, endb - k0)):
                         s = 0.0
@@ -270,9 +274,13 @@ def _check_logit_range(inputs: AttentionInputs) -> None:
     check_logit_range(inputs.scale, *maxima)
 
 
-def _grid(inputs: AttentionInputs, query_tile: int) -> int:
-    B, n, _ = inputs.Q.shape
-    return B * -(-n // query_tile)
+def _configured(kernel_factory, inputs: AttentionInputs):
+    """The kernel for these inputs' (d, dv), configured with one block per (batch entry, query tile)."""
+    B, n, d = inputs.Q.shape
+    dv = inputs.V1.shape[2]
+    threads, query_tile, lanes, key_tile = _launch_shape(d, dv)
+    kernel = kernel_factory(d, dv, threads, query_tile, lanes, key_tile)
+    return kernel[B * -(-n // query_tile), threads]
 
 
 def forward(inputs: AttentionInputs, *, for_backward: bool = True):
@@ -282,12 +290,10 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True):
     Time Θ(B·n·m1·m2·(d + dv)) on the device; extra memory O(B·n·dv) for the outputs.
     """
     _check_logit_range(inputs)
-    B, n, d = inputs.Q.shape
-    dv = inputs.V1.shape[2]
-    shape = _launch_shape(d, dv)
-    O = _device.device_empty((B, n, dv), np.float64)
+    B, n, _ = inputs.Q.shape
+    O = _device.device_empty((B, n, inputs.V1.shape[2]), np.float64)
     lse = _device.device_empty((B, n), np.float64)
-    _forward_kernel(d, dv, *shape)[_grid(inputs, shape[1]), shape[0]](
+    _configured(_forward_kernel, inputs)(
         inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2, inputs.scale, inputs.causal, O, lse
     )
     return O, lse, None, None
@@ -302,19 +308,13 @@ def backward(inputs: AttentionInputs, O, lse, certificate: None, saved: None, dO
 
     Time Θ(B·n·m1·m2·(d + dv)) per launch, two launches; extra memory O(B·(n + m1 + m2)·(d + dv)).
     """
-    B, n, d = inputs.Q.shape
-    m1, m2, dv = inputs.K1.shape[1], inputs.K2.shape[1], inputs.V1.shape[2]
-    shape = _launch_shape(d, dv)
     delta = _device.row_dots(dO, O)
-    dQ = _device.device_zeros((B, n, d))
-    grads = {name: _device.device_zeros(shape_) for name, shape_ in
-             (("K1", (B, m1, d)), ("K2", (B, m2, d)), ("V1", (B, m1, dv)), ("V2", (B, m2, dv)))}
-    kernel = _backward_kernel(d, dv, *shape)
-    grid = _grid(inputs, shape[1])
-    for own, other, write_dq in (("1", "2", True), ("2", "1", False)):
-        kernel[grid, shape[0]](
-            inputs.Q, getattr(inputs, "K" + own), getattr(inputs, "K" + other), getattr(inputs, "V" + own),
-            getattr(inputs, "V" + other), dO, lse, delta, inputs.scale, inputs.causal, write_dq,
-            dQ, grads["K" + own], grads["V" + own],
-        )
-    return dQ, grads["K1"], grads["K2"], grads["V1"], grads["V2"]
+    dQ, dK1, dK2, dV1, dV2 = (_device.device_zeros(tuple(x.shape)) for x in
+                              (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2))
+    kernel = _configured(_backward_kernel, inputs)
+    Q, K1, K2, V1, V2 = inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2
+    # Threads own rows of the first key (dQ, dK1, dV1), then of the second (dK2, dV2).
+    for Ka, Kb, Va, Vb, dKa, dVa, write_dq in ((K1, K2, V1, V2, dK1, dV1, True),
+                                               (K2, K1, V2, V1, dK2, dV2, False)):
+        kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, inputs.scale, inputs.causal, write_dq, dQ, dKa, dVa)
+    return dQ, dK1, dK2, dV1, dV2

@@ -9,6 +9,23 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one): the most workers."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` if it is between 1 and :func:`available_cpus`; otherwise a ValueError."""
+    limit = available_cpus()
+    if not 1 <= workers <= limit:
+        raise ValueError(f"{workers} workers: must be between 1 and {limit}, the CPUs available to this process")
+    return workers
 
 
 class InProcessExecutor(concurrent.futures.Executor):
@@ -37,8 +54,7 @@ def make_executor(scheduler: str | None = None, workers: int | None = None) -> c
             ) from exc
         return Client(scheduler).get_executor()
     if workers is not None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+        check_workers(workers)
         # spawn, not fork: a forked child of a process that already ran a Numba parallel (GNU
         # OpenMP) kernel aborts ("fork() called from a process already using GNU OpenMP").
         return concurrent.futures.ProcessPoolExecutor(max_workers=workers,

@@ -63,11 +63,14 @@ def run_report(config: str, out_dir: str | os.PathLike, executor, *, force: bool
     ----------
     config : {"tiny", "quick", "full"}
     out_dir : path
-        Created; an existing non-empty directory is refused unless ``force``.
+        Created; an existing empty directory is used. A non-empty one is refused unless ``force``
+        and it holds a report this tool wrote (its ``.tattn-verify-report`` marker) and nothing
+        else. The report is written into a hidden sibling and moved into place at the end: a
+        failed or interrupted run leaves ``out_dir`` as it was.
     executor : concurrent.futures.Executor
         Where sweep points run (see :mod:`verification.execution`).
     force : bool
-        Replace an existing report directory.
+        Replace an existing report directory written by this tool.
     progress : bool
         Show a progress bar (stderr).
 
@@ -77,12 +80,22 @@ def run_report(config: str, out_dir: str | os.PathLike, executor, *, force: bool
         What ``results.json`` holds.
     """
     settings = configs.get(config)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} exists and is not empty; pass --force to replace the report there")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _resolve_out(out_dir)
+    _check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = _make_temporary_sibling(out)
+    try:
+        results = _run_into(config, settings, work, executor, progress)
+        _write_marker(work, config)
+        existed = _check_out(out, force)  # again: the run took a while, the directory may have changed
+        _install(work, out, existed)
+    except BaseException:  # KeyboardInterrupt included: the old report stays, the new one goes
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return results
+
+
+def _run_into(config: str, settings: dict, out: Path, executor, progress: bool) -> dict:
     started = time.perf_counter()
     results = {"config": config, "settings": settings, "probes": {}, "seconds": {}}
     bar = tqdm(configs.PROBES, desc="verification", unit="probe", disable=not progress, file=sys.stderr)
@@ -103,6 +116,120 @@ def run_report(config: str, out_dir: str | os.PathLike, executor, *, force: bool
         json.dump(results, handle, indent=1, default=_json_default)
     write_report(results, sections, out)
     return results
+
+
+# The report directory. A report is written into a fresh hidden sibling of --out and moved into
+# place only once complete, so an interrupted or failed run leaves the previous report as it
+# was. Every report directory holds MARKER (JSON: tool, version, time, the files written); only
+# a directory with a valid marker and no other files is ever replaced, even with --force.
+
+#: Name of the marker file written into every report directory.
+MARKER = ".tattn-verify-report"
+_TOOL = "tattn-verify"
+
+
+def _resolve_out(out_dir) -> Path:
+    out = Path(out_dir).resolve()  # a symbolic link: its target is the directory
+    if out.parent == out:
+        raise FileExistsError(f"{out} cannot be a report directory; choose another --out")
+    return out
+
+
+def _read_marker(out: Path) -> dict | None:
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("tool") != _TOOL or not isinstance(marker.get("files"), list) \
+            or not all(isinstance(name, str) for name in marker["files"]):
+        return None
+    return marker
+
+
+def _check_out(out: Path, force: bool) -> bool:
+    """Refuse an ``out`` that must not be written to; return whether it exists (a directory)."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; choose another --out")
+    entries = {entry.name for entry in out.iterdir()}
+    if not entries:
+        return True
+    if not force:
+        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace the report there")
+    marker = _read_marker(out)
+    if marker is None:
+        raise FileExistsError(
+            f"{out} is not empty and holds no report written by this tool (no valid {MARKER} marker "
+            "file); refusing to replace it even with --force: choose another --out, or empty it yourself")
+    foreign = sorted(entries - set(marker["files"]) - {MARKER})
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{out} holds a report but also files this tool did not write ({shown}); refusing to replace "
+            "it even with --force: move them away, or choose another --out")
+    return True
+
+
+def _sibling(out: Path, tag: str, attempt: int) -> Path:
+    suffix = f"-{attempt}" if attempt else ""
+    return out.parent / f".{out.name}.{tag}-{os.getpid()}{suffix}"
+
+
+def _make_temporary_sibling(out: Path) -> Path:
+    for attempt in range(1000):
+        work = _sibling(out, "tmp", attempt)
+        try:
+            work.mkdir()
+        except FileExistsError:
+            continue
+        return work
+    raise FileExistsError(f"cannot create a temporary directory next to {out}")
+
+
+def _write_marker(work: Path, config: str) -> None:
+    import tattn_numba
+
+    marker = {"tool": _TOOL, "version": tattn_numba.__version__, "config": config,
+              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "files": sorted(entry.name for entry in work.iterdir())}
+    (work / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+
+
+def _install(work: Path, out: Path, existed: bool) -> None:
+    """Move the finished report ``work`` to ``out``: absent, an empty directory (kept; the report's
+    files move into it) or a report of this tool (checked by :func:`_check_out`; replaced)."""
+    if not existed:
+        os.rename(work, out)
+        return
+    if not any(out.iterdir()):
+        moved = []
+        try:
+            for entry in sorted(work.iterdir()):
+                os.rename(entry, out / entry.name)
+                moved.append(out / entry.name)
+        except BaseException:
+            for path in moved:  # only what was just moved in: the directory was empty before
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            raise
+        work.rmdir()
+        return
+    attempt = 0
+    while (backup := _sibling(out, "old", attempt)).exists() or backup.is_symlink():
+        attempt += 1
+    os.rename(out, backup)
+    try:
+        os.rename(work, out)
+    except BaseException:
+        os.rename(backup, out)
+        raise
+    try:
+        shutil.rmtree(backup)  # the previous report: only files this tool wrote (checked)
+    except OSError as exc:  # the new report is in place; say what is left over
+        print(f"warning: could not remove the previous report, moved to {backup}: {exc}", file=sys.stderr)
 
 
 def write_report(results: dict, sections: dict, out: Path) -> None:

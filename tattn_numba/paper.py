@@ -97,6 +97,8 @@ from .attention import attention_backward, attention_forward
 from .poly.api import poly_gradient_bounds
 from .poly.exp_approx import FAMILIES
 from .poly.plan import PolyPlan
+from .poly.rounding import UNIT_ROUNDOFF as _U
+from .poly.rounding import gamma
 
 __all__ = [
     "WeightGrads", "PolyCertificate", "build_X", "build_Y", "output", "loss", "grad_X", "grad_Y", "weight_grads",
@@ -389,15 +391,31 @@ def _poly_forward(A, X, Y, *, tol, degree, family, memory_budget):
     the surrogate gets attention-output tolerance tol/‖Y‖₁ (‖Y‖₁ = largest column sum of |Y|),
     since |ΔO' Y| <= |ΔO'|·|Y| <= max|ΔO'|·‖Y‖₁ entrywise."""
     d = A[0].shape[1]
+    Qp, K1p, K2p, V1p, V2p = _reduced_attention(A, X)
+    inner = tol
     if tol is not None:
         ynorm = float(np.abs(Y).sum(axis=0).max())
         if ynorm > 0.0:
-            tol = tol / ynorm * (1.0 - 1e-12)  # keep max|ΔO'|·‖Y‖₁ <= tol despite rounding
-    Qp, K1p, K2p, V1p, V2p = _reduced_attention(A, X)
-    Op, state = attention_forward(
-        Qp, K1p, K2p, V1p, V2p, scale=1.0 / d, method="poly",
-        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
-    )
+            # keep max|ΔO'|·‖Y‖₁ plus the rounding of O'Y (γ_{d²}·max|O'|·‖Y‖₁) <= tol
+            largest = float(np.abs(V1p).max() * np.abs(V2p).max())
+            inner = (tol - float(gamma(d * d + 1)) * largest * ynorm) / ynorm * (1.0 - 1e-12)
+            if not inner > 0.0:
+                raise ValueError(
+                    f"tol={tol!r} is unreachable: rounding the layer output O'Y alone may cost "
+                    f"{float(gamma(d * d + 1)) * largest * ynorm:.3g}; use a larger tol"
+                )
+    try:
+        Op, state = attention_forward(
+            Qp, K1p, K2p, V1p, V2p, scale=1.0 / d, method="poly",
+            tol=inner, degree=degree, family=family, memory_budget=memory_budget,
+        )
+    except ValueError as exc:
+        if tol is None:
+            raise
+        raise ValueError(
+            f"tol={tol!r} on the layer output O'Y (the reduced attention's output tolerance is "
+            f"tol/‖Y‖₁ = {inner:.3g}) cannot be met: {exc}"
+        ) from None
     return np.asarray(Op, dtype=np.float64), state
 
 
@@ -788,8 +806,8 @@ def poly_certificate(
     |ΔO'| <= β := ``plan.output_bound`` entrywise (SPEC §5: |P̃ − P| <= κ_i P, and rows of P̃ − P
     sum to zero, so |ΔO'[i,k]| <= κ_i·range_k/2). Everything below follows by the triangle
     inequality and is computed from the surrogate's own quantities (Õ', c̃), not the unknown exact
-    ones. The bounds are for exact arithmetic on top of the computed float64 values; the float64
-    rounding of the final n-term sums (relative ~1e-16 of the summed magnitudes) is not included.
+    ones. The float64 rounding of the products below is included (γ_k·|A|·|B| for a k-term
+    product, u per subtraction); ω', c̃ etc. denote those rounded-up terms in the code.
 
     * output:  |Δ(O'Y)| = |ΔO' Y| <= β |Y| =: ω   (n×d).  With ``tol``, max ω <= tol.
     * loss:    loss − loss̃ = −⟨c̃, Δc⟩ + ½‖Δc‖², so
@@ -823,17 +841,20 @@ def poly_certificate(
     # bounds
     plan = state.certificate
     beta = np.asarray(plan.output_bound, dtype=np.float64).reshape(n, d * d)
-    absY, absc = np.abs(y), np.abs(c)
-    omega = beta @ absY
-    rho = min(float(np.linalg.norm(omega)), float(np.linalg.norm(beta)) * float(np.linalg.norm(y, 2)))
-    first = min(float(np.sum(absc * omega)), float(np.linalg.norm(c)) * rho)
-    loss_bound = first + 0.5 * rho * rho
-    dY_bound = np.abs(Op).T @ omega + beta.T @ (absc + omega)
+    absY, absc, absOp = np.abs(y), np.abs(c), np.abs(Op)
+    slack = 1.0 + 1e-9  # the bounds' own arithmetic
+    omega = slack * (beta @ absY + float(gamma(d * d)) * (absOp @ absY))  # output O'Y and its rounding
+    omega_c = omega + _U * absc  # c̃ = fl(output − E)
+    rho = min(float(np.linalg.norm(omega_c)), float(np.linalg.norm(beta)) * float(np.linalg.norm(y, 2))
+              + float(np.linalg.norm(omega_c - beta @ absY)))
+    first = min(float(np.sum(absc * omega_c)), float(np.linalg.norm(c)) * rho)
+    loss_bound = slack * (first + 0.5 * rho * rho + float(gamma(n * d + 1)) * 0.5 * float(np.sum(c * c)))
+    dY_bound = slack * (absOp.T @ omega_c + beta.T @ (absc + omega_c) + float(gamma(n)) * (absOp.T @ absc))
     b1 = np.asarray(poly_gradient_bounds(state, upstream).dQ, dtype=np.float64).reshape(n, d * d)
-    gamma = omega @ absY.T
+    upstream_error = omega_c @ absY.T + float(gamma(d)) * (absc @ absY.T)  # |c̃Y^T (computed) − cY^T|
     key_max = np.outer(np.abs(A[1]).max(axis=0), np.abs(A[2]).max(axis=0)).reshape(-1)
-    b2 = (1.0 / d) * (gamma @ _pair_ranges(A[3], A[4]))[:, None] * key_max[None, :]
-    dX_bound = np.abs(A[0]).T @ (b1 + b2)
+    b2 = (1.0 / d) * (upstream_error @ _pair_ranges(A[3], A[4]))[:, None] * key_max[None, :]
+    dX_bound = slack * (np.abs(A[0]).T @ (b1 + b2) + float(gamma(n)) * (np.abs(A[0]).T @ np.abs(dQ)))
     return PolyCertificate(
         loss=0.5 * float(np.sum(c * c)), output=out, grad_X=dX, grad_Y=dY, loss_bound=float(loss_bound),
         output_bound=omega, grad_X_bound=dX_bound, grad_Y_bound=dY_bound, plan=plan,

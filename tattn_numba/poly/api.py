@@ -48,8 +48,7 @@ def poly_plan(
     if dO is None:
         return plan
     upstream = check_upstream(dO, inputs).astype(np.float64)
-    kappa = np.asarray(plan.kappa).reshape(inputs.Q.shape[0], -1)
-    bounds = gradient_bounds(inputs, kappa, None, upstream)
+    bounds = gradient_bounds(inputs, plan, None, upstream)
     return dataclasses.replace(plan, gradient_bounds=GradientBounds(
         *(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds)))
 
@@ -72,7 +71,5 @@ def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
             "a-priori bounds call poly_plan(Q, K1, K2, V1, V2, ..., dO=dO) on host copies of the inputs"
         )
     dO = check_upstream(dO, inputs)
-    B = inputs.Q.shape[0]
-    kappa = np.asarray(state.certificate.kappa).reshape(B, -1)
-    bounds = gradient_bounds(inputs, kappa, state._O_impl, dO.astype(np.float64))
+    bounds = gradient_bounds(inputs, state.certificate, state._O_impl, dO.astype(np.float64))
     return GradientBounds(*(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds))

@@ -25,6 +25,7 @@ from .. import config
 from .._validation import AttentionInputs
 from . import exp_approx
 from .features import rank
+from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, unit_roundoff
 
 __all__ = [
     "PolyPlan", "GradientBounds", "InputStatistics", "input_statistics", "balancing_maxima", "epsilon_for_tolerance", "row_radii",
@@ -66,7 +67,8 @@ class PolyPlan:
     kappa : ndarray, shape (..., n)
         2ε/(1 − ε): the entrywise relative error of the normalised weights.
     output_bound : ndarray, shape (..., n, dv)
-        Certified bound on |Õ − O| entrywise.
+        Certified bound on |Õ − O| entrywise, for the output as returned (input dtype): the
+        polynomial's error κ·range/2 plus ``rounding_bound``.
     max_output_bound : float
         Its maximum, the number a tolerance is compared with.
     estimated_seconds, estimated_bytes : float, int
@@ -76,6 +78,10 @@ class PolyPlan:
     gradient_bounds : GradientBounds or None
         Certified entrywise bounds on the five gradients' errors for the upstream ``dO`` given
         to :func:`tattn_numba.poly_plan` (None without one).
+    rounding_bound : ndarray, shape (..., n, dv)
+        The floating-point part of ``output_bound``: float64 rounding of the low-rank sums
+        (amplified by the polynomial's cancellation, about e^{2R}), the division by the
+        normaliser and the cast to the input dtype (docs/math/rounding.rst).
     """
 
     family: str
@@ -92,6 +98,7 @@ class PolyPlan:
     estimated_bytes: int
     chunk_rows: int
     gradient_bounds: "GradientBounds | None" = None
+    rounding_bound: np.ndarray | None = None
 
 
 class GradientBounds(NamedTuple):
@@ -287,14 +294,16 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     dv = inputs.V1.shape[2]
     stats = input_statistics(inputs) if statistics is None else statistics
     radius, global_radius = row_radii(inputs, stats)
-    radius = round_up_to_grid(radius)
+    radius = round_up_to_grid(radius * (1.0 + float(gamma(2 * d + 16))))  # the radii's own rounding
     ranges = _ranges_of_products(stats.V1_min, stats.V1_max, stats.V2_min, stats.V2_max)
+    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+    certify = _Certifier(inputs, stats, family, radius, ranges)
     if degree is None:
-        degree = _degree_for_tolerance(tol, family, radius, ranges)
+        degree, certificate = _degree_for_tolerance(tol, certify)
     else:
         degree = _check_degree(degree)
+        certificate = certify(degree)
     r = rank(d, degree)
-    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     rows = chunk_rows(r, d, dv, budget)
     nbytes = memory_estimate(r, d, dv, rows)
     if nbytes > budget:
@@ -303,10 +312,7 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
             f"above the memory budget of {budget / 2**20:.0f} MiB; lower the degree, loosen tol, "
             "or raise memory_budget"
         )
-    coefficients, epsilon = per_row_fits(family, degree, radius)
-    kappa = _kappa(epsilon)
-    with np.errstate(invalid="ignore"):
-        output_bound = np.where(ranges[:, None, :] > 0.0, kappa[:, :, None] * ranges[:, None, :] / 2.0, 0.0)
+    coefficients, epsilon, kappa, output_bound, rounding_bound = certificate
     flops = 2.0 * B * r * ((n + m1 + m2) * (dv + 1) + (n + 2 * (m1 + m2)) * (dv * d + d + dv + 1) * 2)
     batch = inputs.batch_shape
     return PolyPlan(
@@ -316,7 +322,62 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
         kappa=kappa.reshape(batch + (n,)),
         output_bound=output_bound.reshape(batch + (n, dv)), max_output_bound=float(output_bound.max()),
         estimated_seconds=flops / ASSUMED_FLOPS, estimated_bytes=int(nbytes), chunk_rows=rows,
+        rounding_bound=rounding_bound.reshape(batch + (n, dv)),
     )
+
+
+#: Relative slack on every certified bound for the rounding of the bound's own arithmetic
+#: (sums of at most ~10^7 non-negative terms: γ < 10^-9).
+BOUND_SLACK = 1.0 + 1e-9
+
+
+class _Certificate(NamedTuple):
+    coefficients: np.ndarray
+    epsilon: np.ndarray
+    kappa: np.ndarray
+    output_bound: np.ndarray
+    rounding_bound: np.ndarray
+
+
+class _Certifier:
+    """The certificate of a degree for fixed inputs: per-row fits, κ, and the output bound
+    κ·range/2 + rounding (:mod:`.rounding`), all (B, n[, dv])."""
+
+    def __init__(self, inputs: AttentionInputs, stats: InputStatistics, family: str, radius: np.ndarray,
+                 ranges: np.ndarray):
+        self.family, self.radius, self.ranges = family, radius, ranges
+        self.n, self.d = inputs.Q.shape[1:]
+        self.m1, self.m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+        self.causal, self.dtype = inputs.causal, inputs.dtype
+        self.values = (np.maximum(stats.V1_max, -stats.V1_min) * np.maximum(stats.V2_max, -stats.V2_min))
+
+    def __call__(self, degree: int) -> _Certificate:
+        coefficients, epsilon = per_row_fits(self.family, degree, self.radius)
+        kappa = _kappa(epsilon)
+        rounding = row_rounding(coefficients, self.radius, epsilon, degree=degree, rank=rank(self.d, degree),
+                                n=self.n, m1=self.m1, m2=self.m2, causal=self.causal)
+        rounding_bound = output_rounding(rounding, self.values, self.dtype)
+        with np.errstate(invalid="ignore"):
+            polynomial = np.where(self.ranges[:, None, :] > 0.0, kappa[:, :, None] * self.ranges[:, None, :] / 2.0, 0.0)
+        return _Certificate(coefficients, epsilon, kappa, BOUND_SLACK * (polynomial + rounding_bound),
+                            BOUND_SLACK * rounding_bound)
+
+    def floor(self, degree: int) -> tuple[float, str]:
+        """The smallest output bound rounding allows at ``degree`` and a sentence on its cause."""
+        rounding = self(degree).rounding_bound
+        worst = np.unravel_index(int(np.argmax(rounding)), rounding.shape)
+        floor = float(rounding[worst])
+        value = float(self.values[worst[0], worst[2]])
+        u_out = unit_roundoff(self.dtype)
+        if self.dtype != np.float64 and u_out * value >= 0.25 * floor:
+            cause = (f"the resolution of the {self.dtype} output: u = 2^-24 times max|V1·V2| = {value:.3g} "
+                     "(pass float64 inputs for a tighter certificate)")
+        else:
+            radius = float(self.radius[worst[:2]])
+            cause = (f"float64 rounding of the surrogate's sums, amplified by the polynomial's cancellation "
+                     f"(about e^(2R) at logit radius R = {radius:.3g}) and the value magnitude "
+                     f"max|V1·V2| = {value:.3g}; use method='exact'")
+        return floor, cause
 
 
 def check_certified(plan: PolyPlan) -> None:
@@ -332,6 +393,12 @@ def check_certified(plan: PolyPlan) -> None:
         raise ValueError(
             f"degree {plan.degree} is too low for these inputs: the certified relative error of the "
             f"{plan.family} polynomial reaches {worst:.3g} >= 1 (logit radius up to {widest:.3g}); {advice}"
+        )
+    if plan.rounding_bound is not None and not np.all(np.isfinite(plan.rounding_bound)):
+        raise ValueError(
+            f"degree {plan.degree} cannot be certified for these inputs: float64 rounding of the surrogate's "
+            f"sums, amplified by the polynomial's cancellation (about e^(2R) at logit radius up to "
+            f"{float(np.max(plan.radius)):.3g}), may reach the normaliser itself; use method='exact' or smaller inputs"
         )
 
 
@@ -384,48 +451,106 @@ def epsilon_for_tolerance(tol: float, widest_range: float) -> float:
     return kappa / (2.0 + kappa)
 
 
-def _degree_for_tolerance(tol, family, radius, ranges) -> int:
+def _check_tol(tol) -> float:
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.floating, np.integer)):
         raise TypeError(f"tol must be a positive real number, got {type(tol).__name__}")
-    tol = float(tol)
-    if not np.isfinite(tol) or tol <= 0.0:
+    if not np.isfinite(float(tol)) or float(tol) <= 0.0:
         raise ValueError(f"tol must be positive and finite, got {tol!r}")
-    epsilon_target = epsilon_for_tolerance(tol, float(ranges.max()))
-    return int(exp_approx.min_degree(family, float(radius.max()), epsilon_target))
+    return float(tol)
 
 
-def gradient_bounds(inputs: AttentionInputs, kappa: np.ndarray, O: np.ndarray | None, dO: np.ndarray) -> GradientBounds:
-    """A-priori certified bounds on the surrogate gradients' entrywise error; O((n+m1+m2)·d·dv).
+def _degree_for_tolerance(tol, certify: _Certifier) -> tuple[int, _Certificate]:
+    """Smallest degree whose certified output bound (polynomial error plus rounding) is <= tol.
 
-    With |P̃ − P| <= κ_i·P (``kappa`` (B, n)), the computed output Õ (``O``, float64, or None
-    before the forward has run: then |δ̃_i| <= D_i is used) and the upstream ``dO``
-    (B, n, dv), using |Õ_i − O_i| <= κ_i·range/2 and marginals of P <= 1:
+    The polynomial's share starts at ``tol`` and shrinks by the rounding bound found at the
+    degree tried, so a few rounds settle it; every refusal names the caller's ``tol``."""
+    tol = _check_tol(tol)
+    widest = float(certify.ranges.max())
+    radius = float(certify.radius.max())
+    share, degree = tol, 0
+    for _ in range(16):
+        epsilon_target = epsilon_for_tolerance(share, widest)
+        if not epsilon_target > 0.0:
+            raise ValueError(
+                f"tol={tol!r} is unreachable: the pair products of the values span {widest:.3g}, so the "
+                f"weights would need a relative error below {share / widest:.3g}, under float64's "
+                "resolution; use a larger tol or rescale V1 and V2"
+            )
+        try:
+            needed = int(exp_approx.min_degree(certify.family, radius, epsilon_target))
+        except ValueError:
+            best = min(float(exp_approx.relative_error_bound(certify.family, g, radius)) for g in range(61))
+            raise ValueError(
+                f"tol={tol!r} is unreachable at logit radius {radius:.3g} with the {certify.family} family: "
+                f"it needs exp approximated to relative error {epsilon_target:.3g} (values spanning "
+                f"{widest:.3g}), but the best certified relative error of any degree <= 60 is {best:.3g} "
+                "(float64's floor grows like e^(2R)); use a larger tol, smaller inputs or method='exact'"
+            ) from None
+        degree = max(needed, degree)
+        certificate = certify(degree)
+        if float(certificate.output_bound.max()) <= tol:
+            return degree, certificate
+        floor, cause = certify.floor(degree)
+        if floor >= tol or degree >= exp_approx.MAX_DEGREE:
+            raise ValueError(
+                f"tol={tol!r} is unreachable: the certified rounding error of the surrogate's output alone "
+                f"is {floor:.3g} (degree {degree}), from {cause}; use a larger tol"
+            )
+        share = (tol - floor) / BOUND_SLACK
+    raise ValueError(f"tol={tol!r} is unreachable: no degree up to {degree} certifies it together with rounding")
 
-        Δδ_i   = Σ_m |dO[i,m]|·κ_i·range_m/2
-        c_i    = κ_i·(D_i + |δ̃_i|) + Δδ_i,   D_i = Σ_m |dO[i,m]|·max|V1_m|·max|V2_m| >= |dS|
 
-    from dZ̃ − dZ = (P̃ − P)(dS − δ̃) + P(δ − δ̃), so |dZ̃ − dZ| <= c_i·P, and then
+def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None, dO: np.ndarray) -> GradientBounds:
+    """Certified bounds on the surrogate gradients' entrywise error; O((n+m1+m2)·d·dv).
+
+    Two parts, each derived in docs/math/rounding.rst and docs/surrogate.md. The polynomial's
+    part: with |P̃ − P| <= κ_i·P (``plan.kappa``), the computed float64 output Õ (``O``, or None
+    before the forward has run) and the upstream ``dO`` (B, n, dv),
+
+        Δδ_i   = Σ_m |dO[i,m]|·β[i,m] + γ_dv·Σ_m |dO[i,m]·Õ[i,m]|,  β the output bound in float64
+        c_i    = κ_i·(D_i + |δ̂_i|) + Δδ_i,   D_i = Σ_m |dO[i,m]|·max|V1_m|·max|V2_m| >= |dS|
+
+    from dZ̃ − dZ = (P̃ − P)(dS − δ̂) + P(δ − δ̂), so |dZ̃ − dZ| <= c_i·P, and then
         |ΔdQ[i,l]|  <= s·c_i·max|K1_l|·max|K2_l|
         |ΔdK1[j,l]| <= s·max|K2_l|·Σ_i c_i·|Q[i,l]|        (dK2 likewise with K1)
         |ΔdV1[j,m]| <= max|V2_m|·Σ_i κ_i·|dO[i,m]|          (dV2 likewise with V1)
+    The rounding part (the backward's float64 sums and the cast to the input dtype) is
+    :func:`.rounding.gradient_rounding`.
     """
+    B, n, d = inputs.Q.shape
+    dv = inputs.V1.shape[2]
+    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     Q = inputs.Q.astype(np.float64)
     V1, V2 = inputs.V1.astype(np.float64), inputs.V2.astype(np.float64)
     s = inputs.scale
+    kappa = np.asarray(plan.kappa).reshape(B, n)
     k1, k2 = column_abs_max(inputs.K1), column_abs_max(inputs.K2)
     v1, v2 = column_abs_max(V1), column_abs_max(V2)
-    ranges = value_ranges(V1, V2)
     abs_dO = np.abs(dO)
-    d_delta = kappa * np.einsum("bnm,bm->bn", abs_dO, ranges) / 2.0
-    D = np.einsum("bnm,bm->bn", abs_dO, v1 * v2)
-    delta = D if O is None else np.abs(np.einsum("bnm,bnm->bn", dO, O))
-    c = kappa * (D + delta) + d_delta
-    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+    # the output bound without the cast: what δ̂ = rowsum(dO ∘ Õ) inherits in float64
+    coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)
+    radius, epsilon = np.asarray(plan.radius).reshape(B, n), np.asarray(plan.epsilon).reshape(B, n)
+    rounding = row_rounding(coefficients, radius, epsilon, degree=plan.degree, rank=plan.rank,
+                            n=n, m1=m1, m2=m2, causal=inputs.causal)
+    values, ranges = v1 * v2, value_ranges(V1, V2)
+    with np.errstate(invalid="ignore"):
+        polynomial = np.where(ranges[:, None, :] > 0.0, kappa[:, :, None] * ranges[:, None, :] / 2.0, 0.0)
+    beta = BOUND_SLACK * (polynomial + output_rounding(rounding, values, np.float64))
+    magnitude = values[:, None, :] + beta if O is None else np.abs(O)
+    delta = np.einsum("bnm,bnm->bn", abs_dO, magnitude) * (1.0 + float(gamma(dv)))
+    d_delta = np.einsum("bnm,bnm->bn", abs_dO, beta) + float(gamma(dv)) * delta
+    D = np.einsum("bnm,bm->bn", abs_dO, values)
+    c = kappa * (D + delta + d_delta) + d_delta
     dQ = s * c[:, :, None] * (k1 * k2)[:, None, :]
     cq = np.einsum("bn,bnl->bl", c, np.abs(Q))
-    dK1 = np.broadcast_to((s * k2 * cq)[:, None, :], (Q.shape[0], m1, Q.shape[2]))
-    dK2 = np.broadcast_to((s * k1 * cq)[:, None, :], (Q.shape[0], m2, Q.shape[2]))
+    dK1 = np.broadcast_to((s * k2 * cq)[:, None, :], (B, m1, d))
+    dK2 = np.broadcast_to((s * k1 * cq)[:, None, :], (B, m2, d))
     kd = np.einsum("bn,bnm->bm", kappa, abs_dO)
     dV1 = np.broadcast_to((v2 * kd)[:, None, :], V1.shape)
     dV2 = np.broadcast_to((v1 * kd)[:, None, :], V2.shape)
-    return GradientBounds(dQ, dK1, dK2, dV1, dV2)
+    rounded = gradient_rounding(
+        rounding, scale=s, Q_abs=np.abs(Q), dO_abs=abs_dO, dZ_mass=D + delta + d_delta, k1=k1, k2=k2, v1=v1, v2=v2,
+        m1=m1, m2=m2, causal=inputs.causal, chunk=plan.chunk_rows, degree=plan.degree, rank=plan.rank,
+        output_dtype=inputs.dtype,
+    )
+    return GradientBounds(*(BOUND_SLACK * (a + b) for a, b in zip((dQ, dK1, dK2, dV1, dV2), rounded)))

@@ -1,0 +1,196 @@
+"""Floating-point terms of the surrogate's certificates (derivation: docs/math/rounding.rst).
+
+The polynomial error ε_i of :mod:`.exp_approx` certifies the surrogate in exact arithmetic.
+The computed surrogate adds rounding, which the alternating coefficients of the polynomials
+amplify: every computed quantity is a signed sum of terms U1[i,α]·U2[j1,α]·U3[j2,α]·(values)
+whose absolute values can exceed the sum itself by a factor of about e^{2R}. This module bounds
+that rounding a priori, from O((n + m1 + m2)·(d + dv)) numbers, with the running-error argument
+of Higham (2002, ch. 3): a computed sum of products, each term having passed through at most
+K roundings, differs from the exact sum by at most γ_K times the sum of the terms' absolute
+values (γ_K = K·u/(1 − K·u)), whatever the summation order. Here that absolute sum is bounded
+by the coefficient mass A_i = Σ_t |a_{i,t}| (the features are balanced so that
+Σ_α |U1[i,α]·U2[j1,α]·U3[j2,α]| <= A_i for every pair) times sums of |values|, and the exact
+normaliser from below by (1 − ε_i)·(allowed pairs)·e^{−R_i}.
+
+All functions work on batch-flattened arrays: per-row quantities have shape (B, n).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "UNIT_ROUNDOFF", "unit_roundoff", "gamma", "forward_roundings", "backward_roundings", "coefficient_mass",
+    "allowed_counts", "backward_spans", "RowRounding", "row_rounding", "output_rounding", "gradient_rounding",
+]
+
+#: u of float64, the precision every stage of the surrogate computes in.
+UNIT_ROUNDOFF = 2.0**-53
+
+
+def unit_roundoff(dtype) -> float:
+    """u = eps/2 of ``dtype``: 2^-53 for float64, 2^-24 for float32."""
+    return float(np.finfo(np.dtype(dtype)).eps) / 2.0
+
+
+def gamma(k, u: float = UNIT_ROUNDOFF):
+    """γ_k = k·u / (1 − k·u), inf where k·u >= 1 (elementwise for arrays)."""
+    ku = np.asarray(k, dtype=np.float64) * u
+    with np.errstate(divide="ignore"):
+        return np.where(ku < 1.0, ku / np.maximum(1.0 - ku, 0.0), np.inf)
+
+
+def _feature_roundings(degree: int) -> int:
+    """Roundings in one product U1[i,α]·U2[j1,α]·U3[j2,α] with its query weight: 4 per query
+    variable (balancing), 2 per key variable, one per monomial factor on each side, the
+    multinomial (2 per degree) and the coefficient (2); rounded up to 16g + 8 so that every
+    implementation of the feature maps (CPU and CUDA) is covered."""
+    return 16 * degree + 8
+
+
+def forward_roundings(degree: int, rank: int, m1: int, m2: int) -> int:
+    """K of the forward: features, the two key sums (at most 2·m each, counting the chunked
+    accumulation and the scans), the Hadamard product, the r-term feature sum and the final
+    products: 16g + 8 + 2·(m1 + m2) + r + 8."""
+    return _feature_roundings(degree) + 2 * (m1 + m2) + rank + 8
+
+
+def backward_roundings(degree: int, rank: int, n: int, m1: int, m2: int, d: int, dv: int) -> int:
+    """K of the backward: the forward's terms plus the sums over query rows (at most 2·n with
+    chunking), the dv·d-wide contractions and the downdating of the causal scans (covered by the
+    2·m of each key sum): 16g + 8 + 2·(m1 + m2) + 2·n + r + 2·(d + dv) + 32."""
+    return _feature_roundings(degree) + 2 * (m1 + m2) + 2 * n + rank + 2 * (d + dv) + 32
+
+
+def coefficient_mass(coefficients: np.ndarray) -> np.ndarray:
+    """A_i >= Σ_t |a_{i,t}| (the computed sum of g + 1 non-negative terms, inflated by its
+    own rounding), from ``coefficients`` (..., g + 1)."""
+    terms = coefficients.shape[-1]
+    return np.sum(np.abs(coefficients), axis=-1) / (1.0 - float(gamma(terms)))
+
+
+def allowed_counts(n: int, m1: int, m2: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """|I1(i)|, |I2(i)|: how many j1 and j2 row i may attend to, (n,) each."""
+    if causal:
+        rows = np.arange(1, n + 1, dtype=np.float64)
+        return rows, rows
+    return np.full(n, float(m1)), np.full(n, float(m2))
+
+
+def backward_spans(n: int, m1: int, m2: int, causal: bool, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """How many key rows enter the computed prefix state of row i in the backward, counting
+    the rows that are added and later downdated twice: m1, m2 without a mask; 2·(c(i) + 1)
+    with the causal mask, c(i) the last row of i's chunk (its checkpoint)."""
+    if not causal:
+        return allowed_counts(n, m1, m2, causal)
+    chunk_end = np.minimum((np.arange(n) // chunk + 1) * chunk, n).astype(np.float64)
+    return 2.0 * chunk_end, 2.0 * chunk_end
+
+
+class RowRounding(NamedTuple):
+    """Per-row numbers (B, n) behind every rounding term.
+
+    mass : A_i, the coefficient mass (bounds Σ_α |U1 U2 U3| for every pair).
+    lower : L_i, a lower bound on the exact surrogate normaliser w_i = Σ_pairs P_i(logit).
+    weight : A_i / L_i, a bound on every exact surrogate weight P̃[i, j1, j2].
+    eta_forward : bound on |ŵ_i − w_i| / ŵ_i-type relative error of the forward's normaliser,
+        e_i / (L_i − e_i) with e_i = γ_K·A_i·|I1||I2| (inf when not certified).
+    """
+
+    mass: np.ndarray
+    lower: np.ndarray
+    weight: np.ndarray
+    eta_forward: np.ndarray
+
+
+def _relative(error: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(lower > error, error / np.maximum(lower - error, 1e-300), np.inf)
+
+
+def row_rounding(coefficients: np.ndarray, radius: np.ndarray, epsilon: np.ndarray, *, degree: int, rank: int,
+                 n: int, m1: int, m2: int, causal: bool) -> RowRounding:
+    """The :class:`RowRounding` of a plan's per-row fits (``coefficients`` (B, n, g + 1),
+    ``radius`` and ``epsilon`` (B, n)). Every logit of row i lies in [−R_i, R_i], so the exact
+    normaliser is at least (1 − ε_i)·|I1||I2|·e^{−R_i}."""
+    count1, count2 = allowed_counts(n, m1, m2, causal)
+    pairs = count1 * count2
+    mass = coefficient_mass(coefficients)
+    with np.errstate(over="ignore", under="ignore"):
+        lower = np.clip(1.0 - epsilon, 0.0, None) * pairs * np.exp(-radius)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        weight = np.where(lower > 0.0, mass / np.maximum(lower, 1e-300), np.inf)
+    error = gamma(forward_roundings(degree, rank, m1, m2)) * mass * pairs
+    return RowRounding(mass, lower, weight, _relative(error, lower))
+
+
+def output_rounding(rounding: RowRounding, value_bound: np.ndarray, output_dtype) -> np.ndarray:
+    """Bound (B, n, dv) on |computed Õ − exact-arithmetic Õ| including the cast to ``output_dtype``.
+
+    With numerator and normaliser errors e_k <= γ_K·A_i·Σ|V1_k|·Σ|V2_k| <= η_i·L_i·v_k and
+    e_0 <= η_i·L_i (v_k = max|V1_k|·max|V2_k| = ``value_bound`` (B, dv), and the exact ratio at
+    most v_k), |a/b − â/b̂| <= (e_k + v_k·e_0)/(L_i − e_0) <= 2·η_i·v_k; the division and the cast
+    add (u + u_out·(1 + u))·(v_k + that).
+    """
+    u_out = unit_roundoff(output_dtype) if np.dtype(output_dtype) != np.float64 else 0.0
+    eta = rounding.eta_forward[:, :, None]
+    v = value_bound[:, None, :]
+    with np.errstate(invalid="ignore", over="ignore"):
+        ratio = np.where(v > 0.0, 2.0 * eta * v, 0.0)
+        return ratio + (UNIT_ROUNDOFF + u_out * (1.0 + UNIT_ROUNDOFF)) * (v + ratio)
+
+
+def _over_queries(x: np.ndarray, causal: bool, rows: int) -> np.ndarray:
+    """Σ over the query rows i that may see key row j of x[b, i, :], shape (B, rows, k): all
+    rows without a mask, i >= j (a suffix sum) with the causal mask."""
+    if causal:
+        return np.cumsum(x[:, ::-1], axis=1)[:, ::-1]
+    total = x.sum(axis=1, keepdims=True)
+    return np.broadcast_to(total, (x.shape[0], rows, x.shape[2]))
+
+
+def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,
+                      dZ_mass: np.ndarray, k1: np.ndarray, k2: np.ndarray, v1: np.ndarray, v2: np.ndarray,
+                      m1: int, m2: int, causal: bool, chunk: int, degree: int, rank: int,
+                      output_dtype) -> tuple[np.ndarray, ...]:
+    """Bounds on |computed gradient − exact-arithmetic surrogate gradient| (dQ, dK1, dK2, dV1, dV2),
+    including the cast to ``output_dtype``.
+
+    ``Q_abs`` (B, n, d) and ``dO_abs`` (B, n, dv) are |Q| and |dO|; ``dZ_mass`` (B, n) bounds
+    |dS − δ̂| for row i (Σ_m |dO[i,m]|·v1_m·v2_m + |δ̂_i|); ``k1``, ``k2`` (B, d) and ``v1``,
+    ``v2`` (B, dv) are column maxima of |K1|, |K2|, |V1|, |V2|. With P̄_i = A_i/L_i bounding every
+    exact surrogate weight, S1, S2 the backward spans (:func:`backward_spans`), the backward's
+    normaliser error η_i = γ_K·A_i·S1·S2/(L_i − γ_K·A_i·S1·S2), and μ2_i = min(1, P̄_i·|I2(i)|)
+    bounding a marginal Σ_j2 P̃[i, j1, j2]:
+
+        ω0_i = η_i + (1 + η_i)·γ_K·P̄_i·S1·S2,        |ΔdQ[i,l]|  <= s·ω0_i·dZ_mass_i·k1_l·k2_l
+        ω2_i = η_i·μ2_i + (1 + η_i)·γ_K·P̄_i·S2,      |ΔdK1[j,l]| <= s·k2_l·Σ_{i sees j} ω2_i·dZ_mass_i·|Q[i,l]|
+                                                     |ΔdV1[j,m]| <= v2_m·Σ_{i sees j} ω2_i·|dO[i,m]|
+
+    (dK2, dV2 with the roles of 1 and 2 swapped); the cast adds u_out times the magnitude
+    bounds s·dZ_mass·k1·k2 (μ-weighted for the key gradients) plus these.
+    """
+    B, n, d = Q_abs.shape
+    dv = dO_abs.shape[2]
+    u_out = unit_roundoff(output_dtype) if np.dtype(output_dtype) != np.float64 else 0.0
+    count1, count2 = allowed_counts(n, m1, m2, causal)
+    span1, span2 = backward_spans(n, m1, m2, causal, chunk)
+    g = float(gamma(backward_roundings(degree, rank, n, m1, m2, d, dv)))
+    weight = rounding.weight
+    with np.errstate(invalid="ignore", over="ignore"):
+        eta = _relative(g * rounding.mass * span1 * span2, rounding.lower)
+        omega0 = eta + (1.0 + eta) * g * weight * span1 * span2
+        mu2, mu1 = np.minimum(1.0, weight * count2), np.minimum(1.0, weight * count1)
+        omega2 = eta * mu2 + (1.0 + eta) * g * weight * span2
+        omega1 = eta * mu1 + (1.0 + eta) * g * weight * span1
+        query = (omega0 + u_out * (1.0 + omega0)) * dZ_mass
+        key2 = omega2 + u_out * (mu2 + omega2)
+        key1 = omega1 + u_out * (mu1 + omega1)
+        dQ = scale * query[:, :, None] * (k1 * k2)[:, None, :]
+        dK1 = scale * k2[:, None, :] * _over_queries((key2 * dZ_mass)[:, :, None] * Q_abs, causal, m1)
+        dK2 = scale * k1[:, None, :] * _over_queries((key1 * dZ_mass)[:, :, None] * Q_abs, causal, m2)
+        dV1 = v2[:, None, :] * _over_queries(key2[:, :, None] * dO_abs, causal, m1)
+        dV2 = v1[:, None, :] * _over_queries(key1[:, :, None] * dO_abs, causal, m2)
+    return tuple(np.where(np.isnan(x), np.inf, x) for x in (dQ, dK1, dK2, dV1, dV2))

@@ -11,6 +11,8 @@ interval [−R_i, R_i], the normalised weights obey |P̃ − P| <= κ_i·P entry
 
 Gradient bounds (derivation in docs/surrogate.md) push the same entrywise fact through the
 formulas of SPEC §2 with the triangle inequality, using that the marginals of P are at most 1.
+Both are exact-arithmetic statements; every bound adds the floating-point terms of
+:mod:`.rounding` (docs/math/rounding.rst), and ``tol`` counts them.
 """
 
 from __future__ import annotations

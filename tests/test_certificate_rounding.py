@@ -167,3 +167,19 @@ def test_plan_and_forward_certify_the_same_bound():
     _, state = ta.attention_forward(*X, method="poly", tol=1e-5, causal=True)
     np.testing.assert_array_equal(plan.output_bound, state.certificate.output_bound)
     np.testing.assert_array_equal(plan.rounding_bound, state.certificate.rounding_bound)
+
+
+def test_regression_overflowing_radius_or_values_refused_without_warnings():
+    """Q·K1 ≈ 1e320 with K2 ≈ 1e-300 (true logits ≈ 1e20), and values whose pair products
+    overflow: clear refusals, no overflow warnings and no "span nan"."""
+    import warnings
+
+    rng = np.random.default_rng(10)
+    Q, K1 = rng.uniform(-1, 1, (4, 3)) * 1e160, rng.uniform(-1, 1, (4, 3)) * 1e160
+    K2, V = rng.uniform(-1, 1, (4, 3)) * 1e-300, rng.uniform(-1, 1, (4, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="logit radius .* overflows float64"):
+            ta.attention(Q, K1, K2, V, V, method="poly", tol=1e-3)
+        with pytest.raises(ValueError, match="pair products .* overflow float64"):
+            ta.attention(Q / 1e160, K1 / 1e160, K2 * 1e300, V * 1e160, V * 1e160, method="poly", tol=1e-3)

@@ -205,6 +205,11 @@ def input_statistics(inputs: AttentionInputs) -> InputStatistics:
     """:class:`InputStatistics` of host inputs; O((n + m1 + m2)·(d + dv)) per batch entry."""
     Q = np.asarray(inputs.Q, dtype=np.float64)
     extrema = [column_extrema(x) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2)]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing radii are refused by make_plan
+        return _statistics(Q, inputs, extrema)
+
+
+def _statistics(Q, inputs, extrema) -> InputStatistics:
     k12 = np.maximum(extrema[1][1], -extrema[1][0]) * np.maximum(extrema[2][1], -extrema[2][0])  # (B, d), zeros kept
     return InputStatistics(
         *(bound for pair in extrema for bound in pair),
@@ -295,9 +300,17 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
     stats = input_statistics(inputs) if statistics is None else statistics
-    radius, global_radius = row_radii(inputs, stats)
-    radius = round_up_to_grid(radius * (1.0 + float(gamma(2 * d + 16))))  # the radii's own rounding
-    ranges = _ranges_of_products(stats.V1_min, stats.V1_max, stats.V2_min, stats.V2_max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        radius, global_radius = row_radii(inputs, stats)
+        radius = np.where(np.isnan(radius), np.inf, radius)
+        radius = round_up_to_grid(radius * (1.0 + float(gamma(2 * d + 16))))  # the radii's own rounding
+        ranges = _ranges_of_products(stats.V1_min, stats.V1_max, stats.V2_min, stats.V2_max)
+    if not np.all(np.isfinite(radius)):
+        raise ValueError("the logit radius s·Σ_l |Q[i,l]|·max|K1[:,l]|·max|K2[:,l]| overflows float64 for some row; "
+                         "the surrogate cannot certify such logits: rescale the inputs or use method='exact'")
+    if not np.all(np.isfinite(ranges)):
+        raise ValueError("the pair products V1[j1]·V2[j2] overflow float64 (their range is not finite); "
+                         "rescale V1 and V2")
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     certify = _Certifier(inputs, stats, family, radius, ranges)
     if degree is None:

@@ -106,7 +106,7 @@ class RowRounding(NamedTuple):
 
 
 def _relative(error: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.where(lower > error, error / np.maximum(lower - error, 1e-300), np.inf)
 
 

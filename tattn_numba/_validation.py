@@ -43,15 +43,39 @@ class AttentionInputs(NamedTuple):
 
 
 def as_float_array(x, name: str, dtype: np.dtype | None = None) -> np.ndarray:
-    """Return ``x`` as a finite float32/float64 ndarray or raise naming ``name``."""
+    """Return ``x`` as a finite float32/float64 ndarray or raise naming ``name``.
+
+    ndarray subclasses are viewed as plain ndarrays (no copy): an ``np.matrix`` is its 2-D
+    array of rows, whose ``reshape`` and ``*`` would otherwise follow matrix rules. A
+    ``numpy.ma.MaskedArray`` is accepted only when no entry is masked (then its data is used);
+    with masked entries it raises ``ValueError``: masks are not supported (the kernels would read
+    the hidden values), fill them explicitly with ``.filled(value)`` or use ``causal=True`` for the
+    causal mask. Ragged nested sequences raise ``ValueError`` naming ``name``.
+    """
     if _cuda.is_device_array(x):
         raise TypeError(
             f"{name} is a GPU array; pass device='cuda' to compute on the GPU, or copy it to the host first"
         )
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
+        raise ValueError(
+            f"{name} is a numpy.ma.MaskedArray with {int(np.ma.count_masked(x))} masked entries; masks are "
+            f"not supported: pass {name}.filled(value) to choose the masked values explicitly (or causal=True "
+            "for the causal mask)"
+        )
+    if type(x) is np.ndarray:
         arr = x
-    elif hasattr(x, "__array__") or isinstance(x, (list, tuple)):
-        arr = np.asarray(x)
+    elif isinstance(x, np.ndarray) or hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+        try:
+            arr = np.asarray(x)  # also a plain-ndarray view of a subclass (np.matrix, unmasked MaskedArray)
+        except ValueError as exc:
+            if "inhomogeneous" in str(exc):
+                raise ValueError(
+                    f"{name} is a ragged nested sequence (rows of different lengths); pass a rectangular "
+                    "array of shape (..., rows, features)"
+                ) from exc
+            raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+        except TypeError as exc:
+            raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
     else:
         raise TypeError(f"{name} must be an array (numpy.ndarray or array-like), got {type(x).__name__}")
     _check_dtype_and_size(arr, name, dtype)
@@ -145,6 +169,7 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu"
         Non-array input, unsupported or mixed dtypes, non-bool ``causal``, non-real ``scale``.
     ValueError
         Rank below 2, mismatched batch or feature dimensions, empty arrays, NaN/Inf entries,
+        ragged nested sequences, masked arrays with masked entries (see :func:`as_float_array`),
         ``causal=True`` with unequal lengths, a non-positive or non-finite ``scale``.
     """
     arrays, host_io = _checked_operands({"Q": Q, "K1": K1, "K2": K2, "V1": V1, "V2": V2}, device)
@@ -217,25 +242,103 @@ def check_upstream(dO, inputs: AttentionInputs) -> np.ndarray:
     return _flatten(arr, inputs.device, inputs.host_io)
 
 
-def check_memory(nbytes: int, what: str, budget: int) -> None:
-    """Raise ``ValueError`` when an allocation of ``nbytes`` would pass ``budget``."""
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def format_bytes(nbytes) -> str:
+    """A byte count for people: ``1 byte``, ``640 bytes``, ``512 KiB``, ``1.5 MiB``, ``4 GiB``
+    (binary units, three significant digits, trailing zeros dropped)."""
+    nbytes = int(nbytes)
+    if abs(nbytes) < 1024:
+        return f"{nbytes} byte" + ("" if abs(nbytes) == 1 else "s")
+    value, unit = float(nbytes), "bytes"
+    for unit in _BYTE_UNITS:
+        value /= 1024.0
+        if abs(value) < 1023.5 or unit == _BYTE_UNITS[-1]:
+            break
+    digits = 0 if abs(value) >= 99.95 else 1 if abs(value) >= 9.995 else 2
+    text = f"{value:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {unit}"
+
+
+def format_byte_pair(nbytes, budget) -> tuple[str, str]:
+    """:func:`format_bytes` of an estimate and a budget, exact byte counts where the rounded
+    forms would read the same (``48 MiB`` above ``48 MiB`` says nothing)."""
+    a, b = format_bytes(nbytes), format_bytes(budget)
+    if a == b and int(nbytes) != int(budget):
+        a, b = f"{a} ({int(nbytes):,} bytes)", f"{b} ({int(budget):,} bytes)"
+    return a, b
+
+
+def check_memory(nbytes: int, what: str, budget: int, advice: str | None = None) -> None:
+    """Raise ``ValueError`` when an allocation of ``nbytes`` would pass ``budget``; call it before
+    the first allocation it counts. The message gives both byte counts readably and ``advice``
+    (default: how to raise the budget)."""
     if nbytes > budget:
+        needed, allowed = format_byte_pair(nbytes, budget)
         raise ValueError(
-            f"{what} needs {nbytes / 2**20:.1f} MiB, above the memory budget of {budget / 2**20:.1f} MiB "
-            "(raise tattn_numba.config.MEMORY_BUDGET_BYTES or TATTN_NUMBA_MEMORY_BUDGET)"
+            f"{what} needs {needed}, above the memory budget of {allowed} "
+            + (advice or "(raise tattn_numba.config.MEMORY_BUDGET_BYTES or TATTN_NUMBA_MEMORY_BUDGET)")
         )
+
+
+_LOGIT_LIMIT_LOG10 = 300.0  # refuse logits or kernel intermediates that may pass 1e300
+
+
+def _log_sum_of_products(*factors: np.ndarray) -> np.ndarray:
+    """ln Σ_l Π_f factors[f][..., l] over the last axis, from non-negative factors, without
+    overflow or underflow (a zero product contributes nothing; an all-zero sum gives -inf)."""
+    with np.errstate(divide="ignore"):
+        logs = sum(np.log(np.asarray(f, dtype=np.float64)) for f in factors)
+    top = logs.max(axis=-1, keepdims=True)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return (shift + np.log(np.exp(logs - shift).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def _format_power(log10_value: float) -> str:
+    """``10**log10_value`` as ``3.16e+319``, also beyond float64's range (``0`` for -inf)."""
+    if not np.isfinite(log10_value):
+        return "0" if log10_value < 0 else "inf"
+    exponent = int(np.floor(log10_value))
+    mantissa = 10.0 ** (log10_value - exponent)
+    if mantissa >= 9.995:  # rounds up to 10.0 in the printed mantissa
+        mantissa, exponent = mantissa / 10.0, exponent + 1
+    return f"{mantissa:.3g}e{exponent:+03d}"
 
 
 def check_logit_range(scale: float, q_max: np.ndarray, k1_max: np.ndarray, k2_max: np.ndarray) -> None:
-    """Reject inputs whose logits could overflow float64, from the column maxima (B, d) of |Q|,
-    |K1|, |K2|: |logit| <= scale·Σ_l max|Q_l|·max|K1_l|·max|K2_l|."""
-    with np.errstate(over="ignore"):
-        bound = scale * np.sum(q_max * k1_max * k2_max, axis=-1).max()
-    if not np.isfinite(bound) or bound > 1e300:
+    """Reject inputs whose logits, or the exact kernels' intermediate products, could overflow
+    float64, from the column maxima (B, d) of |Q|, |K1|, |K2|.
+
+    The logits obey |logit| <= scale·Σ_l max|Q_l|·max|K1_l|·max|K2_l|; the kernels also form
+    scale·Q_i ∘ K1_j1 and scale·Q_i ∘ K2_j2 elementwise, bounded by scale·max|Q_l|·max|K1_l| (and
+    K2). Both are evaluated in log space, so a finite true bound is reported finite (Q·K1 ≈ 1e320
+    with K2 ≈ 1e-300 has logits ≈ 1e20), and a bound beyond float64 is printed as a power of ten
+    instead of ``inf``. Anything above 1e300 raises ``ValueError`` with the bound.
+    """
+    log10 = np.log(10.0)
+    log_scale = np.log(scale)
+    logit = (log_scale + _log_sum_of_products(q_max, k1_max, k2_max)).max() / log10
+    if logit > _LOGIT_LIMIT_LOG10:
         raise ValueError(
             "Q, K1, K2 are too large: the logits scale·⟨Q_i, K1_j1 ∘ K2_j2⟩ may overflow float64 "
-            f"(bound {bound:.3g}); rescale the inputs or the scale"
+            f"(bound {_format_power(logit)}, above the limit 1e+300); rescale the inputs or the scale"
         )
+    for key, k_max in (("K1", k1_max), ("K2", k2_max)):
+        with np.errstate(divide="ignore"):
+            partial = (log_scale + np.log(np.asarray(q_max, dtype=np.float64))
+                       + np.log(np.asarray(k_max, dtype=np.float64))).max() / log10
+        if partial > _LOGIT_LIMIT_LOG10:
+            raise ValueError(
+                f"Q and {key} are too large together: the exact kernels form scale·Q_i ∘ {key}_j elementwise, "
+                f"up to {_format_power(partial)}, above the limit 1e+300 (float64 overflows at 1.8e+308), "
+                f"although the logits are bounded by "
+                f"{_format_power(logit)}; rebalance the feature columns (multiplying column l of Q or {key} "
+                "by c and the same column of another operand by 1/c leaves the logits unchanged)"
+            )
 
 
 def to_caller(x, inputs: AttentionInputs):
@@ -268,6 +371,6 @@ def cast_result(x, inputs: AttentionInputs, name: str):
     if not finite:
         raise ValueError(
             f"the result {name} overflows {np.dtype(dtype).name} although the inputs are finite; "
-            "rescale the inputs (or use float64)"
+            "rescale the inputs" + (" (or use float64)" if np.dtype(dtype) == np.float32 else "")
         )
     return out

@@ -42,7 +42,8 @@ class AttentionState:
     Attributes
     ----------
     O : ndarray, shape (..., n, dv)
-        The forward output, in the input dtype (a device array for GPU inputs).
+        The forward output, in the input dtype (a device array for GPU inputs); the array
+        :func:`attention_forward` returns, never the memory the backward reads.
     lse : ndarray, shape (..., n), float64 (a device array for GPU inputs)
         Row log-normaliser in natural-log units: ``lse[i] = log Σ_{j1,j2} exp(logit[i,j1,j2])``
         where ``logit = scale·⟨Q_i, K1_j1 ∘ K2_j2⟩`` and the sum runs over the allowed pairs
@@ -119,6 +120,22 @@ def _forward(Q, K1, K2, V1, V2, scale, causal, method, device, options, for_back
     return inputs, O_impl, O, lse, certificate, saved
 
 
+def _private(x, internal, inputs: AttentionInputs):
+    """``x`` itself, or a copy of it when it shares memory with ``internal`` (an array the
+    backward reads). Host results are compared with ``np.shares_memory``; GPU results for GPU
+    inputs are the internal array itself exactly when it already has the input dtype (no cast),
+    and host copies of GPU results never alias."""
+    if isinstance(x, np.ndarray) and isinstance(internal, np.ndarray):
+        return x.copy() if np.shares_memory(x, internal) else x
+    if inputs.device == "cuda" and not inputs.host_io and internal.dtype == x.dtype:
+        from . import _device  # noqa: PLC0415 - CUDA machinery only for GPU arrays
+
+        out = _device.device_empty(tuple(x.shape), x.dtype)
+        out.copy_to_device(x)
+        return out
+    return x
+
+
 def attention_forward(
     Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False,
     method: str = "exact", device: str = "cpu", **method_options: Any,
@@ -166,12 +183,20 @@ def attention_forward(
     -----
     The exact method costs Θ(n·m1·m2·(d + dv)) time and O((n + m1 + m2)·(d + dv)) memory:
     logits are recomputed tile by tile with an online softmax and never stored.
+
+    ``O`` (also ``state.O``) and ``state.lse`` never share memory with what
+    :func:`attention_backward` reads: modifying them in place (``O += residual``) does not
+    change the gradients. For float64 this costs one copy of O and lse.
     """
     inputs, O_impl, O, lse, certificate, saved = _forward(
         Q, K1, K2, V1, V2, scale, causal, method, device, method_options, for_backward=True
     )
+    # What the caller gets must not share memory with what the backward reads (O_impl, lse):
+    # an in-place `O += residual` would otherwise silently change the gradients.
+    O = _private(O, O_impl, inputs)
+    lse_out = _private(_unflatten(to_caller(lse, inputs), inputs.batch_shape), lse, inputs)
     state = AttentionState(
-        O=O, lse=_unflatten(to_caller(lse, inputs), inputs.batch_shape), scale=inputs.scale, causal=inputs.causal,
+        O=O, lse=lse_out, scale=inputs.scale, causal=inputs.causal,
         method=method, device=device, options=dict(method_options), certificate=certificate,
         _saved=saved, _inputs=inputs, _O_impl=O_impl, _lse_impl=lse, _fingerprints=_fingerprints(inputs),
     )
@@ -258,11 +283,18 @@ def attention(
         Non-array input; dtype other than float32/float64; mixed dtypes; non-bool ``causal``;
         non-real ``scale``; non-string or unknown-option ``method``.
     ValueError
-        Rank < 2, mismatched dimensions, empty arrays, NaN/Inf, ``causal`` with unequal
+        Rank < 2, mismatched dimensions, empty arrays, NaN/Inf, ragged nested lists, a
+        ``numpy.ma.MaskedArray`` with masked entries (masks are not supported: pass
+        ``.filled(value)``; one with nothing masked is used as its data), ``causal`` with unequal
         lengths, ``scale`` ≤ 0 or non-finite, unknown ``method`` or ``device``, host and GPU
-        operands mixed, a non-contiguous GPU array.
+        operands mixed, a non-contiguous GPU array, logits (or the exact kernels' products
+        scale·Q∘K1, scale·Q∘K2) that could pass 1e300.
     CUDAUnavailableError
         ``device="cuda"`` without numba-cuda or without a usable GPU.
+
+    Notes
+    -----
+    NumPy subclasses are used as plain arrays: an ``np.matrix`` operand is its 2-D array.
 
     Examples
     --------

@@ -146,6 +146,8 @@ def tensor_attention(
     args = (Q, K1, K2, V1, V2)
     _check(args, scale, causal, method, opts)
     # float64 NumPy input becomes float32 here when x64 is disabled (JAX's rule), all alike.
-    args = tuple(jnp.asarray(x) for x in args)
+    # NumPy subclasses the core accepted (np.matrix, a MaskedArray with nothing masked) as plain
+    # arrays: JAX refuses masked arrays outright, without naming the argument.
+    args = tuple(jnp.asarray(np.asarray(x) if isinstance(x, np.ndarray) else x) for x in args)
     out_struct = jax.ShapeDtypeStruct(args[0].shape[:-1] + args[3].shape[-1:], args[0].dtype)
     return _build(scale, causal, method, opts, out_struct)(*args)

@@ -23,6 +23,9 @@ Notes
 * Malformed input raises the core's ``TypeError``/``ValueError`` naming the argument, unchanged.
 * The core fingerprints the inputs at forward time; modifying an input tensor in place between
   the forward and the backward raises ``ValueError`` in the backward.
+* The output may be modified in place (``O += residual``): the backward reads the core's own
+  copy of the forward output, never the returned tensor's memory, so the gradients are those
+  of the out-of-place ``O = O + residual``.
 * Double backward (gradients of gradients) is not supported.
 
 Examples
@@ -90,6 +93,8 @@ class TensorAttentionFunction(torch.autograd.Function):
         arrays = [_to_numpy(x, name) for x, name in zip((Q, K1, K2, V1, V2), _OPERANDS)]
         opts = dict(options or {})
         if any(ctx.needs_input_grad[:5]):
+            # The returned tensor wraps O's memory, which the core guarantees the backward never
+            # reads, so in-place ops on the output (legal in autograd) keep the gradients right.
             O, state = attention_forward(*arrays, scale=scale, causal=causal, method=method, **opts)
             ctx.state = state
         else:  # no gradient wanted: skip the state (and its input fingerprints)

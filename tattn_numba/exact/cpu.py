@@ -25,6 +25,7 @@ afterwards, so there is no race and the result is deterministic for a given thre
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -368,14 +369,130 @@ def _transposed(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float64)
 
 
+class MemoryEstimate(NamedTuple):
+    """Peak extra bytes of the exact CPU path (:func:`memory_estimate`).
+
+    forward
+        Peak of ``attention_forward`` (``attention`` with ``for_backward=False``), the arrays it
+        returns included.
+    kept
+        What the forward leaves alive for the backward: the float64 O and lse, and the copies
+        the caller gets.
+    backward
+        Peak of ``attention_backward`` on top of ``kept``, the gradients it returns included.
+    """
+
+    forward: int
+    kept: int
+    backward: int
+
+    @property
+    def total(self) -> int:
+        """Peak of a forward followed by its backward (``attention_grad``)."""
+        return max(self.forward, self.kept + self.backward)
+
+
+#: Factor on the memory estimates for what a byte count of arrays misses: partly touched pages
+#: and interpreter objects (measured: under 0.1 % of the peak).
+MEMORY_SLACK = 1.01
+
+
+def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize: int, workers: int,
+                    backward_workers: int | None = None, *, for_backward: bool = True,
+                    tile1: int | None = None, tile2: int | None = None) -> MemoryEstimate:
+    """Peak extra bytes of the exact CPU forward and backward, every problem-sized allocation
+    counted, phase by phase (the largest phase is the peak).
+
+    Inputs of ``itemsize`` 4 (float32) are widened to float64 once per pass (Q, K2, V2, dO);
+    K1 and V1 are always copied transposed. Forward: those copies, O and lse, the per-thread
+    tiles; then the cast of O to the input dtype (and its finiteness mask) and the copies of O
+    and lse that ``attention_forward`` hands out. Backward: the copies, δ, dQ, the race-free
+    per-thread accumulators (``backward_workers`` × B·(m1 + m2)·(d + dv) floats), their
+    reductions one at a time, then the casts of the gradients. The finiteness masks of the
+    validation (one byte per entry) are counted as their own phases.
+    """
+    tile1 = config.KEY_TILE_1 if tile1 is None else tile1
+    tile2 = config.KEY_TILE_2 if tile2 is None else tile2
+    backward_workers = workers if backward_workers is None else backward_workers
+    f8 = 8
+    widen = 1 if itemsize != 8 else 0  # float32 inputs get float64 copies
+    out_o, out_lse = B * n * dv * f8, B * n * f8
+    transposed = B * m1 * (d + dv) * f8
+    # validation: np.isfinite(x).all() of each operand, one byte per entry
+    masks = B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv)
+    tiles_forward = workers * (d * tile1 + tile2 * tile1 + dv * tile1 + tile2 * d + dv * tile2 + dv) * f8
+    kernel = widen * B * (n * d + m2 * d + m2 * dv) * f8 + transposed + out_o + out_lse + tiles_forward
+    cast = B * n * dv * (widen * itemsize + 1)  # O in the input dtype and its finiteness mask
+    handed_out = B * n * dv * itemsize + out_lse if for_backward else 0  # attention_forward's private copies
+    forward = max(masks, kernel, out_o + out_lse + max(cast, handed_out))
+    kept = out_o + out_lse + (B * n * dv * itemsize + out_lse if for_backward else widen * B * n * dv * itemsize)
+
+    dq = B * n * d * f8
+    acc = [backward_workers * B * size * f8 for size in (d * m1, m2 * d, dv * m1, m2 * dv)]
+    tiles_backward = backward_workers * f8 * (2 * d * tile1 + 2 * dv * tile1 + 2 * tile2 * tile1
+                                              + 3 * tile2 * d + 3 * tile2 * dv)
+    kernel = (widen * B * (n * d + m2 * d + m2 * dv + n * dv) * f8 + B * n * f8 + dq + sum(acc) + transposed
+              + tiles_backward)
+    # reductions after the kernel (copies freed): sum over threads, transposed copy, accumulator freed
+    reduced = [B * m1 * d * f8, B * m2 * d * f8, B * m1 * dv * f8, B * m2 * dv * f8]
+    reduce_peaks = [
+        dq + sum(acc) + 2 * reduced[0],
+        dq + sum(acc[1:]) + sum(reduced[:2]),
+        dq + sum(acc[2:]) + sum(reduced[:2]) + 2 * reduced[2],
+        dq + acc[3] + sum(reduced),
+    ]
+    grads = dq + sum(reduced)
+    elements = grads // f8
+    casts = grads + widen * elements * itemsize + B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv)
+    backward = max(B * n * dv, kernel, *reduce_peaks, casts)
+    return MemoryEstimate(*(int(MEMORY_SLACK * x) for x in (forward, kept, backward)))
+
+
+def _backward_workers(forward_flops: float) -> int:
+    """Threads the backward will run on, seen from inside the forward (both as
+    :func:`tattn_numba._threads.threads_for` decides): the current count, or the process's
+    maximum when the forward runs serially for being small but the backward (three times the
+    work) will not."""
+    workers = numba.get_num_threads()
+    if workers == 1 and forward_flops < config.SERIAL_BELOW_FLOPS <= 3 * forward_flops:
+        return int(numba.config.NUMBA_NUM_THREADS)
+    return workers
+
+
+def _shape_text(inputs: AttentionInputs) -> str:
+    B, n, d = inputs.Q.shape
+    return (f"B={B}, n={n}, m1={inputs.K1.shape[1]}, m2={inputs.K2.shape[1]}, d={d}, dv={inputs.V1.shape[2]}, "
+            f"{np.dtype(inputs.dtype).name}")
+
+
+def inputs_memory_estimate(inputs: AttentionInputs, *, for_backward: bool = True,
+                           backward_workers: int | None = None) -> MemoryEstimate:
+    """:func:`memory_estimate` for validated inputs, with the thread counts the passes will use
+    (called from the forward; the backward passes its own ``backward_workers``)."""
+    B, n, d = inputs.Q.shape
+    m1, m2, dv = inputs.K1.shape[1], inputs.K2.shape[1], inputs.V1.shape[2]
+    if backward_workers is None:
+        backward_workers = _backward_workers(2.0 * B * n * m1 * m2 * (d + dv))
+    return memory_estimate(B, n, m1, m2, d, dv, np.dtype(inputs.dtype).itemsize, numba.get_num_threads(),
+                           backward_workers, for_backward=for_backward)
+
+
 def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.ndarray, np.ndarray, None, None]:
     """Exact forward. Returns O (B, n, dv) and lse (B, n), both float64, no certificate and
     nothing else to save (the backward needs only O and lse).
 
     Time Θ(B·n·m1·m2·(d + dv)); extra memory O(B·(n + m1 + m2)·(d + dv)) for the float64
-    working copies plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per thread.
+    working copies plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per thread. Before allocating
+    anything it refuses (``ValueError``) when :func:`memory_estimate` (with ``for_backward``,
+    the forward and the backward together) passes ``config.MEMORY_BUDGET_BYTES``.
     """
-    column_maxima = (np.abs(x).max(axis=1).astype(np.float64) for x in (inputs.Q, inputs.K1, inputs.K2))
+    estimate = inputs_memory_estimate(inputs, for_backward=for_backward)
+    check_memory(estimate.total if for_backward else estimate.forward,
+                 f"the exact {'forward and backward' if for_backward else 'forward'} ({_shape_text(inputs)})",
+                 config.MEMORY_BUDGET_BYTES)
+    # column maxima of |x| without an |x| temporary
+    column_maxima = (np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
+                     for x in (inputs.Q, inputs.K1, inputs.K2))
     check_logit_range(inputs.scale, *column_maxima)
     Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
     K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
@@ -396,8 +513,14 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     float32 inputs do not pay for the rounding of O in their gradients.
 
     Time Θ(B·n·m1·m2·(d + dv)) (three times the forward's contractions); extra memory
-    O(workers·B·(m1 + m2)·(d + dv)) float64 for the race-free accumulators.
+    O(workers·B·(m1 + m2)·(d + dv)) float64 for the race-free accumulators. Refuses
+    (``ValueError``) before allocating when :func:`memory_estimate`'s backward part passes
+    ``config.MEMORY_BUDGET_BYTES``.
     """
+    workers = numba.get_num_threads()
+    check_memory(inputs_memory_estimate(inputs, backward_workers=workers).backward,
+                 f"the exact backward ({_shape_text(inputs)}, {workers} thread{'s' if workers > 1 else ''} "
+                 "with their own gradient accumulators)", config.MEMORY_BUDGET_BYTES)
     Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
     K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
     V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)
@@ -405,9 +528,6 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     delta = np.einsum("bnm,bnm->bn", dO64, O)
     B, n, d = Q.shape
     m1, m2, dv = inputs.K1.shape[1], K2.shape[1], V2.shape[2]
-    workers = numba.get_num_threads()
-    check_memory(8 * workers * B * (m1 + m2) * (d + dv), "the exact backward's per-thread accumulators",
-                 config.MEMORY_BUDGET_BYTES)
     dQ = np.zeros((B, n, d))
     dK1T = np.zeros((workers, B, d, m1))
     dK2 = np.zeros((workers, B, m2, d))
@@ -416,10 +536,10 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     _backward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, dO64,
                      np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale, inputs.causal,
                      config.KEY_TILE_1, config.KEY_TILE_2, workers, dQ, dK1T, dK2, dV1T, dV2)
-    return (
-        dQ,
-        np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1)),
-        dK2.sum(axis=0),
-        np.ascontiguousarray(dV1T.sum(axis=0).transpose(0, 2, 1)),
-        dV2.sum(axis=0),
-    )
+    del Q, K2, V2, dO64, delta  # free the working copies before the reductions
+    dK1 = np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1))
+    del dK1T
+    dK2 = dK2.sum(axis=0)
+    dV1 = np.ascontiguousarray(dV1T.sum(axis=0).transpose(0, 2, 1))
+    del dV1T
+    return dQ, dK1, dK2, dV1, dV2.sum(axis=0)

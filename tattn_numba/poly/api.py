@@ -71,5 +71,6 @@ def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
             "a-priori bounds call poly_plan(Q, K1, K2, V1, V2, ..., dO=dO) on host copies of the inputs"
         )
     dO = check_upstream(dO, inputs)
-    bounds = gradient_bounds(inputs, state.certificate, state._O_impl, dO.astype(np.float64))
+    bounds = gradient_bounds(inputs, state.certificate, state._O_impl, dO.astype(np.float64),
+                             lse=np.asarray(state._lse_impl, dtype=np.float64))
     return GradientBounds(*(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds))

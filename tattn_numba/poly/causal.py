@@ -14,8 +14,9 @@ pass starts each chunk from the exact state at its end and *downdates* row by ro
 
 Cost O(n·r·(1 + dv)) forward and O(n·r·d·dv) backward, like the non-causal surrogate, but as
 vectorised per-row loops over the r features rather than BLAS products (a row's prefix state
-differs from the next row's), so the constant is larger. Memory: O(r·d·dv) state plus one
-r×(1 + dv + d + dv·d) checkpoint per chunk of rows.
+differs from the next row's), so the constant is larger. Memory: O(r·d·dv) state plus two
+r×(1 + dv + d + dv·d) checkpoints (P2 and P3) per chunk of rows, counted with everything else
+by :func:`tattn_numba.poly.plan.memory_estimate`.
 
 State arrays are stored transposed, column-of-summary × feature, so that every inner loop runs
 over the r features of one contiguous row.
@@ -180,20 +181,24 @@ def backward(v, Ohat, dO, scale: float, chunk: int) -> tuple:
             _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], width),
         )
 
+    # Memory (counted by plan.memory_estimate): the stored prefix states, one (P2, P3) pair per
+    # chunk, in two arrays allocated once (a list of small copies would live on the heap, which
+    # keeps their pages after they are freed); chunk arrays live only for the call that reads them.
     P2, P3 = np.zeros((width, r)), np.zeros((width, r))
-    checkpoints = []
-    for rows in pieces:
-        U2, c2, U3, c3 = key_rows(rows)
-        _forward_scan(np.empty((0, r)), U2, c2, U3, c3, P2, P3, np.empty((0, width)))
-        checkpoints.append((P2.copy(), P3.copy()))
+    stored2, stored3 = np.empty((len(pieces), width, r)), np.empty((len(pieces), width, r))
+    for index, rows in enumerate(pieces):
+        _forward_scan(np.empty((0, r)), *key_rows(rows), P2, P3, np.empty((0, width)))
+        stored2[index] = P2
+        stored3[index] = P3
     GS2, GS3 = np.zeros((dv, r)), np.zeros((dv, r))
     Y1, Y2 = np.zeros((dv * d, r)), np.zeros((dv * d, r))
     Z1, Z2 = np.zeros((d, r)), np.zeros((d, r))
     grads = [np.empty((n, x.shape[1])) for x in (v.Q, v.K1, v.K2, v.V1, v.V2)]
     un = np.empty(r)
-    for rows, (end2, end3) in zip(reversed(pieces), reversed(checkpoints)):
-        U2, c2, U3, c3 = key_rows(rows)
-        U1 = _row_major(query_features(v.Qt[rows], v.coefficients[rows], v.table))
-        _backward_scan(U1, U2, c2, U3, c3, v.Q[rows], dO[rows], delta[rows], v.V1[rows], v.V2[rows], scale,
-                       end2.copy(), end3.copy(), GS2, GS3, Y1, Y2, Z1, Z2, un, *(g[rows] for g in grads))
+    for index in range(len(pieces) - 1, -1, -1):
+        rows = pieces[index]
+        # the scan downdates the stored state of the chunk's end in place (it is not read again)
+        _backward_scan(_row_major(query_features(v.Qt[rows], v.coefficients[rows], v.table)), *key_rows(rows),
+                       v.Q[rows], dO[rows], delta[rows], v.V1[rows], v.V2[rows], scale,
+                       stored2[index], stored3[index], GS2, GS3, Y1, Y2, Z1, Z2, un, *(g[rows] for g in grads))
     return tuple(grads)

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from .. import config
-from .._validation import AttentionInputs
+from .._validation import AttentionInputs, format_byte_pair
 from . import exp_approx
 from .features import rank
 from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, unit_roundoff
@@ -269,17 +269,135 @@ def _kappa(epsilon: np.ndarray) -> np.ndarray:
         return np.where(epsilon < 1.0, 2.0 * epsilon / np.maximum(1.0 - epsilon, 1e-300), np.inf)
 
 
-def chunk_rows(r: int, d: int, dv: int, budget: int) -> int:
-    """Rows per streamed chunk: feature rows (r floats) plus their products with values."""
-    per_row = 8 * (r + 2 * (dv * d + d + dv + 1))
-    return int(max(1, min(config.POLY_CHUNK_ROWS, budget // (2 * per_row))))
+def chunk_rows(r: int, d: int, dv: int, budget: int, **shape) -> int:
+    """Rows per streamed chunk (feature rows of r floats and their products with values): at most
+    ``config.POLY_CHUNK_ROWS`` (and no more than the longest operand), the largest count whose
+    :func:`memory_estimate` (same ``shape`` keywords) fits ``budget``; when none fits, the count
+    with the smallest estimate (which :func:`make_plan` then refuses).
+
+    Without the causal mask the estimate grows with the chunk; with it, fewer and larger chunks
+    also mean fewer stored prefix states, so the smallest estimate may lie inside the range.
+    """
+    longest = max(shape.get("n", 0), shape.get("m1", 0), shape.get("m2", 0)) or config.POLY_CHUNK_ROWS
+    cap = int(max(1, min(config.POLY_CHUNK_ROWS, longest)))
+
+    def cost(rows: int) -> int:
+        return memory_estimate(r, d, dv, rows, **shape)
+
+    if cost(cap) <= budget:
+        return cap
+    lo, hi = 1, cap  # smallest estimate: ternary search (a maximum of terms linear in rows and in 1/rows)
+    while hi - lo > 2:
+        a, b = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        if cost(a) <= cost(b):
+            hi = b
+        else:
+            lo = a
+    best = min(range(lo, hi + 1), key=lambda rows: (cost(rows), -rows))
+    if cost(best) > budget:
+        return best
+    lo, hi = best, cap  # cost(lo) <= budget < cost(hi): the largest fitting count above the best
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
-def memory_estimate(r: int, d: int, dv: int, rows: int) -> int:
-    """Peak extra bytes of forward+backward: the r×(1 + dv + d + dv·d) key summaries (six of
-    them alive at once) and one chunk of features with its products."""
-    summaries = 6 * 8 * r * (1 + dv + d + dv * d)
-    return summaries + rows * 8 * (r + 2 * (dv * d + d + dv + 1))
+#: Factor on the memory estimates for what a byte count of arrays misses: partly touched pages
+#: and interpreter objects (measured: under 0.1 % of the peak).
+MEMORY_SLACK = 1.01
+
+
+def _memory_phases(r: int, d: int, dv: int, rows: int, *, n: int, m1: int, m2: int, batch: int, causal: bool,
+                   degree: int, itemsize: int, keep_summaries: bool) -> dict:
+    """Peak bytes of each phase of the CPU surrogate (see :func:`memory_estimate`), float64
+    unless said otherwise; ``kept`` is what the forward leaves alive for the backward."""
+    f8, B = 8, batch
+    widen = 1 if itemsize != 8 else 0  # float32 inputs are widened to float64 per batch entry
+    W, k = 1 + dv + d + dv * d, 1 + dv  # wide summary columns [1 | V | K | V⊙K], narrow ones [1 | V]
+    cn, c1, c2 = min(rows, n), min(rows, m1), min(rows, m2)
+    cm, longest = max(c1, c2), max(n, m1, m2)
+    masks = B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv, n * dv)  # np.isfinite of an operand, 1 byte an entry
+    # make_plan: statistics (float64 Q, |Q|, squared keys), radii, per-row fits and the certificate
+    # (measured: 10 + 4·dv + g floats per query row at its peak); kept: radius, ε, κ (n),
+    # coefficients (n × (g + 1)), output and rounding bounds (n × dv)
+    plan = f8 * B * max(n * (10 + 4 * dv + degree), widen * n * d + longest * (d + 1))
+    plan_kept = f8 * B * n * (3 + (degree + 1) + 2 * dv)
+    out = f8 * B * n * (dv + 1)  # float64 O and lse
+    handed = B * n * dv * itemsize + f8 * B * n  # attention_forward's O in the input dtype and its lse copy
+    cast = B * n * dv * (widen * itemsize + 1)  # O cast to the input dtype, and its finiteness mask
+    saved = 2 * f8 * B * r * W if keep_summaries else 0
+    # one batch entry's balanced variables: float64 copies (float32 inputs), q̃, K1/κ1, K2/κ2, and
+    # the row factors. The previous entry's (and what its loop body left) are still alive while the
+    # next entry's are built: a phase of its own when B > 1.
+    balanced = f8 * (widen * (n * d + (m1 + m2) * (d + dv)) + (n + m1 + m2) * d + 2 * longest)
+    if causal:  # n == m1 == m2
+        # a chunk: U1, U2, U3 row-major (rows × r) and [1 | V] columns, one transposed block in flight
+        chunk = 3 * r * cn + k * cn + max(r * cn, 2 * k * cn)
+        work = max(n * k + 2 * n + 2 * k * r + chunk, n * k + n * dv + 2 * n)
+        left_over = n * k  # the previous entry's [w | w·Õ]
+    else:
+        wide = W if keep_summaries else k
+        keys = wide * r + max(m1, m2) + 2 * wide * r + wide * cm + r * cm
+        queries = 2 * wide * r + k * r + r * cn + k * cn + dv * cn + 2 * cn
+        work = max(keys, queries)
+        left_over = 3 * wide * r + k * cn
+    per_entry = max(balanced + f8 * work, 2 * balanced + f8 * left_over if B > 1 else 0)
+    forward = max(masks, plan, plan_kept + saved + out + per_entry, plan_kept + saved + out + max(cast, handed))
+    kept = plan_kept + saved + out + handed
+
+    grads = f8 * B * (n * d + (m1 + m2) * (d + dv))  # the five float64 gradients
+    dO = f8 * B * n * dv  # dO in float64
+    if causal:
+        pieces = -(-n // cn)
+        states = (pieces + 1) * 2 * W * r  # P2, P3 with the wide columns, and a stored pair per chunk
+        suffix = (2 * dv + 2 * dv * d + 2 * d + 1) * r
+        own = n * (3 * d + 2 * dv)  # the entry's gradients before they are copied out
+        chunk = 3 * r * cn + W * cn + max(r * cn, 2 * W * cn)
+        scans = max(2 * n + states + 2 * r * cn + W * cn + max(r * cn, 2 * W * cn),  # prefix pass
+                    2 * n + suffix + states + own + chunk)  # reverse pass, at its end
+        # the gradients of the earlier entries are written; this entry's are copied in at its end
+        work = max(f8 * scans + grads * (B - 1) // B, grads + f8 * own)
+        left_over = f8 * n * dv + grads * (B - 1) // B
+    else:
+        side = dv + dv * d + d
+        pair = 0 if keep_summaries else 2 * W * r  # key summaries recomputed per entry
+        recompute = W * r + max(m1, m2) + 2 * W * r + W * cm + r * cm
+        fixed = pair + r * (dv * d + d) + r + n
+        query_chunk = 2 * W * r + W * cn + r * cn + cn + (dv * d + d) * cn + 3 * cn * d
+        key_chunk = W * r + r * side + r * cm + side * cm + 3 * cm * d
+        work = f8 * max(recompute, fixed + max(query_chunk, W * r + 2 * r * side, key_chunk)) + grads
+        left_over = f8 * (3 * W * r + r * (dv * d + d) + r * side + cm * side + n) + grads * (B - 1) // B
+    per_entry = max(balanced + work, 2 * balanced + left_over if B > 1 else 0)
+    backward = max(B * n * dv, dO + per_entry,
+                   grads + (grads // f8) * widen * itemsize + B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv))
+    return {"forward": int(forward), "kept": int(kept), "backward": int(backward)}
+
+
+def memory_estimate(r: int, d: int, dv: int, rows: int, *, n: int = 1, m1: int = 1, m2: int = 1, batch: int = 1,
+                    causal: bool = False, degree: int | None = None, itemsize: int = 8,
+                    keep_summaries: bool = False) -> int:
+    """Peak extra bytes of the CPU surrogate's forward followed by its backward
+    (``attention_grad``), counting every allocation that grows with the problem, phase by phase.
+
+    r is the rank, ``rows`` the chunk (:func:`chunk_rows`), ``batch`` the flattened batch B,
+    ``itemsize`` the inputs' (4 for float32: float64 copies are made), ``keep_summaries`` whether
+    the forward saves the wide key summaries (:func:`keeps_key_summaries`). Counted: the plan's
+    per-row arrays and the transients that build them; O and lse (float64, the cast and the copies
+    ``attention_forward`` hands out); per batch entry the balanced variables and float64 copies;
+    the chunks of features U1, U2, U3 with their value columns and products; the r×(1 + dv + d +
+    dv·d) key summaries; with the causal mask, the two prefix states stored per chunk of rows
+    (2·⌈n / rows⌉·r·(1 + dv + d + dv·d) floats) and the entry's own gradients; the float64 dO and
+    the five gradients and their casts. The forward alone needs at most this.
+    """
+    if degree is None:
+        degree = next(g for g in range(r + 1) if rank(d, g) >= r)
+    phases = _memory_phases(r, d, dv, rows, n=n, m1=m1, m2=m2, batch=batch, causal=causal, degree=degree,
+                            itemsize=itemsize, keep_summaries=keep_summaries)
+    return int(MEMORY_SLACK * max(phases["forward"], phases["kept"] + phases["backward"]))
 
 
 def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebyshev",
@@ -299,6 +417,8 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else _check_budget(memory_budget)
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
+    # refuse before the statistics allocate: the estimate needs only shapes (degree 0 bounds tol's)
+    _budgeted_chunk(inputs, 0 if degree is None else _check_degree(degree), budget, chosen=degree is not None)
     stats = input_statistics(inputs) if statistics is None else statistics
     with np.errstate(over="ignore", invalid="ignore"):
         radius, global_radius = row_radii(inputs, stats)
@@ -319,14 +439,7 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
         degree = _check_degree(degree)
         certificate = certify(degree)
     r = rank(d, degree)
-    rows = chunk_rows(r, d, dv, budget)
-    nbytes = memory_estimate(r, d, dv, rows)
-    if nbytes > budget:
-        raise ValueError(
-            f"degree {degree} needs rank r = C(d + g, g) = {r} and about {nbytes / 2**20:.0f} MiB, "
-            f"above the memory budget of {budget / 2**20:.0f} MiB; lower the degree, loosen tol, "
-            "or raise memory_budget"
-        )
+    rows, nbytes = _budgeted_chunk(inputs, degree, budget)
     coefficients, epsilon, kappa, output_bound, rounding_bound = certificate
     flops = 2.0 * B * r * ((n + m1 + m2) * (dv + 1) + (n + 2 * (m1 + m2)) * (dv * d + d + dv + 1) * 2)
     batch = inputs.batch_shape
@@ -442,9 +555,56 @@ def keeps_key_summaries(for_backward: bool, causal: bool, batch: int, plan: Poly
     return for_backward and not causal and 2 * 8 * batch * plan.rank * wide <= budget // 4
 
 
+def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: bool = True) -> tuple[int, int]:
+    """(chunk rows, :func:`memory_estimate`) for ``degree``; ``ValueError`` when the estimate
+    passes ``budget`` (``chosen=False``: degree 0 as a lower bound for the degree ``tol`` will pick)."""
+    B, n, d = inputs.Q.shape
+    dv = inputs.V1.shape[2]
+    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+    r = rank(d, degree)
+    shape = dict(n=n, m1=m1, m2=m2, batch=B, causal=bool(inputs.causal), degree=int(degree),
+                 itemsize=np.dtype(inputs.dtype).itemsize,
+                 keep_summaries=_keeps_summaries(bool(inputs.causal), B, r, d, dv, budget))
+    rows = chunk_rows(r, d, dv, budget, **shape)
+    nbytes = memory_estimate(r, d, dv, rows, **shape)
+    if nbytes > budget:
+        needed, allowed = format_byte_pair(nbytes, budget)
+        problem = f"B={B}, n={n}, m1={m1}, m2={m2}, d={d}, dv={dv}{', causal' if inputs.causal else ''}"
+        if chosen:
+            raise ValueError(
+                f"degree {degree} needs rank r = C(d + g, g) = {r} and about {needed} for {problem}, above "
+                f"the memory budget of {allowed}; lower the degree, loosen tol, or raise memory_budget"
+            )
+        raise ValueError(
+            f"the surrogate needs at least {needed} for {problem} (at any degree), above the memory budget "
+            f"of {allowed}; raise memory_budget (or TATTN_NUMBA_MEMORY_BUDGET) or split the batch"
+        )
+    return rows, nbytes
+
+
+def _keeps_summaries(causal: bool, batch: int, r: int, d: int, dv: int, budget: int) -> bool:
+    """:func:`keeps_key_summaries` for a forward that feeds a backward, before the plan exists."""
+    class _Rank(NamedTuple):
+        rank: int
+
+    return keeps_key_summaries(True, causal, batch, _Rank(r), d, dv, budget)
+
+
 def _check_budget(value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {value!r}")
+    """``memory_budget`` as an int: a positive whole number of bytes, given as an int or as an
+    integral float (``1.5e9``); ``TypeError`` for other types (bool included), ``ValueError`` for
+    zero, negative, fractional or non-finite values."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise TypeError(
+            f"memory_budget must be a positive whole number of bytes (an int, or an integral float such as "
+            f"1.5e9), got {type(value).__name__} {value!r}"
+        )
+    if isinstance(value, (float, np.floating)):
+        ok = bool(np.isfinite(value)) and value > 0 and float(value).is_integer()
+    else:
+        ok = value > 0
+    if not ok:
+        raise ValueError(f"memory_budget must be a positive whole number of bytes, got {value!r}")
     return int(value)
 
 
@@ -515,7 +675,8 @@ def _degree_for_tolerance(tol, certify: _Certifier) -> tuple[int, _Certificate]:
     raise ValueError(f"tol={tol!r} is unreachable: no degree up to {degree} certifies it together with rounding")
 
 
-def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None, dO: np.ndarray) -> GradientBounds:
+def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None, dO: np.ndarray,
+                    lse: np.ndarray | None = None) -> GradientBounds:
     """Certified bounds on the surrogate gradients' entrywise error; O((n+m1+m2)·d·dv).
 
     Two parts, each derived in docs/math/rounding.rst and docs/surrogate.md. The polynomial's
@@ -530,7 +691,8 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
         |ΔdK1[j,l]| <= s·max|K2_l|·Σ_i c_i·|Q[i,l]|        (dK2 likewise with K1)
         |ΔdV1[j,m]| <= max|V2_m|·Σ_i κ_i·|dO[i,m]|          (dV2 likewise with V1)
     The rounding part (the backward's float64 sums and the cast to the input dtype) is
-    :func:`.rounding.gradient_rounding`.
+    :func:`.rounding.gradient_rounding`; with the forward's ``lse`` (B, n, host float64) it uses
+    the computed normalisers as well as the a-priori e^{−R} (:func:`.rounding.row_rounding`).
     """
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
@@ -546,7 +708,7 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
     coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)
     radius, epsilon = np.asarray(plan.radius).reshape(B, n), np.asarray(plan.epsilon).reshape(B, n)
     rounding = row_rounding(coefficients, radius, epsilon, degree=plan.degree, rank=plan.rank,
-                            n=n, m1=m1, m2=m2, causal=inputs.causal)
+                            n=n, m1=m1, m2=m2, causal=inputs.causal, lse=lse)
     values, ranges = v1 * v2, value_ranges(V1, V2)
     with np.errstate(invalid="ignore"):
         polynomial = np.where(ranges[:, None, :] > 0.0, kappa[:, :, None] * ranges[:, None, :] / 2.0, 0.0)

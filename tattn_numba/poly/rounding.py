@@ -111,18 +111,24 @@ def _relative(error: np.ndarray, lower: np.ndarray) -> np.ndarray:
 
 
 def row_rounding(coefficients: np.ndarray, radius: np.ndarray, epsilon: np.ndarray, *, degree: int, rank: int,
-                 n: int, m1: int, m2: int, causal: bool) -> RowRounding:
+                 n: int, m1: int, m2: int, causal: bool, lse: np.ndarray | None = None) -> RowRounding:
     """The :class:`RowRounding` of a plan's per-row fits (``coefficients`` (B, n, g + 1),
     ``radius`` and ``epsilon`` (B, n)). Every logit of row i lies in [−R_i, R_i], so the exact
-    normaliser is at least (1 − ε_i)·|I1||I2|·e^{−R_i}."""
+    normaliser is at least (1 − ε_i)·|I1||I2|·e^{−R_i}. With ``lse`` (B, n), the forward's
+    log ŵ_i, the computed normaliser gives a second lower bound, ŵ_i − e_i (e_i its certified
+    rounding), usually larger by about e^{R_i}: the larger of the two is used."""
     count1, count2 = allowed_counts(n, m1, m2, causal)
     pairs = count1 * count2
     mass = coefficient_mass(coefficients)
-    with np.errstate(over="ignore", under="ignore"):
+    error = gamma(forward_roundings(degree, rank, m1, m2)) * mass * pairs
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         lower = np.clip(1.0 - epsilon, 0.0, None) * pairs * np.exp(-radius)
+        if lse is not None:
+            # exp(log ŵ) is ŵ to a relative (|lse| + 2)·4u (log and exp each within 2 ulp)
+            computed = np.exp(lse) * (1.0 - (np.abs(lse) + 2.0) * 4.0 * UNIT_ROUNDOFF)
+            lower = np.maximum(lower, np.where(np.isfinite(computed), computed - error, 0.0))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         weight = np.where(lower > 0.0, mass / np.maximum(lower, 1e-300), np.inf)
-    error = gamma(forward_roundings(degree, rank, m1, m2)) * mass * pairs
     return RowRounding(mass, lower, weight, _relative(error, lower))
 
 

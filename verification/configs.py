@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 
 from . import hardness, match3
-from .probes import accuracy, per_row, scaling, threshold
+from .probes import accuracy, adversarial, per_row, scaling, threshold
 
 #: (name in the report and in results.json, module with PRESETS, run, render), in report order.
 PROBES = (
     ("accuracy", accuracy),
+    ("adversarial", adversarial),
     ("threshold", threshold),
     ("scaling", scaling),
     ("per_row", per_row),

@@ -29,10 +29,11 @@ from . import causal as _causal
 from ._blocks import chunks as _chunks
 from ._blocks import fill_columns as _fill_columns
 from .features import key_features, multi_index_table, query_features
+from .options import NAMES
 from .plan import (PolyPlan, check_certified, check_normaliser, keeps_key_summaries, key_column_maxima,
                    make_plan)
 
-OPTIONS = frozenset({"tol", "degree", "family", "memory_budget"})
+OPTIONS = NAMES
 
 
 class _Balanced:

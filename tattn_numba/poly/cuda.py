@@ -32,6 +32,7 @@ from . import _cuda_kernels as kernels
 from ._blocks import chunks
 from ._cuda_gemm import gemm
 from .features import multi_index_table
+from .options import NAMES
 from .plan import (
     InputStatistics,
     PolyPlan,
@@ -44,7 +45,7 @@ from .plan import (
 
 cuda = require()
 
-OPTIONS = frozenset({"tol", "degree", "family", "memory_budget"})
+OPTIONS = NAMES
 
 
 def _operands(inputs: AttentionInputs) -> tuple:

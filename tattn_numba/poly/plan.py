@@ -27,6 +27,7 @@ from .. import config
 from .._validation import AttentionInputs, format_byte_pair
 from . import exp_approx
 from .features import rank
+from .options import PolyOptions, check_memory_budget
 from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, unit_roundoff
 
 __all__ = [
@@ -410,15 +411,12 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     ``config.MEMORY_BUDGET_BYTES``). Only the shapes and scale of ``inputs`` are read when
     ``statistics`` (see :class:`InputStatistics`) is given, so its arrays may live on the GPU.
     """
-    if (tol is None) == (degree is None):
-        raise ValueError("give exactly one of tol (target error of the output) or degree")
-    if family not in exp_approx.FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {list(exp_approx.FAMILIES)}")
-    budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else _check_budget(memory_budget)
+    options = PolyOptions(tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+    tol, degree, family, budget = options.tol, options.degree, options.family, options.budget
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
     # refuse before the statistics allocate: the estimate needs only shapes (degree 0 bounds tol's)
-    _budgeted_chunk(inputs, 0 if degree is None else _check_degree(degree), budget, chosen=degree is not None)
+    _budgeted_chunk(inputs, 0 if degree is None else degree, budget, chosen=degree is not None)
     stats = input_statistics(inputs) if statistics is None else statistics
     with np.errstate(over="ignore", invalid="ignore"):
         radius, global_radius = row_radii(inputs, stats)
@@ -436,7 +434,6 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     if degree is None:
         degree, certificate = _degree_for_tolerance(tol, certify)
     else:
-        degree = _check_degree(degree)
         certificate = certify(degree)
     r = rank(d, degree)
     rows, nbytes = _budgeted_chunk(inputs, degree, budget)
@@ -550,7 +547,7 @@ def keeps_key_summaries(for_backward: bool, causal: bool, batch: int, plan: Poly
     """Whether the forward saves the wide key summaries U^T[1 | V | K | V⊙K] (2·B·r·(1 + dv + d +
     dv·d) floats) for the backward: only without a causal mask and when they fit a quarter of
     the memory budget."""
-    budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else memory_budget
+    budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else check_memory_budget(memory_budget)
     wide = 1 + dv + d + dv * d
     return for_backward and not causal and 2 * 8 * batch * plan.rank * wide <= budget // 4
 
@@ -590,32 +587,6 @@ def _keeps_summaries(causal: bool, batch: int, r: int, d: int, dv: int, budget: 
     return keeps_key_summaries(True, causal, batch, _Rank(r), d, dv, budget)
 
 
-def _check_budget(value) -> int:
-    """``memory_budget`` as an int: a positive whole number of bytes, given as an int or as an
-    integral float (``1.5e9``); ``TypeError`` for other types (bool included), ``ValueError`` for
-    zero, negative, fractional or non-finite values."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
-        raise TypeError(
-            f"memory_budget must be a positive whole number of bytes (an int, or an integral float such as "
-            f"1.5e9), got {type(value).__name__} {value!r}"
-        )
-    if isinstance(value, (float, np.floating)):
-        ok = bool(np.isfinite(value)) and value > 0 and float(value).is_integer()
-    else:
-        ok = value > 0
-    if not ok:
-        raise ValueError(f"memory_budget must be a positive whole number of bytes, got {value!r}")
-    return int(value)
-
-
-def _check_degree(degree) -> int:
-    if isinstance(degree, (bool, np.bool_)) or not isinstance(degree, (int, np.integer)):
-        raise TypeError(f"degree must be a non-negative integer, got {type(degree).__name__}")
-    if degree < 0:
-        raise ValueError(f"degree must be >= 0, got {degree}")
-    return int(degree)
-
-
 def epsilon_for_tolerance(tol: float, widest_range: float) -> float:
     """The polynomial relative error ε whose certificate κ·range/2 (κ = 2ε/(1 − ε)) meets
     max |Õ − O| <= ``tol`` for values whose pair products span ``widest_range``. When every
@@ -626,20 +597,11 @@ def epsilon_for_tolerance(tol: float, widest_range: float) -> float:
     return kappa / (2.0 + kappa)
 
 
-def _check_tol(tol) -> float:
-    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.floating, np.integer)):
-        raise TypeError(f"tol must be a positive real number, got {type(tol).__name__}")
-    if not np.isfinite(float(tol)) or float(tol) <= 0.0:
-        raise ValueError(f"tol must be positive and finite, got {tol!r}")
-    return float(tol)
-
-
 def _degree_for_tolerance(tol, certify: _Certifier) -> tuple[int, _Certificate]:
     """Smallest degree whose certified output bound (polynomial error plus rounding) is <= tol.
 
     The polynomial's share starts at ``tol`` and shrinks by the rounding bound found at the
     degree tried, so a few rounds settle it; every refusal names the caller's ``tol``."""
-    tol = _check_tol(tol)
     widest = float(certify.ranges.max())
     radius = float(certify.radius.max())
     share, degree = tol, 0

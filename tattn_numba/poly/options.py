@@ -1,0 +1,127 @@
+"""The surrogate's options, validated once: ``tol`` or ``degree``, ``family``, ``memory_budget``.
+
+:class:`PolyOptions` is what ``attention(..., method="poly", **options)``, :func:`tattn_numba.poly_plan`
+and the ``method="poly"`` functions of :mod:`tattn_numba.paper` check their keywords with, so a
+wrong value gets the same exception and message wherever it is passed.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import config
+from .exp_approx import FAMILIES, MAX_DEGREE
+
+__all__ = ["PolyOptions", "NAMES", "check_tol", "check_degree", "check_family", "check_memory_budget"]
+
+#: The keyword options of the surrogate.
+NAMES = frozenset({"tol", "degree", "family", "memory_budget"})
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+def check_tol(tol) -> float:
+    """``tol`` as a float: a positive, finite real number (``TypeError``/``ValueError`` otherwise)."""
+    if _is_bool(tol) or not isinstance(tol, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"tol must be a positive real number, got {type(tol).__name__} {tol!r}")
+    if not math.isfinite(float(tol)) or float(tol) <= 0.0:
+        raise ValueError(f"tol must be positive and finite, got {tol!r}")
+    return float(tol)
+
+
+def check_degree(degree, name: str = "degree") -> int:
+    """``degree`` as an int in 0..:data:`MAX_DEGREE`."""
+    if _is_bool(degree) or not isinstance(degree, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be a non-negative integer, got {type(degree).__name__} {degree!r}")
+    degree = int(degree)
+    if degree < 0:
+        raise ValueError(f"{name} must be >= 0, got {degree}")
+    if degree > MAX_DEGREE:
+        raise ValueError(f"{name} must be <= {MAX_DEGREE} (MAX_DEGREE), got {degree}")
+    return degree
+
+
+def check_family(family) -> str:
+    """``family``: one of :data:`.exp_approx.FAMILIES`."""
+    if not isinstance(family, str):
+        raise TypeError(f"family must be a str, one of {list(FAMILIES)}, got {type(family).__name__}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {list(FAMILIES)}")
+    return family
+
+
+def check_memory_budget(value) -> int:
+    """``memory_budget`` as an int: a positive whole number of bytes, given as an int or as an
+    integral float (``1.5e9``); ``TypeError`` for other types (bool included), ``ValueError`` for
+    zero, negative, fractional or non-finite values."""
+    if _is_bool(value) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(
+            f"memory_budget must be a positive whole number of bytes (an int, or an integral float such as "
+            f"1.5e9), got {type(value).__name__} {value!r}"
+        )
+    if isinstance(value, (numbers.Integral, np.integer)):
+        ok = value > 0
+    else:
+        ok = math.isfinite(float(value)) and value > 0 and float(value).is_integer()
+    if not ok:
+        raise ValueError(f"memory_budget must be a positive whole number of bytes, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PolyOptions:
+    """Validated surrogate options.
+
+    Parameters
+    ----------
+    tol : float, optional
+        Target bound on max |Õ − O| (the smallest certified degree is chosen).
+    degree : int, optional
+        A fixed degree, 0..:data:`MAX_DEGREE`, instead (exactly one of ``tol`` and ``degree``).
+    family : {"chebyshev", "taylor"}
+        Polynomial family; ``None`` means ``"chebyshev"``.
+    memory_budget : int or integral float, optional
+        Bytes the surrogate may allocate; ``None`` means ``config.MEMORY_BUDGET_BYTES`` (read
+        when :attr:`budget` is, so tests may patch it).
+
+    Raises
+    ------
+    TypeError
+        A value of the wrong type (a non-string family, a non-integer degree, ...).
+    ValueError
+        Neither or both of ``tol`` and ``degree``; an out-of-range value.
+
+    Examples
+    --------
+    >>> PolyOptions(tol=1e-6).family
+    'chebyshev'
+    """
+
+    tol: float | None = None
+    degree: int | None = None
+    family: str = "chebyshev"
+    memory_budget: int | None = None
+
+    def __post_init__(self):
+        if (self.tol is None) == (self.degree is None):
+            got = "neither" if self.tol is None else "both"
+            raise ValueError(f"give exactly one of tol (target error of the output) or degree; got {got}")
+        fields = {
+            "tol": None if self.tol is None else check_tol(self.tol),
+            "degree": None if self.degree is None else check_degree(self.degree),
+            "family": "chebyshev" if self.family is None else check_family(self.family),
+            "memory_budget": None if self.memory_budget is None else check_memory_budget(self.memory_budget),
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def budget(self) -> int:
+        """The memory budget in bytes (``config.MEMORY_BUDGET_BYTES`` when none was given)."""
+        return config.MEMORY_BUDGET_BYTES if self.memory_budget is None else self.memory_budget

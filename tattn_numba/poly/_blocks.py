@@ -3,11 +3,53 @@ non-causal and causal drivers)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 
 from .. import config
 
-__all__ = ["chunks", "fill_columns"]
+__all__ = ["chunks", "fill_columns", "SummaryLayout"]
+
+
+class SummaryLayout(NamedTuple):
+    """The columns of a summary U^T·[c | X | c·Y | X⊙Y] (see :func:`fill_columns`) for values of
+    width ``dv`` and keys (or queries) of width ``d``: keys use c = 1, X = V, Y = K, so the
+    blocks are [1 | V | K | V⊙K]; the forward needs only the ``narrow`` part [1 | V]."""
+
+    d: int
+    dv: int
+
+    @property
+    def narrow(self) -> int:
+        """1 + dv: the forward's columns [1 | V]."""
+        return 1 + self.dv
+
+    @property
+    def wide(self) -> int:
+        """1 + dv + d + dv·d: the backward's columns [1 | V | K | V⊙K]."""
+        return 1 + self.dv + self.d + self.dv * self.d
+
+    @property
+    def values(self) -> slice:
+        return slice(1, 1 + self.dv)
+
+    @property
+    def keys(self) -> slice:
+        return slice(1 + self.dv, 1 + self.dv + self.d)
+
+    @property
+    def products(self) -> slice:
+        """The dv·d columns X⊙Y, value index major: column 1 + dv + d + m·d + l."""
+        return slice(1 + self.dv + self.d, self.wide)
+
+    def split(self, summary):
+        """(ones column, values, keys, products) of a wide summary (rows, wide)."""
+        return summary[:, 0], summary[:, self.values], summary[:, self.keys], summary[:, self.products]
+
+    def indices(self) -> tuple[list[int], list[int], list[int]]:
+        """Column indices of the values, keys and products blocks."""
+        return tuple(list(range(block.start, block.stop)) for block in (self.values, self.keys, self.products))
 
 
 def chunks(rows: int, size: int):

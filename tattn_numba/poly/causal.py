@@ -28,7 +28,7 @@ import numba
 import numpy as np
 
 from .. import config
-from ._blocks import chunks, fill_columns
+from ._blocks import SummaryLayout, chunks, fill_columns
 from .features import key_features, query_features
 
 
@@ -150,16 +150,17 @@ def _columns(c, X, Y, width):
 
 def forward(v, chunk: int) -> np.ndarray:
     """Causal surrogate forward for one batch entry: returns (n, 1 + dv) = [w | w·Õ]."""
-    n, dv = v.Q.shape[0], v.V1.shape[1]
+    n, d = v.Q.shape
+    width = SummaryLayout(d, v.V1.shape[1]).narrow
     r = v.table.parent.shape[0]
-    P2, P3 = np.zeros((1 + dv, r)), np.zeros((1 + dv, r))
-    out = np.empty((n, 1 + dv))
+    P2, P3 = np.zeros((width, r)), np.zeros((width, r))
+    out = np.empty((n, width))
     ones = np.ones(n)
     for rows in chunks(n, chunk):
         _forward_scan(
             _row_major(query_features(v.Qt[rows], v.coefficients[rows], v.table)),
-            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], 1 + dv),
-            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], 1 + dv),
+            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], width),
+            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], width),
             P2, P3, out[rows],
         )
     return out
@@ -170,7 +171,7 @@ def backward(v, Ohat, dO, scale: float, chunk: int) -> tuple:
     n, d = v.Q.shape
     dv = v.V1.shape[1]
     r = v.table.parent.shape[0]
-    width = 1 + dv + d + dv * d
+    width = SummaryLayout(d, dv).wide
     ones = np.ones(n)
     delta = np.einsum("nm,nm->n", dO, Ohat)
     pieces = list(chunks(n, chunk))

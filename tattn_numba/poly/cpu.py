@@ -26,6 +26,7 @@ import numpy as np
 from .. import config
 from .._validation import AttentionInputs
 from . import causal as _causal
+from ._blocks import SummaryLayout
 from ._blocks import chunks as _chunks
 from ._blocks import fill_columns as _fill_columns
 from .features import key_features, multi_index_table, query_features
@@ -105,7 +106,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     dv = inputs.V1.shape[2]
     O = np.empty((B, n, dv))
     lse = np.empty((B, n))
-    wide = 1 + dv + d + dv * d
+    layout = SummaryLayout(d, dv)
     keep = keeps_key_summaries(for_backward, inputs.causal, B, plan, d, dv, memory_budget)
     saved = [] if keep else None
     for b in range(B):
@@ -116,10 +117,10 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
             O[b] = out[:, 1:] / out[:, :1]
             lse[b] = np.log(out[:, 0])
             continue
-        left, right = _key_summaries(v, wide if keep else 1 + dv, plan.chunk_rows)
+        left, right = _key_summaries(v, layout.wide if keep else layout.narrow, plan.chunk_rows)
         if keep:
             saved.append((left, right))
-        summary = left[:, :1 + dv] * right[:, :1 + dv]
+        summary = left[:, :layout.narrow] * right[:, :layout.narrow]
         for rows in _chunks(n, plan.chunk_rows):
             out = (summary.T @ query_features(v.Qt[rows], v.coefficients[rows], v.table)).T
             w = out[:, 0]
@@ -136,6 +137,7 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     """
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
+    layout = SummaryLayout(d, dv)
     s = inputs.scale
     chunk = plan.chunk_rows
     grads = [np.empty((B,) + x.shape[1:]) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2)]
@@ -147,10 +149,9 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
             for g, value in zip(grads, _causal.backward(v, O[b], dO[b], s, chunk)):
                 g[b] = value
             continue
-        width = 1 + dv + d + dv * d
-        left, right = saved[b] if saved is not None else _key_summaries(v, width, chunk)
-        s2, S2, B1, A1 = left[:, 0], left[:, 1:1 + dv], left[:, 1 + dv:1 + dv + d], left[:, 1 + dv + d:]
-        s3, S3, B2, A2 = right[:, 0], right[:, 1:1 + dv], right[:, 1 + dv:1 + dv + d], right[:, 1 + dv + d:]
+        left, right = saved[b] if saved is not None else _key_summaries(v, layout.wide, chunk)
+        s2, S2, B1, A1 = layout.split(left)
+        s3, S3, B2, A2 = layout.split(right)
         normaliser = s2 * s3
         query_side = np.hstack([A1 * A2, B1 * B2])
         delta = np.einsum("nm,nm->n", dO[b], O[b])
@@ -166,8 +167,8 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
             dQ[b, rows] = s * (np.einsum("cm,cml->cl", dO[b, rows], terms) - delta[rows, None] * T[:, dv * d:])
             return U1T
 
-        summary_q = _summary(normalised_query_features, delta, dO[b], v.Q, width, v.table, chunk)
-        Gq, C2, C1 = summary_q[:, 1:1 + dv], summary_q[:, 1 + dv:1 + dv + d], summary_q[:, 1 + dv + d:]
+        summary_q = _summary(normalised_query_features, delta, dO[b], v.Q, layout.wide, v.table, chunk)
+        _, Gq, C2, C1 = layout.split(summary_q)
         for Kt, V, own, other_S, other_A, other_B, dK, dV in (
             (v.K1t, v.V1, b, S3, A2, B2, dK1, dV1),
             (v.K2t, v.V2, b, S2, A1, B1, dK2, dV2),

@@ -29,7 +29,7 @@ from .. import _device, config
 from .._cuda import require
 from .._validation import AttentionInputs
 from . import _cuda_kernels as kernels
-from ._blocks import chunks
+from ._blocks import SummaryLayout, chunks
 from ._cuda_gemm import gemm
 from .features import multi_index_table
 from .options import NAMES
@@ -175,11 +175,6 @@ def _key_summaries(v: _Balanced, b: int, width: int, chunk: int) -> tuple:
             _key_summary(v, b, v.K2t, v.K2, v.V2, width, chunk))
 
 
-def _summary_columns(d: int, dv: int) -> tuple[list[int], list[int], list[int]]:
-    """Column indices of the S (values), K (keys) and A (values ⊙ keys) blocks of a wide summary."""
-    return (list(range(1, 1 + dv)), list(range(1 + dv, 1 + dv + d)), list(range(1 + dv + d, 1 + dv + d + dv * d)))
-
-
 def _raise_if_bad(bad, plan: PolyPlan) -> None:
     """Raise the CPU path's normaliser error when the device counter ``bad`` (1,) is non-zero."""
     if int(_device.to_host(bad)[0]):
@@ -214,7 +209,8 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     lse = _device.device_empty((B, n), np.float64)
     bad = _device.to_device(np.zeros(1, dtype=np.int64))
     keep = keeps_key_summaries(for_backward, inputs.causal, B, plan, d, dv, memory_budget)
-    width = 1 + dv + d + dv * d if keep else 1 + dv
+    layout = SummaryLayout(d, dv)
+    width = layout.wide if keep else layout.narrow
     saved = [] if keep else None
     for b in range(B):
         if inputs.causal:
@@ -223,7 +219,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
         left, right = _key_summaries(v, b, width, plan.chunk_rows)
         if keep:
             saved.append((left, right))
-        summary = _hadamard(left, right, list(range(1 + dv)))
+        summary = _hadamard(left, right, list(range(layout.narrow)))
         for rows in chunks(n, plan.chunk_rows):
             out = _product(_features(v, v.Qt[b, rows], v.coefficients[b, rows]), summary)
             _device.launch(kernels._normalise, out.shape[0], out, O[b, rows], lse[b, rows], bad)
@@ -233,9 +229,9 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
 
 def _causal_forward(v: _Balanced, b: int, chunk: int, O, lse, bad) -> None:
     """Causal forward of batch entry ``b``: prefix states P2, P3 (1 + dv, r), one block per column."""
-    n, dv = v.Q.shape[1], v.V1.shape[2]
+    n, d = v.Q.shape[1:]
     threads = config.CUDA_THREADS_PER_BLOCK
-    k = 1 + dv
+    k = SummaryLayout(d, v.V1.shape[2]).narrow
     P2, P3 = _device.device_full((k, v.rank), 0.0), _device.device_full((k, v.rank), 0.0)
     partial = _device.device_empty((k, threads), np.float64)
     for rows in chunks(n, chunk):
@@ -266,8 +262,9 @@ def backward(inputs: AttentionInputs, O, lse, plan: PolyPlan, saved, dO):
     dO = _device.cast(dO, np.float64)
     delta = _device.row_dots(dO, O)
     bad = _device.to_device(np.zeros(1, dtype=np.int64))
-    width = 1 + dv + d + dv * d
-    S, K, A = _summary_columns(d, dv)
+    layout = SummaryLayout(d, dv)
+    width = layout.wide
+    S, K, A = layout.indices()
     for b in range(B):
         if inputs.causal:
             _causal_backward(v, b, dO, delta, s, chunk, grads)
@@ -299,7 +296,7 @@ def _causal_backward(v: _Balanced, b: int, dO, delta, scale: float, chunk: int, 
     dv = v.V1.shape[2]
     r = v.rank
     threads = config.CUDA_THREADS_PER_BLOCK
-    width = 1 + dv + d + dv * d
+    width = SummaryLayout(d, dv).wide
     pieces = list(chunks(n, chunk))
 
     def key_rows(rows):

@@ -26,6 +26,7 @@ import numpy as np
 from .. import config
 from .._validation import AttentionInputs, format_byte_pair
 from . import exp_approx
+from ._blocks import SummaryLayout
 from .features import rank
 from .options import PolyOptions, check_memory_budget
 from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, unit_roundoff
@@ -318,7 +319,7 @@ def _memory_phases(r: int, d: int, dv: int, rows: int, *, n: int, m1: int, m2: i
     unless said otherwise; ``kept`` is what the forward leaves alive for the backward."""
     f8, B = 8, batch
     widen = 1 if itemsize != 8 else 0  # float32 inputs are widened to float64 per batch entry
-    W, k = 1 + dv + d + dv * d, 1 + dv  # wide summary columns [1 | V | K | V⊙K], narrow ones [1 | V]
+    W, k = SummaryLayout(d, dv).wide, SummaryLayout(d, dv).narrow  # [1 | V | K | V⊙K] and [1 | V]
     cn, c1, c2 = min(rows, n), min(rows, m1), min(rows, m2)
     cm, longest = max(c1, c2), max(n, m1, m2)
     masks = B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv, n * dv)  # np.isfinite of an operand, 1 byte an entry
@@ -438,7 +439,8 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     r = rank(d, degree)
     rows, nbytes = _budgeted_chunk(inputs, degree, budget)
     coefficients, epsilon, kappa, output_bound, rounding_bound = certificate
-    flops = 2.0 * B * r * ((n + m1 + m2) * (dv + 1) + (n + 2 * (m1 + m2)) * (dv * d + d + dv + 1) * 2)
+    layout = SummaryLayout(d, dv)
+    flops = 2.0 * B * r * ((n + m1 + m2) * layout.narrow + (n + 2 * (m1 + m2)) * layout.wide * 2)
     batch = inputs.batch_shape
     return PolyPlan(
         family=family, degree=int(degree), rank=int(r),
@@ -548,7 +550,7 @@ def keeps_key_summaries(for_backward: bool, causal: bool, batch: int, plan: Poly
     dv·d) floats) for the backward: only without a causal mask and when they fit a quarter of
     the memory budget."""
     budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else check_memory_budget(memory_budget)
-    wide = 1 + dv + d + dv * d
+    wide = SummaryLayout(d, dv).wide
     return for_backward and not causal and 2 * 8 * batch * plan.rank * wide <= budget // 4
 
 

@@ -7,6 +7,7 @@ and is exactly what the implementation must never do.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import tracemalloc
@@ -20,6 +21,7 @@ from tensorly.tenalg import kronecker, multi_mode_dot
 
 import tattn_numba as ta
 from tattn_numba import config, paper
+from tattn_numba.paper import _common, _exact
 
 # --------------------------------------------------------------------------------------------
 # dense reference (float64, Kronecker products formed explicitly)
@@ -144,14 +146,15 @@ def test_factorized_logits_equal_tensor_attention_logits(rng, n, d):
     with tl.backend_context("numpy"):
         M = multi_mode_dot(T, [A2, A3], modes=[1, 2])
     np.testing.assert_allclose(M.reshape(n, n * n) / d, L, rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(paper._sandwich(A2, T, A3), M, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(_exact.sandwich(A2, T, A3), M, rtol=1e-12, atol=1e-13)
     # and the value side: (A4 ⊗ A5) Y = V1 ⊘ V2 (SPEC §4, I2)
     A4, A5 = (rng.standard_normal((n, d)) for _ in range(2))
     WV1, WV2 = (rng.standard_normal((d, d)) for _ in range(2))
     with tl.backend_context("numpy"):
         K45 = kronecker([A4, A5])
     np.testing.assert_allclose(K45, np.kron(A4, A5))
-    np.testing.assert_allclose(K45 @ paper.build_Y(WV1, WV2), paper._khatri_rao(A4 @ WV1, A5 @ WV2), atol=1e-12)
+    np.testing.assert_allclose(K45 @ paper.build_Y(WV1, WV2), _common.khatri_rao_product(A4 @ WV1, A5 @ WV2),
+                               atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,28 +319,57 @@ def test_weight_grads_match_layer_gradients(rng, n, d, warm_kernels):
 # --------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def chunk_rows(rows):
+    """Run the exact method with ``rows`` query rows per chunk (the module setting ``_CHUNK_ROWS``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_exact, "_CHUNK_ROWS", rows)
+        yield
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 100])
 def test_chunking_invariance(rng, chunk):
     """Results agree (to rounding of the summation order) whatever the number of rows per chunk."""
     n, d = 7, 3
     A, E, X, Y = random_problem(rng, n, d)
     W = random_weights(rng, d)
-    full = dict(loss=paper.loss(*A, E, X, Y, _chunk_rows=n), out=paper.output(*A, X, Y, _chunk_rows=n),
-                gX=paper.grad_X(*A, E, X, Y, _chunk_rows=n), gY=paper.grad_Y(*A, E, X, Y, _chunk_rows=n),
-                gW=paper.weight_grads(*A, E, *W, _chunk_rows=n))
-    np.testing.assert_allclose(paper.loss(*A, E, X, Y, _chunk_rows=chunk), full["loss"], rtol=1e-14)
-    np.testing.assert_allclose(paper.output(*A, X, Y, _chunk_rows=chunk), full["out"], rtol=1e-14, atol=1e-15)
-    np.testing.assert_allclose(paper.grad_X(*A, E, X, Y, _chunk_rows=chunk), full["gX"], rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(paper.grad_Y(*A, E, X, Y, _chunk_rows=chunk), full["gY"], rtol=1e-13, atol=1e-15)
-    for g, e in zip(paper.weight_grads(*A, E, *W, _chunk_rows=chunk), full["gW"]):
-        np.testing.assert_allclose(g, e, rtol=1e-13, atol=1e-15)
+    with chunk_rows(n):
+        assert _exact.chunk_size(n, d) == n
+        full = dict(loss=paper.loss(*A, E, X, Y), out=paper.output(*A, X, Y), gX=paper.grad_X(*A, E, X, Y),
+                    gY=paper.grad_Y(*A, E, X, Y), gW=paper.weight_grads(*A, E, *W))
+    with chunk_rows(chunk):
+        assert _exact.chunk_size(n, d) == min(chunk, n)
+        np.testing.assert_allclose(paper.loss(*A, E, X, Y), full["loss"], rtol=1e-14)
+        np.testing.assert_allclose(paper.output(*A, X, Y), full["out"], rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(paper.grad_X(*A, E, X, Y), full["gX"], rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(paper.grad_Y(*A, E, X, Y), full["gY"], rtol=1e-13, atol=1e-15)
+        for g, e in zip(paper.weight_grads(*A, E, *W), full["gW"]):
+            np.testing.assert_allclose(g, e, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
+def test_chunk_rows_setting_is_validated(rng, bad):
+    A, E, X, Y = random_problem(rng, 3, 2)
+    with chunk_rows(bad), pytest.raises(ValueError, match="_CHUNK_ROWS"):
+        paper.loss(*A, E, X, Y)
+
+
+def test_chunk_rows_is_not_a_keyword(rng):
+    """The chunk size is a module setting (``_exact._CHUNK_ROWS``), not an argument of the public API."""
+    A, E, X, Y = random_problem(rng, 3, 2)
+    W = random_weights(rng, 2)
+    for call in (lambda: paper.loss(*A, E, X, Y, _chunk_rows=1), lambda: paper.output(*A, X, Y, _chunk_rows=1),
+                 lambda: paper.grad_X(*A, E, X, Y, _chunk_rows=1), lambda: paper.grad_Y(*A, E, X, Y, _chunk_rows=1),
+                 lambda: paper.weight_grads(*A, E, *W, _chunk_rows=1)):
+        with pytest.raises(TypeError, match="_chunk_rows"):
+            call()
 
 
 def test_chunk_size_follows_module_setting(rng, monkeypatch):
     n, d = 6, 2
-    assert paper._chunk_size(n, d, None) == n  # tiny problem: one chunk
-    monkeypatch.setattr(paper, "_CHUNK_BYTES", 1)
-    assert paper._chunk_size(n, d, None) == 1  # at least one row per chunk
+    assert _exact.chunk_size(n, d) == n  # tiny problem: one chunk
+    monkeypatch.setattr(_exact, "_CHUNK_BYTES", 1)
+    assert _exact.chunk_size(n, d) == 1  # at least one row per chunk
     A, E, X, Y = random_problem(rng, n, d)
     _, _, ref_dX, ref_dY = dense_terms(*A, E, X, Y)
     np.testing.assert_allclose(paper.grad_X(*A, E, X, Y), ref_dX, rtol=1e-11, atol=1e-13)
@@ -516,8 +548,6 @@ def test_bad_weights():
         paper.build_Y(np.eye(2), np.eye(2, dtype=np.float32))
     with pytest.raises(ValueError, match="W_Q"):
         paper.build_X(np.ones((2, 3)), np.eye(2), np.eye(2))
-    with pytest.raises(ValueError, match="_chunk_rows"):
-        paper.loss(*[kw[k] for k in ("A1", "A2", "A3", "A4", "A5", "E", "X", "Y")], _chunk_rows=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,11 +567,12 @@ def test_property_matches_dense(n, d, scale, chunk, seed):
     rng = np.random.default_rng(seed)
     A, E, X, Y = random_problem(rng, n, d, scale=scale)
     ref_loss, ref_out, ref_dX, ref_dY = dense_terms(*A, E, X, Y)
-    got_loss = paper.loss(*A, E, X, Y, _chunk_rows=chunk)
+    with chunk_rows(chunk):
+        got_loss = paper.loss(*A, E, X, Y)
+        gX = paper.grad_X(*A, E, X, Y)
+        gY = paper.grad_Y(*A, E, X, Y)
     assert got_loss >= 0.0
     np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-10, atol=1e-13)
-    gX = paper.grad_X(*A, E, X, Y, _chunk_rows=chunk)
-    gY = paper.grad_Y(*A, E, X, Y, _chunk_rows=chunk)
     # rounding relative to the magnitude of the cancelling terms (see dense_dX_magnitude)
     np.testing.assert_allclose(gX, ref_dX, rtol=1e-9, atol=1e-12 * dense_dX_magnitude(*A, E, X, Y).max())
     np.testing.assert_allclose(gY, ref_dY, rtol=1e-9, atol=1e-11 * max(1.0, np.abs(ref_dY).max()))

@@ -381,3 +381,55 @@ def test_min_degree_bad_arguments():
         min_degree("cheb", 1.0, 1e-3)
     with pytest.raises(ValueError, match="radius"):
         min_degree("taylor", -1.0, 1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# the family registry and the exact Chebyshev tables
+# --------------------------------------------------------------------------------------------------
+def test_families_registry_is_the_tuple_of_names_and_a_mapping():
+    from tattn_numba.poly import exp_approx
+
+    assert FAMILIES == ("taylor", "chebyshev")
+    assert repr(FAMILIES) == "('taylor', 'chebyshev')"
+    assert list(FAMILIES) == ["taylor", "chebyshev"] and len(FAMILIES) == 2
+    assert "chebyshev" in FAMILIES and "legendre" not in FAMILIES and [1] not in FAMILIES
+    assert FAMILIES["taylor"] is exp_approx.TAYLOR and FAMILIES["chebyshev"] is exp_approx.CHEBYSHEV
+    assert FAMILIES.get("legendre") is None and FAMILIES.get(3) is None
+    for name, family in FAMILIES.items():
+        assert isinstance(family, exp_approx.Family) and family.name == name
+    with pytest.raises(KeyError):
+        FAMILIES["legendre"]
+
+
+@pytest.mark.parametrize("g", [0, 1, 5, 20])
+def test_chebyshev_truncation_order_is_smallest_meeting_two_to_minus_64(g):
+    from tattn_numba.poly import exp_approx
+
+    cheb = exp_approx.CHEBYSHEV
+    R = np.array([1e-300, 1e-3, 0.5, 1.0, 8.0, 30.0, 150.0])
+    S = cheb.truncation_order(g, R)
+    assert (S >= g).all()
+    assert (cheb.truncation_error(g, R, S) <= 2.0**-64).all()
+    grown = S > g
+    assert grown.any()
+    assert (cheb.truncation_error(g, R[grown], S[grown] - 1) > 2.0**-64).all()
+    assert (exp_approx.TAYLOR.truncation_order(g, R) == g).all()
+
+
+@pytest.mark.parametrize("g", [0, 1, 4, 9])
+def test_chebyshev_table_columns_are_exact_remainders(g):
+    """Column s of the degree-g table is y^s mod ω, ω = 2^-g T_{g+1}, checked in exact rationals."""
+    from tattn_numba.poly._chebyshev_tables import _cheb_table
+
+    T = [Fraction(int(c)) for c in C.cheb2poly([0] * (g + 1) + [1])]  # T_{g+1}, integer coefficients
+    omega = [c / 2**g for c in T]  # monic
+    G, norms = _cheb_table(g).get(g + 6)
+    p = [Fraction(0)] * g + [Fraction(1)]  # y^g
+    for s in range(g + 7):
+        if s > g:
+            p = [Fraction(0)] + p  # y · p, degree g + 1
+            lead = p[g + 1]
+            p = [p[t] - lead * omega[t] for t in range(g + 1)]
+        expect = [Fraction(1) if t == s else Fraction(0) for t in range(g + 1)] if s <= g else p
+        assert [Fraction(float(x)) for x in G[:, s]] == [Fraction(float(e)) for e in expect]
+        assert Fraction(float(norms[s])) >= sum(abs(e) for e in expect)  # rounded upwards

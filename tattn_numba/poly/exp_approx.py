@@ -16,6 +16,16 @@ so the features stay balanced for high degrees. At :math:`R = 0` the only point 
 Each row may have its own radius :math:`R_i` (the per-row polynomials of SPEC §5): every public
 function accepts a 1-D array of radii and is vectorised over it, with no Python loop over rows.
 
+How to call it
+--------------
+::
+
+    from numpy.polynomial import polynomial as Pm
+    a = exp_coefficients("chebyshev", 12, 2.0)          # shape (13,); (n, 13) for n radii
+    eps = relative_error_bound("chebyshev", 12, 2.0)    # certified sup |P̂(x) − e^x| / e^x
+    p = Pm.polyval(x / 2.0, a)                          # P̂(x) ≈ e^x for |x| <= 2
+    g = min_degree("chebyshev", radii, 1e-8)            # smallest degree per radius
+
 Families
 --------
 ``"taylor"``
@@ -23,115 +33,33 @@ Families
 ``"chebyshev"``
     The interpolant of :math:`e^{Ry}` at the :math:`g+1` Chebyshev points of the first kind
     :math:`y_j = \cos((2j+1)\pi / (2g+2))`, in monomial form. It needs roughly a third fewer degrees
-    than Taylor for the same tolerance when :math:`R \gtrsim 1`.
+    than Taylor for the same tolerance when :math:`R \gtrsim 1`. Its coefficients are computed from
+    exact per-degree tables (:mod:`tattn_numba.poly._chebyshev_tables`), not from node values.
 
-How the Chebyshev monomial coefficients are computed (and why not from node values)
------------------------------------------------------------------------------------
-The obvious route (values at the nodes times a fixed matrix: DCT, then ``cheb2poly``) gives each
-Chebyshev coefficient an *absolute* error of order :math:`u\,e^R`; the conversion to monomials
-amplifies it by up to :math:`|T_k(i)| \approx (1+\sqrt2)^k`. Measured with
-``chebinterpolate`` + ``cheb2poly`` at degree 30: coefficients off by about :math:`10^{-4}` for
-:math:`R = 10^{-3}` and :math:`R = 1` alike (:math:`10^{-8}` at degree 20), so :math:`\sum_t|a_t|`,
-which sets both the float64 evaluation floor and the magnitude of the SPEC §5 features, is inflated
-by orders of magnitude (Horner error 2e-14 against 4e-16 here). Instead, with
-:math:`\mathcal I_g` the interpolation operator,
-
-.. math:: P = \mathcal I_g[e^{Ry}] = \sum_{s \ge 0} \frac{R^s}{s!}\,\mathcal I_g[y^s],
-          \qquad \mathcal I_g[y^s] = y^s \ (s \le g),
-
-so :math:`a_t = R^t/t! + \sum_{g < s \le S} (R^s/s!)\, G_{t,s}` where column :math:`s` of :math:`G`
-holds the monomial coefficients of :math:`\mathcal I_g[y^s] = y^s \bmod \omega`,
-:math:`\omega = 2^{-g} T_{g+1}` the monic node polynomial. :math:`G` depends on the degree only: it
-is computed once per degree in *exact* dyadic rational arithmetic (Python integers; the recurrence
-:math:`p_{s+1} = y\,p_s - \mathrm{lead}(p_s)\,\omega`), rounded once to float64 and cached. The
-per-row work is then a sum of terms :math:`(R^s/s!)\,G_{:,s}` with positive weights whose rounding
-error is bounded in the next section. The tail :math:`s > S` is dropped with a rigorous bound (Lebesgue constant times
-the exponential-series tail), where :math:`S = S(R, g)` is the smallest order making that tail below
-:math:`2^{-64}` relative; it depends only on the row's own radius, so vectorised and scalar calls
-agree bit for bit.
+Each family is a :class:`Family` object (:data:`TAYLOR`, :data:`CHEBYSHEV`) registered in
+:data:`FAMILIES`, which is the tuple of the names every ``family`` argument accepts and also maps a
+name to its object (``FAMILIES["chebyshev"] is CHEBYSHEV``). A family supplies its truncation order,
+its coefficients from the powers :math:`R^s/s!`, the log of its exact-arithmetic approximation error
+bound and the float64 "high part" of the rounding bound; this module's drivers do the validation,
+the chunking over rows and the sum of the parts. A new family is a subclass, with its bound derived
+in the math notes, added to :data:`FAMILIES`.
 
 The certified bound
 -------------------
 :func:`relative_error_bound` returns :math:`B \ge \sup_{|x| \le R} |\hat P(x) - e^x| / e^x` where
-:math:`\hat P(x)` is the float64 result of Horner's rule (or any scheme with the same error bound,
-e.g. ``numpy.polynomial.polynomial.polyval``) applied to the coefficients returned by
-:func:`exp_coefficients` at :math:`\hat y = \mathrm{fl}(x/R)`. With :math:`N = g+1`,
-:math:`u = 2^{-53}`, :math:`\gamma_k = ku/(1-ku)` (Higham 2002, §3.1):
+:math:`\hat P(x)` is the float64 result of Horner's rule (e.g. ``numpy.polynomial.polynomial.polyval``)
+applied to the coefficients returned by :func:`exp_coefficients` at :math:`\hat y = \mathrm{fl}(x/R)`:
 
 .. math:: B = (1 + 10^{-10})\,\bigl[E_{\rm approx} + E_{\rm trunc} + E_{\rm fp}
-               + 10^{-290} e^{R}\bigr].
+               + 10^{-290} e^{R}\bigr],
 
-* :math:`E_{\rm approx}` -- exact-arithmetic error of the exact polynomial, divided by
-  :math:`\min_{|x|\le R} e^x = e^{-R}` where needed:
-
-  - Taylor (Lagrange remainder): for :math:`x<0` the relative error is
-    :math:`e^{\xi - x}|x|^N/N! \le e^R R^N/N!`, for :math:`x > 0` it is :math:`\le R^N/N!`, so
-    :math:`E_{\rm approx} = R^N e^R / N!`.
-  - Chebyshev: the minimum of three certified bounds.
-    (a) Classical interpolation remainder (e.g. Mason–Handscomb 2003, Thm 6.5):
-    :math:`|f - P| \le \|f^{(N)}\|_\infty / (2^g N!) = e^R R^N/(2^g N!)`, relative
-    :math:`e^{2R} R^N / (2^g N!)`.
-    (b) Chebyshev-series tail plus aliasing (Trefethen 2013, ATAP Thm 4.2 / Ch. 8):
-    :math:`e^{Ry} = I_0(R) + 2\sum_{k\ge1} I_k(R) T_k(y)` (Abramowitz–Stegun 9.6.34); on first-kind
-    nodes :math:`T_{2pN\pm k} = (-1)^p T_k` and :math:`T_{(2p+1)N} = 0`, hence
-    :math:`|f - P| \le 2\sum_{k\ge N} |c_k| = 4\sum_{k\ge N} I_k(R)`. From the series
-    :math:`I_k(R) = \sum_j (R/2)^{2j+k}/(j!(j+k)!)` (A–S 9.6.10) and :math:`(j+k)! \ge k!(k+1)^j`,
-    :math:`(j+k)! \ge k!\,j!`:
-    :math:`I_k(R) \le \frac{(R/2)^k}{k!}\varphi_k`, :math:`\varphi_k = \min(e^{R^2/(4k+4)}, e^R)`
-    (non-increasing in :math:`k`), and
-    :math:`\sum_{k\ge N} (R/2)^k/k! \le \frac{(R/2)^N}{N!}\psi_N`,
-    :math:`\psi_N = \min\bigl(e^{R/2}, 1/(1 - R/(2N+2))\bigr)` (the second only when
-    :math:`R < 2N+2`; Lagrange remainder and geometric ratio), giving the closed form
-    :math:`4 e^R \varphi_N \psi_N (R/2)^N / N!`. Sharper, when :math:`R < 2N+2`: termwise in the
-    series, :math:`I_{k+1}(R) \le \frac{R}{2k+2} I_k(R)`, so
-    :math:`\sum_{k\ge N} I_k \le I_N/(1 - R/(2N+2))`, and :math:`I_N(R)` itself is summed from its
-    positive series up to a certified geometric tail (ratios :math:`(R^2/4)/((j+1)(j+N+1))`
-    decrease in :math:`j`), giving :math:`4 e^R I_N(R)/(1 - R/(2N+2))`. Both are smaller than (a)
-    by about :math:`e^R/2` once :math:`N \gg R`; the minimum of the three is used.
-
-* :math:`E_{\rm trunc}` (Chebyshev only) -- dropping the terms :math:`s > S`:
-  :math:`|\mathcal I_g[y^s]| \le \Lambda_g` on :math:`[-1,1]` with the Lebesgue constant
-  :math:`\Lambda_g \le 1 + \tfrac{2}{\pi}\ln(g+1) \le 2 + \ln(g+1)` (Rivlin 1974), and
-  :math:`\sum_{s>S} R^s/s! \le \frac{R^{S+1}}{(S+1)!}\min\bigl(e^R, 1/(1 - R/(S+2))\bigr)`; times
-  :math:`e^R`. By the choice of :math:`S` it is below :math:`2^{-64}`.
-
-* :math:`E_{\rm fp}` -- rounding. Split :math:`H = H_{\rm low} + H_{\rm high}`,
-  :math:`H_{\rm low} = \sum_{s\le g} V_s`, :math:`H_{\rm high} = \sum_{g<s\le S} V_s\|G_{:,s}\|_1`,
-  :math:`V_s = R^s/s!`; :math:`H \ge \sum_t |a_t|`. :math:`V_s` comes from the recurrence
-  :math:`V_s = V_{s-1}\cdot(R/s)` (relative error :math:`\le\gamma_{2s}`); the correction
-  :math:`\sum_{s>g} V_s G_{:,s}` is summed highest power first (:math:`G` rounded once, one rounding
-  per product, :math:`S-g` additions) and added to :math:`V_t` last, so
-  :math:`\sum_t |\hat a_t - a_t| \le \gamma_{2g+1} H_{\rm low} + \gamma_{3S+3} H_{\rm high}`.
-  Horner's rule costs :math:`\gamma_{2g}\sum_t|\hat a_t||\hat y|^t` (Higham 2002, §5.1) and the
-  rounding of :math:`y` another :math:`\gamma_g\sum_t|\hat a_t|` (:math:`|\hat y|\le1`). Collecting
-  (:math:`\gamma_a + \gamma_b + \gamma_a\gamma_b \le \gamma_{a+b}`), and bounding the exact
-  :math:`H_{\rm low}, H_{\rm high}` by their float64 values :math:`\hat H` times
-  :math:`1+\gamma_{6g+2}`, :math:`1+\gamma_{6S+4}`:
-
-  .. math:: E_{\rm fp} = e^R\bigl[\gamma_{5g+1}(1+\gamma_{6g+2})\hat H_{\rm low}
-            + \gamma_{3S+3g+3}(1+\gamma_{6S+4})\hat H_{\rm high}\bigr]
-
-  (Taylor: :math:`S = g`, :math:`H_{\rm high} = 0`). Dividing by :math:`e^{-R}` is what makes this
-  a floor of about :math:`5g\,u\,e^{2R}`: best certified bounds are about :math:`6\cdot10^{-14}`
-  at :math:`R = 1`, :math:`4\cdot10^{-11}` at :math:`R = 4`, :math:`1.4\cdot10^{-7}` at
-  :math:`R = 8`, :math:`5\cdot10^{-4}` at :math:`R = 12` and above 1 from :math:`R \approx 16` on
-  (Chebyshev; Taylor about 1.5 times higher). This is not pessimism alone: the monomial form of
-  :math:`e^{-R}` cancels catastrophically (terms up to :math:`e^R/\sqrt{2\pi R}`), in the features
-  of SPEC §5 as much as here; the measured floor is a few hundred times lower than the bound.
-
-* :math:`10^{-290} e^R` absorbs underflow (subnormal :math:`V_s`), and the factor
-  :math:`1 + 10^{-10}` the rounding in computing :math:`B` itself (logs, ``lgamma``).
-
-The bound is computed in logarithms where it matters and is finite (and huge) up to
-about :math:`R = 300` (Chebyshev) or :math:`370` (Taylor), where :math:`e^{2R}` leaves float64; it is
-``inf`` from there on, and for
-:math:`R >` :data:`MAX_RADIUS` (700) without any computation (``inf`` is trivially an upper bound);
-never NaN, for any degree up to :data:`MAX_DEGREE`. Measured tightness (bound / worst error on a 20001-point grid, where the
-bound is far above round-off): Taylor 1.04–1.9 for :math:`g \ge R` (up to about :math:`R` for
-:math:`g < R`); Chebyshev 1.7–8.1 for :math:`g \ge R` and at most 4.5 for :math:`g \ge 2R`
-(:math:`R \le 16`). The Chebyshev slack is the aliasing: the bound charges :math:`2\sum_{k\ge N} c_k`
-while the actual error alternates (:math:`c_N - 2c_{N+1} + \dots` at :math:`y = -1`); for
-:math:`g \ll R` only the classical remainder applies and it is loose by up to :math:`e^R`.
+the exact-arithmetic approximation error, the Chebyshev tail dropped beyond order :math:`S`
+(below :math:`2^{-64}`), the rounding of the coefficients and of Horner's rule, and underflow.
+The rounding part is a floor of about :math:`5g\,u\,e^{2R}` (:math:`u = 2^{-53}`): nothing is
+certified below 1 beyond :math:`R \approx 16`. The bound is finite up to about :math:`R = 300`
+(Chebyshev) or :math:`370` (Taylor) and ``inf`` beyond, and for :math:`R >` :data:`MAX_RADIUS`;
+never NaN. The derivations, with measured tightness, are in :doc:`/math/exp_polynomials`
+(docs/math/exp_polynomials.rst).
 
 References
 ----------
@@ -148,10 +76,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+
+from ._chebyshev_tables import _cheb_table
 
 __all__ = [
     "FAMILIES",
@@ -161,9 +91,6 @@ __all__ = [
     "min_degree",
     "relative_error_bound",
 ]
-
-#: Polynomial families understood by every function of this module.
-FAMILIES = ("taylor", "chebyshev")
 
 #: Largest supported degree (the exact Chebyshev tables grow as O(degree · S) big integers).
 MAX_DEGREE = 256
@@ -236,86 +163,6 @@ def _check_tol(tol) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# exact tables for the Chebyshev interpolant (once per degree, cached)
-# --------------------------------------------------------------------------------------------------
-def _cheb_T_int(n: int) -> list[int]:
-    """Integer monomial coefficients (ascending) of the Chebyshev polynomial T_n."""
-    prev, cur = [1], [0, 1]
-    if n == 0:
-        return prev
-    for _ in range(n - 1):
-        nxt = [0] + [2 * c for c in cur]
-        for i, c in enumerate(prev):
-            nxt[i] -= c
-        prev, cur = cur, nxt
-    return cur
-
-
-class _ChebTable:
-    """Columns ``G[:, s]`` = monomial coefficients of I_g[y^s] (exact, then float64), grown on demand."""
-
-    def __init__(self, degree: int):
-        self.g = degree
-        self.T = _cheb_T_int(degree + 1)  # T_{g+1}: leading coefficient 2^g
-        self.cols: list[np.ndarray] = []
-        self.norms: list[float] = []
-        for s in range(degree + 1):  # identity block: I_g[y^s] = y^s
-            col = np.zeros(degree + 1)
-            col[s] = 1.0
-            self.cols.append(col)
-            self.norms.append(1.0)
-        self.num = [0] * degree + [1]  # exact numerators of column g (y^g), denominator 2^exp
-        self.exp = 0
-        self._arr = None
-        self._nrm = None
-        self.lock = threading.Lock()
-
-    def _step(self) -> None:
-        g, T, num = self.g, self.T, self.num
-        lead = num[g]
-        # y·p - lead·T_{g+1}/2^g, over the common denominator 2^(exp+g); the y^(g+1) term cancels
-        new = [((num[t - 1] if t > 0 else 0) << g) - lead * T[t] for t in range(g + 1)]
-        exp = self.exp + g
-        nz = [abs(v) for v in new if v]
-        if nz:  # strip common powers of two to keep the integers small
-            v = min((x & -x).bit_length() - 1 for x in nz)
-            v = min(v, exp)
-            if v:
-                new = [x >> v for x in new]
-                exp -= v
-        else:
-            exp = 0
-        self.num, self.exp = new, exp
-        den = 1 << exp
-        # int / int true division is correctly rounded in CPython
-        self.cols.append(np.array([x / den for x in new], dtype=np.float64))
-        self.norms.append((sum(abs(x) for x in new) / den) * (1.0 + 2.0 * _U))  # rounded upwards
-
-    def get(self, smax: int) -> tuple[np.ndarray, np.ndarray]:
-        with self.lock:
-            if len(self.cols) <= smax:
-                while len(self.cols) <= smax:
-                    self._step()
-                self._arr = None
-            if self._arr is None or self._arr.shape[1] <= smax:
-                self._arr = np.stack(self.cols, axis=1)
-                self._nrm = np.array(self.norms)
-            return self._arr[:, : smax + 1], self._nrm[: smax + 1]
-
-
-_TABLES: dict[int, _ChebTable] = {}
-_TABLES_LOCK = threading.Lock()
-
-
-def _cheb_table(degree: int) -> _ChebTable:
-    with _TABLES_LOCK:
-        tab = _TABLES.get(degree)
-        if tab is None:
-            tab = _TABLES[degree] = _ChebTable(degree)
-        return tab
-
-
-# --------------------------------------------------------------------------------------------------
 # per-row building blocks (all elementwise: a row's result never depends on the other rows)
 # --------------------------------------------------------------------------------------------------
 def _log_lebesgue(degree: int) -> float:
@@ -331,23 +178,6 @@ def _log_exp_tail(R: np.ndarray, logR: np.ndarray, k: int) -> np.ndarray:
     geometric = np.where(ratio < 1.0, base - np.log1p(-safe), np.inf)
     return np.minimum(lagrange, geometric)
 
-
-def _truncation_order(family: str, degree: int, R: np.ndarray) -> np.ndarray:
-    """Per-row S >= degree: Taylor S = degree; Chebyshev the smallest S with E_trunc <= 2^-70."""
-    S = np.full(R.shape, degree, dtype=np.int64)
-    if family == "taylor":
-        return S
-    todo = np.flatnonzero(R > 0)
-    s = degree
-    logL = _log_lebesgue(degree)
-    while todo.size:
-        r = R[todo]
-        lt = logL + r + _log_exp_tail(r, np.log(r), s + 1)
-        done = lt <= _LOG_TRUNC_TARGET
-        S[todo[done]] = s
-        todo = todo[~done]
-        s += 1
-    return S
 
 
 def _powers(R: np.ndarray, S: np.ndarray, smax: int) -> np.ndarray:
@@ -366,28 +196,6 @@ def _chunks(n: int, smax: int):
     for lo in range(0, n, step):
         yield slice(lo, min(n, lo + step))
 
-
-def _coefficients_rows(family: str, degree: int, R: np.ndarray) -> np.ndarray:
-    out = np.empty((R.size, degree + 1))
-    if R.size == 0:
-        return out
-    S_all = _truncation_order(family, degree, R)
-    for sl in _chunks(R.size, int(S_all.max())):
-        S = S_all[sl]
-        smax = int(S.max())
-        V = _powers(R[sl], S, smax)
-        if family == "chebyshev" and smax > degree:
-            G, _ = _cheb_table(degree).get(smax)
-            corr = np.zeros((V.shape[0], degree + 1))
-            # fixed order, highest power first (smallest terms first): rows never interact, so
-            # scalar and vector calls agree bit for bit; the leading V_t is added last, once
-            for s in range(smax, degree, -1):
-                corr += V[:, s : s + 1] * G[:, s]
-            a = V[:, : degree + 1] + corr
-        else:
-            a = V[:, : degree + 1].copy()
-        out[sl] = a
-    return out
 
 
 def _log_bessel_series(R: np.ndarray, N: int) -> np.ndarray:
@@ -418,38 +226,210 @@ def _log_bessel_series(R: np.ndarray, N: int) -> np.ndarray:
     return out
 
 
-def _approx_log(family: str, degree: int, R: np.ndarray, sharp: bool = True) -> np.ndarray:
-    """log of E_approx (relative, exact arithmetic).
 
-    With ``sharp=False`` (Chebyshev) the series for I_N is replaced by its first term, which gives a
-    cheap O(1) *lower* bound of E_approx (the series sum is >= 1): used to skip hopeless degrees.
+# --------------------------------------------------------------------------------------------------
+# families
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Family:
+    r"""A polynomial family of :math:`e^{Ry}` on :math:`[-1, 1]`, in monomial form.
+
+    What the drivers of this module need to know about a family; every method works on a batch of
+    rows and a row's result never depends on the other rows. The defaults describe a family whose
+    coefficients are the powers :math:`V_t = R^t/t!` themselves (truncation order :math:`S = g`, no
+    dropped tail, no high part); a subclass overrides what differs and must implement
+    :meth:`log_approx_error`. The certified bound of each method is derived in
+    :doc:`/math/exp_polynomials`.
+
+    Parameters
+    ----------
+    name : str
+        The ``family`` argument that selects it (its key in :data:`FAMILIES`).
     """
-    N = degree + 1
-    lgN = math.lgamma(N + 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logR = np.log(R)
-        if family == "taylor":
+
+    name: str
+
+    def truncation_order(self, degree: int, R: np.ndarray) -> np.ndarray:
+        """Per-row order ``S >= degree`` of the last power :math:`R^s/s!` used (int64, shape of ``R``)."""
+        return np.full(R.shape, degree, dtype=np.int64)
+
+    def coefficients(self, degree: int, V: np.ndarray, smax: int) -> np.ndarray:
+        """Coefficients ``a`` (rows, degree + 1) from ``V[i, s]`` = :math:`R_i^s/s!` (0 for s > S_i, s <= smax)."""
+        return V[:, : degree + 1].copy()
+
+    def log_approx_error(self, degree: int, R: np.ndarray, sharp: bool = True) -> np.ndarray:
+        r"""log of :math:`E_{\rm approx}`, the relative error of the exact polynomial (exact arithmetic).
+
+        With ``sharp=False`` the result may be any cheap *lower* bound of it (used by
+        :func:`min_degree` to skip hopeless degrees).
+        """
+        raise NotImplementedError(f"family {self.name!r} defines no approximation error bound")
+
+    def truncation_error(self, degree: int, R: np.ndarray, S: np.ndarray) -> np.ndarray:
+        r""":math:`E_{\rm trunc}` per row: the bound on the powers :math:`s > S` left out (0 by default)."""
+        return np.zeros(R.size)
+
+    def high_part(self, degree: int, V: np.ndarray, smax: int) -> np.ndarray:
+        r""":math:`\hat H_{\rm high}` per row, the float64 weight of the powers beyond the degree (0 by default)."""
+        return np.zeros(V.shape[0])
+
+
+class _Taylor(Family):
+    r"""``"taylor"``: :math:`a_t = R^t/t!`, error by the Lagrange remainder :math:`R^N e^R / N!`."""
+
+    def log_approx_error(self, degree: int, R: np.ndarray, sharp: bool = True) -> np.ndarray:
+        N = degree + 1
+        lgN = math.lgamma(N + 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logR = np.log(R)
             return N * logR + R - lgN
-        classical = 2.0 * R + N * logR - degree * math.log(2.0) - lgN
-        log_lead = N * (logR - math.log(2.0)) - lgN  # log (R/2)^N / N!
-        # crude closed form: I_k ≤ (R/2)^k/k! · φ_k, Σ_{k≥N} (R/2)^k/k! ≤ (R/2)^N/N! · ψ_N
-        log_phi = np.minimum(R * R / (4.0 * N + 4.0), R)
-        ratio = R / (2.0 * N + 2.0)
-        safe = np.where(ratio < 1.0, ratio, 0.0)
-        log_psi = np.minimum(0.5 * R, np.where(ratio < 1.0, -np.log1p(-safe), np.inf))
-        crude = math.log(4.0) + R + log_phi + log_psi + log_lead
-        # sharp: I_N summed exactly (series), Σ_{k≥N} I_k ≤ I_N / (1 − R/(2N+2)) since termwise
-        # I_{k+1}/I_k ≤ R/(2k+2)
-        m = (ratio < 1.0) & (R > 0)
-        if sharp:
-            tail = np.full(R.shape, np.inf)
-            if m.any():
-                tail[m] = (math.log(4.0) + R[m] + log_lead[m] + _log_bessel_series(R[m], N)
-                           - np.log1p(-safe[m]))
-        else:
-            tail = np.where(m, math.log(4.0) + R + log_lead, np.inf)
-        best = np.minimum(classical, np.minimum(crude, tail))
-    return np.where(R > 0, best, -np.inf)
+
+
+class _Chebyshev(Family):
+    r"""``"chebyshev"``: the interpolant at the :math:`g+1` Chebyshev points of the first kind.
+
+    :math:`a_t = R^t/t! + \sum_{g < s \le S}(R^s/s!)\,G_{t,s}` with the exact tables of
+    :mod:`tattn_numba.poly._chebyshev_tables`; :math:`S` makes the dropped tail below :math:`2^{-64}`.
+    """
+
+    def truncation_order(self, degree: int, R: np.ndarray) -> np.ndarray:
+        """Per-row S >= degree: the smallest S with E_trunc <= 2^-64 (``_LOG_TRUNC_TARGET``)."""
+        S = np.full(R.shape, degree, dtype=np.int64)
+        todo = np.flatnonzero(R > 0)
+        s = degree
+        logL = _log_lebesgue(degree)
+        while todo.size:
+            r = R[todo]
+            lt = logL + r + _log_exp_tail(r, np.log(r), s + 1)
+            done = lt <= _LOG_TRUNC_TARGET
+            S[todo[done]] = s
+            todo = todo[~done]
+            s += 1
+        return S
+
+    def coefficients(self, degree: int, V: np.ndarray, smax: int) -> np.ndarray:
+        if smax <= degree:
+            return super().coefficients(degree, V, smax)
+        G, _ = _cheb_table(degree).get(smax)
+        corr = np.zeros((V.shape[0], degree + 1))
+        # fixed order, highest power first (smallest terms first): rows never interact, so
+        # scalar and vector calls agree bit for bit; the leading V_t is added last, once
+        for s in range(smax, degree, -1):
+            corr += V[:, s : s + 1] * G[:, s]
+        return V[:, : degree + 1] + corr
+
+    def log_approx_error(self, degree: int, R: np.ndarray, sharp: bool = True) -> np.ndarray:
+        """Minimum of the classical remainder and two Bessel-tail bounds.
+
+        With ``sharp=False`` the series for I_N is replaced by its first term, which gives a cheap
+        O(1) *lower* bound of E_approx (the series sum is >= 1).
+        """
+        N = degree + 1
+        lgN = math.lgamma(N + 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logR = np.log(R)
+            classical = 2.0 * R + N * logR - degree * math.log(2.0) - lgN
+            log_lead = N * (logR - math.log(2.0)) - lgN  # log (R/2)^N / N!
+            # crude closed form: I_k ≤ (R/2)^k/k! · φ_k, Σ_{k≥N} (R/2)^k/k! ≤ (R/2)^N/N! · ψ_N
+            log_phi = np.minimum(R * R / (4.0 * N + 4.0), R)
+            ratio = R / (2.0 * N + 2.0)
+            safe = np.where(ratio < 1.0, ratio, 0.0)
+            log_psi = np.minimum(0.5 * R, np.where(ratio < 1.0, -np.log1p(-safe), np.inf))
+            crude = math.log(4.0) + R + log_phi + log_psi + log_lead
+            # sharp: I_N summed exactly (series), Σ_{k≥N} I_k ≤ I_N / (1 − R/(2N+2)) since termwise
+            # I_{k+1}/I_k ≤ R/(2k+2)
+            m = (ratio < 1.0) & (R > 0)
+            if sharp:
+                tail = np.full(R.shape, np.inf)
+                if m.any():
+                    tail[m] = (math.log(4.0) + R[m] + log_lead[m] + _log_bessel_series(R[m], N)
+                               - np.log1p(-safe[m]))
+            else:
+                tail = np.where(m, math.log(4.0) + R + log_lead, np.inf)
+            best = np.minimum(classical, np.minimum(crude, tail))
+        return np.where(R > 0, best, -np.inf)
+
+    def truncation_error(self, degree: int, R: np.ndarray, S: np.ndarray) -> np.ndarray:
+        """Lebesgue constant times the exponential-series tail beyond S, relative (times e^R)."""
+        pos = R > 0
+        with np.errstate(divide="ignore"):
+            lr = np.log(R)
+        tr = np.zeros(R.size)
+        for k in np.unique(S[pos]):
+            m = pos & (S == k)
+            tr[m] = np.exp(_log_lebesgue(degree) + R[m] + _log_exp_tail(R[m], lr[m], int(k) + 1))
+        return tr
+
+    def high_part(self, degree: int, V: np.ndarray, smax: int) -> np.ndarray:
+        h = np.zeros(V.shape[0])
+        if smax > degree:
+            _, nrm = _cheb_table(degree).get(smax)
+            for s in range(smax, degree, -1):
+                h += V[:, s] * nrm[s]
+        return h
+
+
+#: The truncated Taylor series.
+TAYLOR = _Taylor("taylor")
+
+#: The Chebyshev interpolant (first-kind points).
+CHEBYSHEV = _Chebyshev("chebyshev")
+
+
+class _FamilyRegistry(tuple):
+    """The registered family names, in order (a plain tuple of str for iteration, ``in``, ``len``,
+    indexing by position, comparison and ``repr``), that also maps a name to its :class:`Family`:
+    ``FAMILIES["chebyshev"]``, ``.get``, ``.keys``, ``.values``, ``.items``."""
+
+    def __new__(cls, families):
+        families = tuple(families)
+        names = tuple(f.name for f in families)
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate family names in {names}")
+        self = super().__new__(cls, names)
+        self._by_name = dict(zip(names, families))
+        return self
+
+    def __getnewargs__(self):
+        return (tuple(self._by_name.values()),)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self._by_name[key]
+        return tuple.__getitem__(self, key)
+
+    def get(self, name, default=None):
+        return self._by_name.get(name, default) if isinstance(name, str) else default
+
+    def keys(self):
+        return self._by_name.keys()
+
+    def values(self):
+        return self._by_name.values()
+
+    def items(self):
+        return self._by_name.items()
+
+
+#: Polynomial families understood by every function of this module: the tuple of their names, which
+#: also maps a name to its :class:`Family` (``FAMILIES["taylor"] is TAYLOR``).
+FAMILIES = _FamilyRegistry((TAYLOR, CHEBYSHEV))
+
+
+# --------------------------------------------------------------------------------------------------
+# drivers (vectorised over rows, in chunks)
+# --------------------------------------------------------------------------------------------------
+def _coefficients_rows(family: Family, degree: int, R: np.ndarray) -> np.ndarray:
+    out = np.empty((R.size, degree + 1))
+    if R.size == 0:
+        return out
+    S_all = family.truncation_order(degree, R)
+    for sl in _chunks(R.size, int(S_all.max())):
+        S = S_all[sl]
+        smax = int(S.max())
+        V = _powers(R[sl], S, smax)
+        out[sl] = family.coefficients(degree, V, smax)
+    return out
 
 
 class _BoundParts(NamedTuple):
@@ -459,7 +439,7 @@ class _BoundParts(NamedTuple):
     total: np.ndarray
 
 
-def _bound_rows(family: str, degree: int, R: np.ndarray) -> _BoundParts:
+def _bound_rows(family: Family, degree: int, R: np.ndarray) -> _BoundParts:
     """The three parts of the certified relative bound and their (inflated) sum, per row."""
     n = R.size
     approx = np.full(n, np.inf)
@@ -470,17 +450,9 @@ def _bound_rows(family: str, degree: int, R: np.ndarray) -> _BoundParts:
     if idx.size:
         r = R[idx]
         with np.errstate(over="ignore"):
-            approx[idx] = np.exp(_approx_log(family, degree, r))
-        S_all = _truncation_order(family, degree, r)
-        if family == "chebyshev":
-            pos = r > 0
-            with np.errstate(divide="ignore"):
-                lr = np.log(r)
-            tr = np.zeros(r.size)
-            for k in np.unique(S_all[pos]):
-                m = pos & (S_all == k)
-                tr[m] = np.exp(_log_lebesgue(degree) + r[m] + _log_exp_tail(r[m], lr[m], int(k) + 1))
-            trunc[idx] = tr
+            approx[idx] = np.exp(family.log_approx_error(degree, r))
+        S_all = family.truncation_order(degree, r)
+        trunc[idx] = family.truncation_error(degree, r, S_all)
         H_low = np.empty(r.size)
         H_high = np.zeros(r.size)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -492,13 +464,8 @@ def _bound_rows(family: str, degree: int, R: np.ndarray) -> _BoundParts:
                 for s in range(1, degree + 1):
                     h += V[:, s]
                 H_low[sl] = h
-                if family == "chebyshev" and smax > degree:
-                    _, nrm = _cheb_table(degree).get(smax)
-                    h = np.zeros(V.shape[0])
-                    for s in range(smax, degree, -1):
-                        h += V[:, s] * nrm[s]
-                    H_high[sl] = h
-            # E_fp = e^R [γ_{5g+1}(1+γ_{6g+2}) Ĥ_low + γ_{3S+3g+3}(1+γ_{6S+4}) Ĥ_high] (module docstring)
+                H_high[sl] = family.high_part(degree, V, smax)
+            # E_fp = e^R [γ_{5g+1}(1+γ_{6g+2}) Ĥ_low + γ_{3S+3g+3}(1+γ_{6S+4}) Ĥ_high] (docs/math/exp_polynomials.rst)
             fp_low = _gamma(5.0 * degree + 1.0) * (1.0 + _gamma(6.0 * degree + 2.0))
             fp_high = _gamma(3.0 * S_all + 3.0 * degree + 3.0) * (1.0 + _gamma(6.0 * S_all + 4.0))
             fp[idx] = (fp_low * H_low + fp_high * H_high) * np.exp(r)
@@ -520,7 +487,7 @@ def exp_coefficients(family: str, degree: int, radius) -> np.ndarray:
     family : {"taylor", "chebyshev"}
         ``"taylor"``: :math:`a_t = R^t/t!`. ``"chebyshev"``: the interpolant of :math:`e^{Ry}` at the
         ``degree + 1`` Chebyshev points of the first kind on :math:`[-1, 1]` (to within a dropped
-        tail below :math:`2^{-64}` relative, see the module docstring).
+        tail below :math:`2^{-64}` relative, see :doc:`/math/exp_polynomials`).
     degree : int
         Polynomial degree :math:`g`, ``0 <= degree <= MAX_DEGREE``.
     radius : float or ndarray of shape (n,)
@@ -557,7 +524,7 @@ def exp_coefficients(family: str, degree: int, radius) -> np.ndarray:
             f"radius must be <= {MAX_RADIUS} (MAX_RADIUS): e^R and the coefficients overflow float64 "
             f"beyond it, got maximum {R.max()!r}"
         )
-    a = _coefficients_rows(family, degree, R)
+    a = _coefficients_rows(FAMILIES[family], degree, R)
     return a[0] if scalar else a
 
 
@@ -585,7 +552,7 @@ def relative_error_bound(family: str, degree: int, radius) -> float | np.ndarray
       own rounding, Horner's rule (Higham 2002, §5.1) and the rounding of :math:`y`, all relative to
       :math:`\min e^x = e^{-R}`.
 
-    The derivations are in the module docstring.
+    The derivations are in :doc:`/math/exp_polynomials`.
 
     Parameters
     ----------
@@ -613,7 +580,7 @@ def relative_error_bound(family: str, degree: int, radius) -> float | np.ndarray
     family = _check_family(family)
     degree = _check_degree(degree)
     R, scalar = _as_radius(radius)
-    total = _bound_rows(family, degree, R).total
+    total = _bound_rows(FAMILIES[family], degree, R).total
     return float(total[0]) if scalar else total
 
 
@@ -655,6 +622,7 @@ def min_degree(family: str, radius, tol: float, max_degree: int = 60) -> int | n
     0.5 s Taylor.
     """
     family = _check_family(family)
+    fam = FAMILIES[family]
     tol = _check_tol(tol)
     max_degree = _check_degree(max_degree, "max_degree")
     R, scalar = _as_radius(radius)
@@ -666,11 +634,11 @@ def min_degree(family: str, radius, tol: float, max_degree: int = 60) -> int | n
         if idx.size == 0:
             break
         with np.errstate(over="ignore"):
-            approx = np.exp(_approx_log(family, g, R[idx], sharp=False))
+            approx = np.exp(fam.log_approx_error(g, R[idx], sharp=False))
         cand = idx[(approx <= tol) & (R[idx] <= MAX_RADIUS)]
         if cand.size == 0:
             continue
-        passed = cand[_bound_rows(family, g, R[cand]).total <= tol]
+        passed = cand[_bound_rows(fam, g, R[cand]).total <= tol]
         result[passed] = g
         active[passed] = False
     failed = np.flatnonzero(result < 0)
@@ -679,7 +647,7 @@ def min_degree(family: str, radius, tol: float, max_degree: int = 60) -> int | n
         r = R[worst : worst + 1]
         best, best_g, floor = np.inf, 0, np.inf
         for g in range(max_degree + 1):
-            parts = _bound_rows(family, g, r)
+            parts = _bound_rows(fam, g, r)
             if parts.total[0] < best:
                 best, best_g, floor = float(parts.total[0]), g, float(parts.fp[0])
         where = f"radius {float(R[worst])!r}" if scalar else f"{failed.size} of {n} radii (largest {float(R[worst])!r})"

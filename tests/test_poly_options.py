@@ -46,3 +46,14 @@ def test_normalised_values():
     options = PolyOptions(degree=np.int64(3), family=None, memory_budget=1.5e9)
     assert (options.degree, options.family, options.memory_budget) == (3, "chebyshev", 1_500_000_000)
     assert type(options.degree) is int and type(options.memory_budget) is int
+
+
+@pytest.mark.parametrize(("options", "error", "message"), CASES)
+def test_paper_refuses_alike(options, error, message):
+    from tattn_numba import paper
+
+    rng = np.random.default_rng(1)
+    A = [rng.uniform(-1, 1, (4, 2)) for _ in range(6)]
+    X, Y = rng.uniform(-1, 1, (2, 4)), rng.uniform(-1, 1, (4, 2))
+    with pytest.raises(error, match=message):
+        paper.loss(*A, X, Y, method="poly", **options)

@@ -15,7 +15,7 @@ import tensorly as tl
 from tensorly.tenalg import khatri_rao
 
 from .._validation import as_float_array
-from ..poly.exp_approx import FAMILIES
+from ..poly.options import PolyOptions
 
 METHODS = ("exact", "poly")
 
@@ -59,8 +59,9 @@ def check_options(method: str, tol, degree, family, memory_budget) -> dict:
     """Validate the options of ``method``; return the keyword options of its driver.
 
     method="exact" takes none (every option must be None, else ``TypeError`` naming it);
-    method="poly" needs exactly one of ``tol`` and ``degree`` (``ValueError`` otherwise), a known
-    ``family`` (None means "chebyshev"); ``memory_budget`` is checked by the surrogate.
+    method="poly" validates them as :class:`~tattn_numba.poly.options.PolyOptions` (exactly one
+    of ``tol`` and ``degree``, a known ``family`` with None meaning "chebyshev", a positive
+    ``memory_budget``), the same checks and messages as ``attention(..., method="poly")``.
     """
     given = {"tol": tol, "degree": degree, "family": family, "memory_budget": memory_budget}
     if method != "poly":
@@ -71,32 +72,8 @@ def check_options(method: str, tol, degree, family, memory_budget) -> dict:
                 "(leave them None)"
             )
         return {}
-    if tol is None and degree is None:
-        raise ValueError(
-            "method='poly' needs exactly one of tol (target bound on the layer-output error) or degree "
-            "(polynomial degree); got neither"
-        )
-    if tol is not None and degree is not None:
-        raise ValueError("method='poly' takes exactly one of tol or degree; got both tol and degree")
-    if tol is not None:
-        if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
-            raise TypeError(f"tol must be a positive real number, got {type(tol).__name__}")
-        tol = float(tol)
-        if not np.isfinite(tol) or tol <= 0.0:
-            raise ValueError(f"tol must be positive and finite, got {tol!r}")
-    if degree is not None:
-        if isinstance(degree, (bool, np.bool_)) or not isinstance(degree, numbers.Integral):
-            raise TypeError(f"degree must be a non-negative integer, got {type(degree).__name__}")
-        degree = int(degree)
-        if degree < 0:
-            raise ValueError(f"degree must be >= 0, got {degree}")
-    if family is None:
-        family = "chebyshev"
-    if not isinstance(family, str):
-        raise TypeError(f"family must be a string, one of {list(FAMILIES)}, got {type(family).__name__}")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {list(FAMILIES)}")
-    return {"tol": tol, "degree": degree, "family": family, "memory_budget": memory_budget}
+    options = PolyOptions(**given)
+    return {name: getattr(options, name) for name in given}
 
 
 def check_matrix(x, name: str, dtype, shape: tuple[int, int] | None, what: str) -> np.ndarray:

@@ -110,8 +110,11 @@ class PolyOptions:
 
     def __post_init__(self):
         if (self.tol is None) == (self.degree is None):
-            got = "neither" if self.tol is None else "both"
-            raise ValueError(f"give exactly one of tol (target error of the output) or degree; got {got}")
+            got = "neither" if self.tol is None else "both tol and degree"
+            raise ValueError(
+                f"method='poly' needs exactly one of tol (target bound on the output error) or degree "
+                f"(polynomial degree); got {got}"
+            )
         fields = {
             "tol": None if self.tol is None else check_tol(self.tol),
             "degree": None if self.degree is None else check_degree(self.degree),

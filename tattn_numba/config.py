@@ -19,6 +19,16 @@ KEY_TILE_1, KEY_TILE_2 : int
 POLY_CHUNK_ROWS : int
     Largest number of rows of a feature matrix (U1, U2 or U3) the polynomial surrogate
     materialises at once (``TATTN_NUMBA_POLY_CHUNK_ROWS``); fewer when the memory budget asks.
+FEATURE_BLOCK_ROWS : int
+    Rows per parallel block of the surrogate's feature kernels (1024): the previous degree's
+    columns of a block, C(d+g-2, g-1)·FEATURE_BLOCK_ROWS·8 bytes, stay in a core's L2 cache
+    (measured in docs/benchmarks.md). Compiled into the kernels: set it before import.
+PAPER_CHUNK_BYTES : int
+    Target size of one chunk's n×n work tensors, all together, in the exact chain of
+    :mod:`tattn_numba.paper` (4 MiB, one core's L2 on the reference machine).
+PAPER_CHUNK_ROWS : int or None
+    None (size the paper's exact chunks from PAPER_CHUNK_BYTES) or rows per chunk, still capped
+    by n and the memory budget; lets tests run many small chunks on tiny problems.
 OMP_WAIT_POLICY
     Set to ``PASSIVE`` at import unless the environment already sets it. The surrogate
     alternates short Numba parallel loops (feature maps) with OpenBLAS matrix products;
@@ -43,6 +53,9 @@ CUDA_QUERY_TILE : int
 CUDA_KEY_TILE : int
     Rows of the inner key operand (K2 and V2 in the forward) a block stages in shared memory at
     a time (``TATTN_NUMBA_CUDA_KEY_TILE``, default 64).
+CUDA_TILE_BYTES : int
+    Shared-memory bytes the exact CUDA kernels' staged key and value tiles may take (32 KiB of
+    the 48 KiB a block gets without opting in to more).
 CUDA_GEMM_TILE : int
     Edge of the square tiles of the polynomial surrogate's CUDA matrix products
     (``TATTN_NUMBA_CUDA_GEMM_TILE``, at most 32, default 16): a block of CUDA_GEMM_TILE²
@@ -53,9 +66,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "SERIAL_BELOW_FLOPS",
-           "MEMORY_BUDGET_BYTES", "CUDA_THREADS_PER_BLOCK", "CUDA_QUERY_TILE", "CUDA_KEY_TILE",
-           "CUDA_GEMM_TILE"]
+__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "FEATURE_BLOCK_ROWS",
+           "PAPER_CHUNK_BYTES", "PAPER_CHUNK_ROWS", "SERIAL_BELOW_FLOPS", "MEMORY_BUDGET_BYTES",
+           "CUDA_THREADS_PER_BLOCK", "CUDA_QUERY_TILE", "CUDA_KEY_TILE", "CUDA_TILE_BYTES", "CUDA_GEMM_TILE"]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -79,8 +92,12 @@ KEY_TILE_1 = _env_int("TATTN_NUMBA_KEY_TILE_1", 128)
 KEY_TILE_2 = _env_int("TATTN_NUMBA_KEY_TILE_2", 32)
 SERIAL_BELOW_FLOPS = _env_int("TATTN_NUMBA_SERIAL_BELOW_FLOPS", 30_000_000)
 POLY_CHUNK_ROWS = _env_int("TATTN_NUMBA_POLY_CHUNK_ROWS", 8192)
+FEATURE_BLOCK_ROWS = 1024
+PAPER_CHUNK_BYTES = 4 * 2**20
+PAPER_CHUNK_ROWS: int | None = None
 MEMORY_BUDGET_BYTES = _env_int("TATTN_NUMBA_MEMORY_BUDGET", 4 * 2**30)
 CUDA_THREADS_PER_BLOCK = _env_int("TATTN_NUMBA_CUDA_THREADS_PER_BLOCK", 128)
 CUDA_QUERY_TILE = _env_int("TATTN_NUMBA_CUDA_QUERY_TILE", 4)
 CUDA_KEY_TILE = _env_int("TATTN_NUMBA_CUDA_KEY_TILE", 64)
+CUDA_TILE_BYTES = 32 * 1024
 CUDA_GEMM_TILE = _env_int("TATTN_NUMBA_CUDA_GEMM_TILE", 16)

@@ -321,9 +321,9 @@ def test_weight_grads_match_layer_gradients(rng, n, d, warm_kernels):
 
 @contextlib.contextmanager
 def chunk_rows(rows):
-    """Run the exact method with ``rows`` query rows per chunk (the module setting ``_CHUNK_ROWS``)."""
+    """Run the exact method with ``rows`` query rows per chunk (the setting ``config.PAPER_CHUNK_ROWS``)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_exact, "_CHUNK_ROWS", rows)
+        mp.setattr(config, "PAPER_CHUNK_ROWS", rows)
         yield
 
 
@@ -355,7 +355,7 @@ def test_chunk_rows_setting_is_validated(rng, bad):
 
 
 def test_chunk_rows_is_not_a_keyword(rng):
-    """The chunk size is a module setting (``_exact._CHUNK_ROWS``), not an argument of the public API."""
+    """The chunk size is a module setting (``config.PAPER_CHUNK_ROWS``), not an argument of the public API."""
     A, E, X, Y = random_problem(rng, 3, 2)
     W = random_weights(rng, 2)
     for call in (lambda: paper.loss(*A, E, X, Y, _chunk_rows=1), lambda: paper.output(*A, X, Y, _chunk_rows=1),
@@ -368,7 +368,7 @@ def test_chunk_rows_is_not_a_keyword(rng):
 def test_chunk_size_follows_module_setting(rng, monkeypatch):
     n, d = 6, 2
     assert _exact.chunk_size(n, d) == n  # tiny problem: one chunk
-    monkeypatch.setattr(_exact, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(config, "PAPER_CHUNK_BYTES", 1)
     assert _exact.chunk_size(n, d) == 1  # at least one row per chunk
     A, E, X, Y = random_problem(rng, n, d)
     _, _, ref_dX, ref_dY = dense_terms(*A, E, X, Y)

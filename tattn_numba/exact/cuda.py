@@ -45,10 +45,6 @@ cuda = _cuda.require()
 
 OPTIONS = frozenset()
 
-#: Shared-memory bytes the staged key and value tiles may take (of the 48 KiB a block gets
-#: without opting in to more).
-_TILE_BYTES = 32 * 1024
-
 
 @cuda.jit(device=True)
 def _lane_reduce(red, tid, lane, lanes, take_max):
@@ -119,7 +115,7 @@ def _launch_shape(d: int, dv: int) -> tuple[int, int, int, int]:
             "config.CUDA_THREADS_PER_BLOCK and config.CUDA_QUERY_TILE must be powers of two with "
             f"CUDA_QUERY_TILE <= CUDA_THREADS_PER_BLOCK, got {threads} and {query_tile}"
         )
-    key_tile = max(1, min(config.CUDA_KEY_TILE, _TILE_BYTES // (8 * (d + dv))))
+    key_tile = max(1, min(config.CUDA_KEY_TILE, config.CUDA_TILE_BYTES // (8 * (d + dv))))
     return threads, query_tile, threads // query_tile, key_tile
 
 

@@ -12,13 +12,8 @@ Only the chunk's (rows × n × n) tensors are alive at a time. Time Θ(n³d + nd
 the forward, ≈ 4n³d with dX, plus n³ exponentials), memory O(chunk·n² + nd + d³). All float64,
 NumPy/BLAS matmuls and ufuncs.
 
-Settings (module attributes, read at every call; tests patch them):
-
-``_CHUNK_BYTES``
-    Target size of one chunk's n×n work tensors, all together (4 MiB, one core's L2 here).
-``_CHUNK_ROWS``
-    None (size chunks from ``_CHUNK_BYTES``) or a positive int: rows per chunk, still capped by n
-    and by ``config.MEMORY_BUDGET_BYTES``. Lets tests run many small chunks on tiny problems.
+Settings: ``config.PAPER_CHUNK_BYTES`` and ``config.PAPER_CHUNK_ROWS``, read at every call
+(tests patch them).
 """
 
 from __future__ import annotations
@@ -29,10 +24,6 @@ from .. import config
 from .._validation import check_memory
 from ._common import Terms
 
-#: Target size in bytes of one chunk's n×n work tensors (all of them together). Tests patch it.
-_CHUNK_BYTES = 4 * 2**20
-#: Rows per chunk, or None to size chunks from ``_CHUNK_BYTES``. Tests patch it.
-_CHUNK_ROWS: int | None = None
 #: Number of (rows × n × n) float64 tensors alive at once inside a chunk (logits/f, q/p and the
 #: temporaries of the two-sided products), used to size chunks and to check the memory budget.
 _LIVE_NN_TENSORS = 3
@@ -60,19 +51,19 @@ def _check_chunk_rows(chunk_rows) -> int | None:
     if chunk_rows is None:
         return None
     if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-        raise ValueError(f"_CHUNK_ROWS must be a positive integer or None, got {chunk_rows!r}")
+        raise ValueError(f"config.PAPER_CHUNK_ROWS must be a positive integer or None, got {chunk_rows!r}")
     return int(chunk_rows)
 
 
 def chunk_size(n: int, d: int) -> int:
     """Query rows per chunk from the module settings; ``ValueError`` if one row exceeds the memory budget."""
-    chunk_rows = _check_chunk_rows(_CHUNK_ROWS)
+    chunk_rows = _check_chunk_rows(config.PAPER_CHUNK_ROWS)
     per_row = _LIVE_NN_TENSORS * n * n * 8 + 4 * d * (d + n) * 8
     check_memory(per_row, f"one query row of the exact paper loss (n={n}, d={d})", config.MEMORY_BUDGET_BYTES)
     most = max(1, config.MEMORY_BUDGET_BYTES // per_row)  # never above the hard budget
     if chunk_rows is not None:
         return int(min(chunk_rows, n, most))
-    return int(max(1, min(n, most, _CHUNK_BYTES // per_row)))
+    return int(max(1, min(n, most, config.PAPER_CHUNK_BYTES // per_row)))
 
 
 def exact_terms(A, E, X, Y, *, want_out: bool, want_dX: bool, want_dY: bool) -> Terms:

@@ -19,7 +19,9 @@ Notes
   copy (``tensor.detach().numpy()`` shares memory) and results come back via
   ``torch.from_numpy``; non-contiguous tensors are made contiguous by the core.
 * Tensors on any other device (CUDA, meta, ...) raise ``ValueError`` naming the argument and its
-  device: the CUDA path does not exist yet. Move inputs with ``.cpu()``.
+  device: the autograd path runs on CPU tensors (the core's CUDA kernels are reached with
+  ``tattn_numba.attention(..., device="cuda")`` on detached CUDA tensors, without autograd).
+  Move inputs with ``.cpu()``.
 * Malformed input raises the core's ``TypeError``/``ValueError`` naming the argument, unchanged.
 * The core fingerprints the inputs at forward time; modifying an input tensor in place between
   the forward and the backward raises ``ValueError`` in the backward.

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import config
-from .exp_approx import FAMILIES, MAX_DEGREE
+from .exp_approx import MAX_DEGREE
+from .exp_approx import _check_degree as check_degree
+from .exp_approx import _check_family as check_family
 
 __all__ = ["PolyOptions", "NAMES", "check_tol", "check_degree", "check_family", "check_memory_budget"]
 
@@ -33,27 +35,6 @@ def check_tol(tol) -> float:
     if not math.isfinite(float(tol)) or float(tol) <= 0.0:
         raise ValueError(f"tol must be positive and finite, got {tol!r}")
     return float(tol)
-
-
-def check_degree(degree, name: str = "degree") -> int:
-    """``degree`` as an int in 0..:data:`MAX_DEGREE`."""
-    if _is_bool(degree) or not isinstance(degree, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name} must be a non-negative integer, got {type(degree).__name__} {degree!r}")
-    degree = int(degree)
-    if degree < 0:
-        raise ValueError(f"{name} must be >= 0, got {degree}")
-    if degree > MAX_DEGREE:
-        raise ValueError(f"{name} must be <= {MAX_DEGREE} (MAX_DEGREE), got {degree}")
-    return degree
-
-
-def check_family(family) -> str:
-    """``family``: one of :data:`.exp_approx.FAMILIES`."""
-    if not isinstance(family, str):
-        raise TypeError(f"family must be a str, one of {list(FAMILIES)}, got {type(family).__name__}")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {list(FAMILIES)}")
-    return family
 
 
 def check_memory_budget(value) -> int:

@@ -34,7 +34,7 @@ from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, u
 __all__ = [
     "PolyPlan", "GradientBounds", "InputStatistics", "input_statistics", "balancing_maxima", "epsilon_for_tolerance", "row_radii",
     "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan", "gradient_bounds", "check_certified",
-    "normaliser_error", "check_normaliser", "keeps_key_summaries",
+    "normaliser_error", "check_normaliser", "keeps_key_summaries", "kappa_for_epsilon",
 ]
 
 #: Rate assumed by the time estimate (floating-point operations per second, BLAS-bound
@@ -266,7 +266,10 @@ def _ranges_of_products(lo1, hi1, lo2, hi2) -> np.ndarray:
     return corners.max(axis=0) - corners.min(axis=0)
 
 
-def _kappa(epsilon: np.ndarray) -> np.ndarray:
+def kappa_for_epsilon(epsilon):
+    """κ = 2ε/(1 − ε), the weights' relative error for a polynomial relative error ε (inf where
+    ε >= 1); elementwise. Its inverse for a tolerance is :func:`epsilon_for_tolerance`."""
+    epsilon = np.asarray(epsilon, dtype=np.float64)
     with np.errstate(divide="ignore", over="ignore"):
         return np.where(epsilon < 1.0, 2.0 * epsilon / np.maximum(1.0 - epsilon, 1e-300), np.inf)
 
@@ -480,7 +483,7 @@ class _Certifier:
 
     def __call__(self, degree: int) -> _Certificate:
         coefficients, epsilon = per_row_fits(self.family, degree, self.radius)
-        kappa = _kappa(epsilon)
+        kappa = kappa_for_epsilon(epsilon)
         rounding = row_rounding(coefficients, self.radius, epsilon, degree=degree, rank=rank(self.d, degree),
                                 n=self.n, m1=self.m1, m2=self.m2, causal=self.causal)
         rounding_bound = output_rounding(rounding, self.values, self.dtype)

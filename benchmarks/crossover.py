@@ -12,27 +12,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
 import tattn_numba as ta
-
-
-def best(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from verification.timing import best_time
 
 
 def grad_time(n, d, repeat, **options):
     rng = np.random.default_rng(0)
     args = [rng.uniform(-1, 1, (n, d)) for _ in range(6)]
-    return best(lambda: ta.attention_grad(*args, **options), repeat)
+    return best_time(lambda: ta.attention_grad(*args, **options), repeat)
 
 
 def crossover(a, d, degree, repeat, largest):

@@ -29,29 +29,13 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 import tattn_numba as ta
 from tattn_numba import _cuda
-
-
-def _timed(fn, repeat: int, synchronize) -> float:
-    fn()
-    synchronize()
-    best = np.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _loglog_slope(sizes, seconds) -> float:
-    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+from verification.timing import best_time, loglog_slope
 
 
 def _device_inputs(cuda, rng, n: int, d: int, dv: int, dtype) -> list:
@@ -68,7 +52,7 @@ def cublas_rates(size: int, repeat: int) -> dict:
         rates = {}
         for dtype in (np.float64, np.float32):
             a = cupy.random.random((size, size)).astype(dtype)
-            seconds = _timed(lambda: a @ a, repeat, cupy.cuda.Device().synchronize)
+            seconds = best_time(lambda: a @ a, repeat, synchronize=cupy.cuda.Device().synchronize)
             rates[np.dtype(dtype).name] = flops / seconds / 1e12
         return {"library": f"CuPy {cupy.__version__} (cuBLAS)", **rates}
     except ImportError:
@@ -81,7 +65,7 @@ def cublas_rates(size: int, repeat: int) -> dict:
             rates = {}
             for dtype in (torch.float64, torch.float32):
                 a = torch.rand(size, size, device="cuda", dtype=dtype)
-                seconds = _timed(lambda: a @ a, repeat, torch.cuda.synchronize)
+                seconds = best_time(lambda: a @ a, repeat, synchronize=torch.cuda.synchronize)
                 rates[str(dtype).removeprefix("torch.")] = flops / seconds / 1e12
             return {"library": f"PyTorch {torch.__version__} (cuBLAS, TF32 off)", **rates}
     except ImportError:
@@ -96,7 +80,7 @@ def own_gemm_rate(cuda, size: int, repeat: int) -> float:
     rng = np.random.default_rng(0)
     a = cuda.to_device(rng.random((size, size)))
     c = cuda.device_array((size, size))
-    seconds = _timed(lambda: gemm(a, a, c), repeat, cuda.synchronize)
+    seconds = best_time(lambda: gemm(a, a, c), repeat, synchronize=cuda.synchronize)
     return 2.0 * size**3 / seconds / 1e12
 
 
@@ -106,8 +90,8 @@ def exact_rows(cuda, sizes, d: int, repeat: int) -> list[dict]:
     for dtype in (np.float64, np.float32):
         for n in sizes:
             *X, dO = _device_inputs(cuda, rng, n, d, d, dtype)
-            fwd = _timed(lambda: ta.attention(*X, device="cuda"), repeat, cuda.synchronize)
-            both = _timed(lambda: ta.attention_grad(*X, dO, device="cuda"), repeat, cuda.synchronize)
+            fwd = best_time(lambda: ta.attention(*X, device="cuda"), repeat, synchronize=cuda.synchronize)
+            both = best_time(lambda: ta.attention_grad(*X, dO, device="cuda"), repeat, synchronize=cuda.synchronize)
             pairs = float(n) ** 3
             rows.append({
                 "dtype": np.dtype(dtype).name, "n": n, "forward_s": fwd, "forward_backward_s": both,
@@ -125,8 +109,8 @@ def poly_rows(cuda, sizes, d: int, degree: int, repeat: int) -> list[dict]:
     for n in sizes:
         *X, dO = _device_inputs(cuda, rng, n, d, d, np.float64)
         options = {"device": "cuda", "method": "poly", "degree": degree}
-        fwd = _timed(lambda: ta.attention(*X, **options), repeat, cuda.synchronize)
-        both = _timed(lambda: ta.attention_grad(*X, dO, **options), repeat, cuda.synchronize)
+        fwd = best_time(lambda: ta.attention(*X, **options), repeat, synchronize=cuda.synchronize)
+        both = best_time(lambda: ta.attention_grad(*X, dO, **options), repeat, synchronize=cuda.synchronize)
         rows.append({"n": n, "forward_s": fwd, "forward_backward_s": both})
         print(f"poly n={n}: fwd {fwd:.4g} s, fwd+bwd {both:.4g} s", flush=True)
     return rows
@@ -217,8 +201,8 @@ def main(argv=None) -> dict:
         "poly": poly_rows(cuda, args.poly_sizes, args.poly_d, args.degree, args.repeat),
     }
     sizes = [row["n"] for row in result["poly"]]
-    result["poly_slope_forward"] = _loglog_slope(sizes, [row["forward_s"] for row in result["poly"]])
-    result["poly_slope_forward_backward"] = _loglog_slope(sizes, [row["forward_backward_s"] for row in result["poly"]])
+    result["poly_slope_forward"] = loglog_slope(sizes, [row["forward_s"] for row in result["poly"]])
+    result["poly_slope_forward_backward"] = loglog_slope(sizes, [row["forward_backward_s"] for row in result["poly"]])
     command = "python -m benchmarks.cuda " + " ".join(argv if argv is not None else sys.argv[1:])
     text = _markdown(result, command.strip())
     print(text)

@@ -14,27 +14,12 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 
 import numba
 import numpy as np
 
 import tattn_numba as ta
-
-
-def best_time(fn, args, repeat: int) -> float:
-    fn(*args)
-    best = np.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def loglog_slope(sizes, seconds) -> float:
-    slope, _ = np.polyfit(np.log(sizes), np.log(seconds), 1)
-    return float(slope)
+from verification.timing import best_time, loglog_slope
 
 
 def main(argv=None) -> None:
@@ -52,18 +37,12 @@ def main(argv=None) -> None:
     if args.method == "poly":
         options.update(degree=args.degree, family=args.family)
 
-    def forward(*arrays):
-        return ta.attention(*arrays, **options)
-
-    def forward_backward(*arrays):
-        return ta.attention_grad(*arrays, **options)
-
     rng = np.random.default_rng(0)
     rows = []
     for n in args.sizes:
         Q, K1, K2, V1, V2, dO = (rng.uniform(-1, 1, (n, args.d)) for _ in range(6))
-        fwd = best_time(forward, (Q, K1, K2, V1, V2), args.repeat)
-        fwd_bwd = best_time(forward_backward, (Q, K1, K2, V1, V2, dO), args.repeat)
+        fwd = best_time(lambda: ta.attention(Q, K1, K2, V1, V2, **options), args.repeat)
+        fwd_bwd = best_time(lambda: ta.attention_grad(Q, K1, K2, V1, V2, dO, **options), args.repeat)
         rows.append((n, fwd, fwd_bwd))
         print(f"n={n:6d}  forward {fwd:9.4f} s  forward+backward {fwd_bwd:9.4f} s", flush=True)
     sizes = [r[0] for r in rows]

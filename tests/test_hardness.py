@@ -1,4 +1,4 @@
-"""The hard-instance probe of the report (verification.hardness) on its TINY preset."""
+"""The hard-instance probe of the report (verification.probes.hardness) on its TINY preset."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from verification import hardness
+from verification.probes import hardness
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""The Match3 demo (verification/match3.py): data generator, tiny training run, probe protocol."""
+"""The Match3 demo (verification/probes/match3.py): data generator, tiny training run, probe protocol."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from verification import match3
 from verification.execution import InProcessExecutor
+from verification.probes import match3
 
 
 def brute_force_labels(x, M):

@@ -8,10 +8,12 @@ around the entry-bound threshold (SPEC §5–§6); it writes ``report.md`` with 
 ``results.json`` with every number.
 
 Modules: :mod:`.bounds` (the certified bounds and the theory's degree shape), :mod:`.probes`
-(accuracy, threshold, scaling, per-row gain), :mod:`.hard_instances` and :mod:`.hardness`
-(Gap-3-MaxIP instances and their probes), :mod:`.configs` (named configurations),
-:mod:`.execution` (executors: in-process, process pool, Dask), :mod:`.report` (running and
-writing), :mod:`.cli`.
+(accuracy, adversarial search, threshold, scaling, per-row gain, hard instances, Match3; each
+with ``PRESETS``, ``run`` and ``render``), :mod:`.hard_instances` (Gap-3-MaxIP instances),
+:mod:`.timing` (the timing loop and log-log fit shared with the benchmarks), :mod:`.configs`
+(named configurations), :mod:`.execution` (executors: in-process, process pool, Dask),
+:mod:`.report` (running and writing), :mod:`.cli`. ``verification.hardness`` and
+``verification.match3`` are the former names of the last two probes.
 """
 
-__all__ = ["bounds", "configs", "execution", "probes", "report"]
+__all__ = ["bounds", "configs", "execution", "probes", "report", "timing"]

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from . import hardness, match3
-from .probes import accuracy, adversarial, per_row, scaling, threshold
+from .probes import accuracy, adversarial, hardness, match3, per_row, scaling, threshold
 
 #: (name in the report and in results.json, module with PRESETS, run, render), in report order.
 PROBES = (

@@ -11,7 +11,7 @@ import numpy as np
 
 import tattn_numba as ta
 
-from ._plot import plt, save
+from ._plot import finish, plt, save
 
 PRESETS = {
     "tiny": {"ns": [12, 24], "dims": [2], "bounds": [0.5, 1.0], "degrees": [0, 1, 2, 4, 6],
@@ -79,9 +79,8 @@ def _series(rows, family, n, d, bound, key):
     return [p[0] for p in points], [max(p[1], 1e-18) for p in points]
 
 
-def render(results: dict, out_dir) -> list[dict]:
-    rows = results["rows"]
-    settings = results["settings"]
+def _output_section(rows: list, settings: dict, out_dir) -> dict:
+    """Measured output error and its certificate against the degree, per family and d."""
     families, dims, bounds = settings["families"], settings["dims"], settings["bounds"]
     n = max(settings["ns"])
     fig, axes = plt.subplots(len(families), len(dims), figsize=(4.2 * len(dims), 3.4 * len(families)),
@@ -95,12 +94,10 @@ def render(results: dict, out_dir) -> list[dict]:
                 ax.semilogy(x, y, "o-", color=color, label=f"measured, B={bound}")
                 x, y = _series(rows, family, n, d, bound, "O_bound")
                 ax.semilogy(x, y, "--", color=color, label=f"certified, B={bound}")
-            ax.set_title(f"{family}, d = {d}, n = {n}")
-            ax.set_xlabel("polynomial degree g")
-            ax.set_ylabel("max |Õ − O| (output units)")
-            ax.grid(True, which="both", alpha=0.3)
+            finish(ax, "polynomial degree g", "max |Õ − O| (output units)", f"{family}, d = {d}, n = {n}",
+                   grid="both", legend=None)
     axes[0, -1].legend(fontsize=7, loc="upper right")
-    output_figure = save(fig, out_dir, "accuracy_output.png")
+    figure = save(fig, out_dir, "accuracy_output.png")
 
     computed = [r for r in rows if "O_error" in r]
     refused = [r for r in rows if "refused" in r]
@@ -109,7 +106,7 @@ def render(results: dict, out_dir) -> list[dict]:
                  if r[f"{k}_bound"] > 0), default=0.0)
     low = [r for r in computed if r["B"] == min(bounds)]
     smallest = min((r["O_error"] for r in low), default=float("nan"))
-    text_output = (
+    text = (
         f"Measured max |Õ − O| (solid) and its certificate κ·range/2 (dashed) against the degree, for "
         f"entries uniform in [−B, B]. {len(computed)} (family, d, B, degree) points were computed and "
         f"{len(refused)} refused by the surrogate because no certificate exists at that degree "
@@ -120,9 +117,16 @@ def render(results: dict, out_dir) -> list[dict]:
         + f"The error falls with the degree down to {smallest:.1e} at B = {min(bounds)}, as the theory "
         "predicts for bounded entries; larger B needs a higher degree for the same error."
     )
+    return {"title": "Output error against the certified bound", "text": text, "figure": figure,
+            "ok": not exceeded}
 
+
+def _gradient_section(rows: list, settings: dict, out_dir) -> dict:
+    """The five gradient errors against their a-priori bounds, at one (family, d, B)."""
+    family, d = settings["families"][0], settings["dims"][-1]
+    bound = settings["bounds"][len(settings["bounds"]) // 2]
+    n = max(settings["ns"])
     fig, axes = plt.subplots(1, len(GRADIENTS), figsize=(3.2 * len(GRADIENTS), 3.2), sharey=True)
-    family, d, bound = families[0], dims[-1], bounds[len(bounds) // 2]
     for ax, name in zip(axes, GRADIENTS):
         x, y = _series(rows, family, n, d, bound, f"{name}_error")
         ax.semilogy(x, y, "o-", label="measured")
@@ -133,10 +137,12 @@ def render(results: dict, out_dir) -> list[dict]:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("max |Δ gradient| (gradient units)")
     axes[0].legend(fontsize=7)
-    gradient_figure = save(fig, out_dir, "accuracy_gradients.png")
+    figure = save(fig, out_dir, "accuracy_gradients.png")
+    computed = [r for r in rows if "O_error" in r]
+    exceeded = [r for r in rows if r.get("exceeded")]
     gradient_ratio = max((r[f"{k}_error"] / r[f"{k}_bound"] for r in computed for k in GRADIENTS
                           if r[f"{k}_bound"] > 0), default=0.0)
-    text_gradients = (
+    text = (
         f"The five gradients of the surrogate against the exact ones ({family}, d = {d}, B = {bound}), with "
         "the a-priori certified bounds of docs/surrogate.md. "
         + ("Some gradient error exceeded its bound (see the failures above). " if any(
@@ -145,36 +151,44 @@ def render(results: dict, out_dir) -> list[dict]:
            "a-priori and do not look at the attention weights, so they are loose by the spread of the "
            "marginals, but they fall at the same rate as the errors.")
     )
+    return {"title": "Gradient errors against their certified bounds", "text": text, "figure": figure,
+            "ok": not exceeded}
+
+
+def _length_section(rows: list, settings: dict, out_dir) -> dict:
+    """Output error and its certificate against the sequence length n, at a few degrees."""
+    family, d_n = settings["families"][0], settings["dims"][0]
+    bound_n = settings["bounds"][len(settings["bounds"]) // 2]
+    computed = [r for r in rows if "O_error" in r]
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    d_n, bound_n = dims[0], bounds[len(bounds) // 2]
     degrees_n = sorted({r["degree"] for r in computed if r["d"] == d_n and r["B"] == bound_n
-                        and r["family"] == families[0]})[1::2]
+                        and r["family"] == family})[1::2]
     n_colors = plt.cm.cividis(np.linspace(0.0, 0.85, max(len(degrees_n), 1)))
     spread = []
     for color, degree in zip(n_colors, degrees_n):
-        pts = sorted((r["n"], r["O_error"], r["O_bound"]) for r in computed if r["family"] == families[0]
+        pts = sorted((r["n"], r["O_error"], r["O_bound"]) for r in computed if r["family"] == family
                      and r["d"] == d_n and r["B"] == bound_n and r["degree"] == degree)
         ax.loglog([p[0] for p in pts], [max(p[1], 1e-18) for p in pts], "o-", color=color, label=f"measured, g={degree}")
         ax.loglog([p[0] for p in pts], [max(p[2], 1e-18) for p in pts], "--", color=color, label=f"certified, g={degree}")
         if len(pts) > 1 and pts[0][2] > 0:
             spread.append(pts[-1][2] / pts[0][2])
-    ax.set_xlabel("n = m1 = m2 (rows)")
-    ax.set_ylabel("max |Õ − O| (output units)")
-    ax.set_title(f"{families[0]}, d = {d_n}, B = {bound_n}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    n_figure = save(fig, out_dir, "accuracy_n.png")
-    text_n = (
-        f"The same errors against the sequence length n ({families[0]}, d = {d_n}, B = {bound_n}, degrees "
+    finish(ax, "n = m1 = m2 (rows)", "max |Õ − O| (output units)", f"{family}, d = {d_n}, B = {bound_n}",
+           grid="both", legend=7)
+    figure = save(fig, out_dir, "accuracy_n.png")
+    text = (
+        f"The same errors against the sequence length n ({family}, d = {d_n}, B = {bound_n}, degrees "
         f"{degrees_n}). The certified bound depends on n only through the per-row logit radii (which grow "
         "slowly with the extremes of more samples), not on the n·m1·m2 pairs: from the smallest to the largest n "
         + (f"it changes by a factor {min(spread):.2g}–{max(spread):.2g}, " if spread else "")
         + "so a degree chosen for a tolerance stays valid as sequences grow, as the theory's n^{o(1)} rank requires."
     )
-    ok = not exceeded
-    return [
-        {"title": "Output error against the certified bound", "text": text_output, "figure": output_figure, "ok": ok},
-        {"title": "Gradient errors against their certified bounds", "text": text_gradients,
-         "figure": gradient_figure, "ok": ok},
-        {"title": "Error against the sequence length", "text": text_n, "figure": n_figure, "ok": ok},
-    ]
+    exceeded = [r for r in rows if r.get("exceeded")]
+    return {"title": "Error against the sequence length", "text": text, "figure": figure, "ok": not exceeded}
+
+
+def render(results: dict, out_dir) -> list[dict]:
+    """Write the three figures into ``out_dir`` and return their sections (all fail when any certified
+    bound was exceeded)."""
+    rows, settings = results["rows"], results["settings"]
+    return [_output_section(rows, settings, out_dir), _gradient_section(rows, settings, out_dir),
+            _length_section(rows, settings, out_dir)]

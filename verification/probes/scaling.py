@@ -7,13 +7,12 @@ one task, timed as the minimum of a few runs after a warm-up; tasks should run o
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 import tattn_numba as ta
 
-from ._plot import plt, save
+from ..timing import best_time, loglog_slope
+from ._plot import finish, plt, save
 
 PRESETS = {
     "tiny": {"d": 4, "degree": 3, "exact_ns": [16, 32, 64], "poly_ns": [64, 256, 1024], "repeat": 1},
@@ -29,19 +28,13 @@ def time_point(method: str, n: int, d: int, degree: int, repeat: int) -> dict:
     rng = np.random.default_rng(n)
     args = [rng.uniform(-1.0, 1.0, (n, d)) for _ in range(6)]
     options = {"method": method} if method == "exact" else {"method": method, "degree": degree}
-    ta.attention_grad(*(a[: min(n, 32)] for a in args), **options)
-    best = np.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        ta.attention_grad(*args, **options)
-        best = min(best, time.perf_counter() - start)
+    ta.attention_grad(*(a[: min(n, 32)] for a in args), **options)  # warm-up (compilation) on a small slice
+    best = best_time(lambda: ta.attention_grad(*args, **options), repeat, warmup=False)
     return {"method": method, "n": n, "seconds": best}
 
 
 def _slope(points):
-    n = np.array([p["n"] for p in points], dtype=float)
-    t = np.array([p["seconds"] for p in points])
-    return float(np.polyfit(np.log(n), np.log(t), 1)[0])
+    return loglog_slope([float(p["n"]) for p in points], [p["seconds"] for p in points])
 
 
 def run(settings: dict, executor) -> dict:
@@ -70,11 +63,7 @@ def render(results: dict, out_dir) -> list[dict]:
     n_all = np.array(sorted(p["n"] for p in results["points"]), dtype=float)
     a = results["exact_cubic_coefficient"]
     ax.loglog(n_all, a * n_all**3, "k:", linewidth=0.8, label="a·n³ (exact, extrapolated)")
-    ax.set_xlabel("n = m1 = m2 (rows)")
-    ax.set_ylabel("forward + backward time (s)")
-    ax.set_title(f"d = dv = {s['d']}, float64")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    finish(ax, "n = m1 = m2 (rows)", "forward + backward time (s)", f"d = dv = {s['d']}, float64", grid="both")
     figure = save(fig, out_dir, "scaling.png")
     held = results["slope_poly"] <= 1.1 and results["slope_exact"] >= 2.5
     crossover = results["crossover_n"]

@@ -15,7 +15,7 @@ import numpy as np
 import tattn_numba as ta
 
 from .. import bounds
-from ._plot import plt, save
+from ._plot import finish, plt, save
 
 PRESETS = {
     "tiny": {"ns": [256, 4096], "d": 4, "c": 1.0, "multipliers": [0.25, 0.5, 1.0, 1.5], "family": "chebyshev"},
@@ -82,13 +82,10 @@ def render(results: dict, out_dir) -> list[dict]:
             right.semilogy([r["multiplier"] for r in bad], [top] * len(bad), "x", color=color, markersize=9)
     for ax in (left, right):
         ax.axvline(1.0, color="k", linewidth=1.0)
-        ax.set_xlabel("entry bound B / (ln n)^{1/3}")
-        ax.grid(True, which="both", alpha=0.3)
-    left.set_ylabel("certified degree g for ε = 1/n")
-    left.set_title("degree (dotted: theory shape, fitted constant)")
-    right.set_ylabel("rank r = C(d + g, g)")
-    right.set_title("rank; dashed: n²; x: no certificate in float64")
-    left.legend(fontsize=8)
+    finish(left, "entry bound B / (ln n)^{1/3}", "certified degree g for ε = 1/n",
+           "degree (dotted: theory shape, fitted constant)", grid="both")
+    finish(right, "entry bound B / (ln n)^{1/3}", "rank r = C(d + g, g)",
+           "rank; dashed: n²; x: no certificate in float64", grid="both", legend=None)
     figure = save(fig, out_dir, "threshold.png")
 
     parts = []

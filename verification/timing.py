@@ -1,0 +1,47 @@
+"""Timing and scaling fits shared by the report's scaling probe and the benchmark scripts.
+
+:func:`best_time` is the one timing loop (warm-up, then the minimum of a few runs, each ended by
+an optional device synchronisation); :func:`loglog_slope` is the one least-squares fit of
+log(time) against log(n).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["best_time", "loglog_slope"]
+
+
+def best_time(fn, repeat: int, *, synchronize=None, warmup: bool = True) -> float:
+    """Minimum wall-clock seconds of ``repeat`` calls of ``fn()``.
+
+    Parameters
+    ----------
+    fn : callable
+        Called with no arguments.
+    repeat : int
+        Timed calls; the minimum is returned (inf when ``repeat`` < 1).
+    synchronize : callable, optional
+        Called after every call of ``fn`` (the warm-up included) and inside the timed interval,
+        e.g. ``cuda.synchronize`` so that asynchronous GPU work is counted.
+    warmup : bool
+        Call ``fn`` once, untimed, first (compilation, caches).
+    """
+    sync = synchronize if synchronize is not None else (lambda: None)
+    if warmup:
+        fn()
+        sync()
+    best = np.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def loglog_slope(sizes, seconds) -> float:
+    """Least-squares slope of log(seconds) against log(sizes)."""
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])

@@ -13,7 +13,7 @@ import numpy as np
 
 from tattn_numba.poly.exp_approx import min_degree, relative_error_bound
 from tattn_numba.poly.features import rank
-from tattn_numba.poly.plan import epsilon_for_tolerance, value_ranges
+from tattn_numba.poly.plan import epsilon_for_tolerance, kappa_for_epsilon, value_ranges
 
 __all__ = [
     "relative_error_bound", "min_degree", "rank", "output_bound", "epsilon_for_output_tolerance",
@@ -24,9 +24,8 @@ __all__ = [
 def output_bound(epsilon: float, value_range: float) -> float:
     """Certified max |Õ − O| for polynomial relative error ``epsilon`` (SPEC §5):
     κ·range/2 with κ = 2ε/(1 − ε)."""
-    if not epsilon < 1.0:
-        return math.inf
-    return 2.0 * epsilon / (1.0 - epsilon) * value_range / 2.0
+    kappa = float(kappa_for_epsilon(epsilon))
+    return math.inf if math.isinf(kappa) else kappa * value_range / 2.0
 
 
 def epsilon_for_output_tolerance(tol: float, V1: np.ndarray, V2: np.ndarray) -> float:

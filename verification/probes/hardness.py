@@ -42,6 +42,7 @@ import numpy as np
 
 import tattn_numba as ta
 from tattn_numba import paper
+from tattn_numba.poly.plan import epsilon_for_tolerance
 
 from .. import hard_instances as hi
 from ._plot import finish, plt, save
@@ -144,8 +145,7 @@ def _surrogate_part(emb: hi.AttentionEmbedding, budget: int) -> dict:
     plan = _affordable_plan(args, emb.scale, budget)
     radii = ta.poly_plan(*args, scale=emb.scale, degree=0)
     radius = float(radii.radius.max())
-    kappa = 2.0 * emb.margin  # output bound κ·range/2 with range 1
-    needed = _taylor_degree_needed(radius, kappa / (2.0 + kappa))
+    needed = _taylor_degree_needed(radius, epsilon_for_tolerance(emb.margin, 1.0))  # values span 1
     result.update(
         radius=radius, global_radius=radii.global_radius,
         needed_degree=needed, needed_rank=float(math.comb(emb.d_tilde + needed, needed)),

@@ -107,10 +107,10 @@ def _output_section(rows: list, settings: dict, out_dir) -> dict:
     low = [r for r in computed if r["B"] == min(bounds)]
     smallest = min((r["O_error"] for r in low), default=float("nan"))
     text = (
-        f"Measured max |Õ − O| (solid) and its certificate κ·range/2 (dashed) against the degree, for "
-        f"entries uniform in [−B, B]. {len(computed)} (family, d, B, degree) points were computed and "
-        f"{len(refused)} refused by the surrogate because no certificate exists at that degree "
-        f"(certified relative error ≥ 1). "
+        f"Measured max |Õ − O| (solid) and its certificate κ·range/2 plus rounding (dashed) against the "
+        f"degree, for entries uniform in [−B, B]. {len(computed)} (family, d, B, degree) points were computed "
+        f"and {len(refused)} refused by the surrogate because no certificate exists at that degree (certified "
+        f"relative error ≥ 1, or float64 rounding that may reach the normaliser). "
         + (f"In {len(exceeded)} points a measured error EXCEEDED its certified bound. " if exceeded else
            "Every measured output and gradient error is below its certified bound "
            f"(largest error/bound ratio {ratio:.2g}). ")

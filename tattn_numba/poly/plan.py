@@ -266,6 +266,13 @@ def _ranges_of_products(lo1, hi1, lo2, hi2) -> np.ndarray:
     return corners.max(axis=0) - corners.min(axis=0)
 
 
+def polynomial_output_bound(kappa: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """The exact-arithmetic output bound κ_i·range_m/2 (B, n, dv) from κ (B, n) and the value
+    ranges (B, dv); 0 where a column's pair products are all equal (any positive weights are exact)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(ranges[:, None, :] > 0.0, kappa[:, :, None] * ranges[:, None, :] / 2.0, 0.0)
+
+
 def kappa_for_epsilon(epsilon):
     """κ = 2ε/(1 − ε), the weights' relative error for a polynomial relative error ε (inf where
     ε >= 1); elementwise. Its inverse for a tolerance is :func:`epsilon_for_tolerance`."""
@@ -322,7 +329,8 @@ def _memory_phases(r: int, d: int, dv: int, rows: int, *, n: int, m1: int, m2: i
     unless said otherwise; ``kept`` is what the forward leaves alive for the backward."""
     f8, B = 8, batch
     widen = 1 if itemsize != 8 else 0  # float32 inputs are widened to float64 per batch entry
-    W, k = SummaryLayout(d, dv).wide, SummaryLayout(d, dv).narrow  # [1 | V | K | V⊙K] and [1 | V]
+    layout = SummaryLayout(d, dv)
+    W, k = layout.wide, layout.narrow  # [1 | V | K | V⊙K] and [1 | V]
     cn, c1, c2 = min(rows, n), min(rows, m1), min(rows, m2)
     cm, longest = max(c1, c2), max(n, m1, m2)
     masks = B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv, n * dv)  # np.isfinite of an operand, 1 byte an entry
@@ -487,14 +495,13 @@ class _Certifier:
         rounding = row_rounding(coefficients, self.radius, epsilon, degree=degree, rank=rank(self.d, degree),
                                 n=self.n, m1=self.m1, m2=self.m2, causal=self.causal)
         rounding_bound = output_rounding(rounding, self.values, self.dtype)
-        with np.errstate(invalid="ignore"):
-            polynomial = np.where(self.ranges[:, None, :] > 0.0, kappa[:, :, None] * self.ranges[:, None, :] / 2.0, 0.0)
-        return _Certificate(coefficients, epsilon, kappa, BOUND_SLACK * (polynomial + rounding_bound),
+        return _Certificate(coefficients, epsilon, kappa,
+                            BOUND_SLACK * (polynomial_output_bound(kappa, self.ranges) + rounding_bound),
                             BOUND_SLACK * rounding_bound)
 
-    def floor(self, degree: int) -> tuple[float, str]:
-        """The smallest output bound rounding allows at ``degree`` and a sentence on its cause."""
-        rounding = self(degree).rounding_bound
+    def floor(self, certificate: _Certificate) -> tuple[float, str]:
+        """The smallest output bound rounding allows for ``certificate`` and a sentence on its cause."""
+        rounding = certificate.rounding_bound
         worst = np.unravel_index(int(np.argmax(rounding)), rounding.shape)
         floor = float(rounding[worst])
         value = float(self.values[worst[0], worst[2]])
@@ -632,7 +639,7 @@ def _degree_for_tolerance(tol, certify: _Certifier) -> tuple[int, _Certificate]:
         certificate = certify(degree)
         if float(certificate.output_bound.max()) <= tol:
             return degree, certificate
-        floor, cause = certify.floor(degree)
+        floor, cause = certify.floor(certificate)
         if floor >= tol or degree >= exp_approx.MAX_DEGREE:
             raise ValueError(
                 f"tol={tol!r} is unreachable: the certified rounding error of the surrogate's output alone "
@@ -676,10 +683,9 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
     radius, epsilon = np.asarray(plan.radius).reshape(B, n), np.asarray(plan.epsilon).reshape(B, n)
     rounding = row_rounding(coefficients, radius, epsilon, degree=plan.degree, rank=plan.rank,
                             n=n, m1=m1, m2=m2, causal=inputs.causal, lse=lse)
-    values, ranges = v1 * v2, value_ranges(V1, V2)
-    with np.errstate(invalid="ignore"):
-        polynomial = np.where(ranges[:, None, :] > 0.0, kappa[:, :, None] * ranges[:, None, :] / 2.0, 0.0)
-    beta = BOUND_SLACK * (polynomial + output_rounding(rounding, values, np.float64))
+    values = v1 * v2
+    beta = BOUND_SLACK * (polynomial_output_bound(kappa, value_ranges(V1, V2))
+                          + output_rounding(rounding, values, np.float64))
     magnitude = values[:, None, :] + beta if O is None else np.abs(O)
     delta = np.einsum("bnm,bnm->bn", abs_dO, magnitude) * (1.0 + float(gamma(dv)))
     d_delta = np.einsum("bnm,bnm->bn", abs_dO, beta) + float(gamma(dv)) * delta

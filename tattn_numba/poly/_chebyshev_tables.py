@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-_U = 2.0**-53  # unit roundoff of float64
+from .rounding import UNIT_ROUNDOFF
 
 
 def _cheb_T_int(n: int) -> list[int]:
@@ -71,7 +71,7 @@ class _ChebTable:
         den = 1 << exp
         # int / int true division is correctly rounded in CPython
         self.cols.append(np.array([x / den for x in new], dtype=np.float64))
-        self.norms.append((sum(abs(x) for x in new) / den) * (1.0 + 2.0 * _U))  # rounded upwards
+        self.norms.append((sum(abs(x) for x in new) / den) * (1.0 + 2.0 * UNIT_ROUNDOFF))  # rounded upwards
 
     def get(self, smax: int) -> tuple[np.ndarray, np.ndarray]:
         """``(G[:, :smax + 1], ||G[:, s]||_1 for s <= smax)``, growing the table if needed."""

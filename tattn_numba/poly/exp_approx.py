@@ -82,6 +82,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._chebyshev_tables import _cheb_table
+from .rounding import gamma as _gamma
 
 __all__ = [
     "FAMILIES",
@@ -98,7 +99,6 @@ MAX_DEGREE = 256
 #: Largest radius for which coefficients are returned and bounds are finite (e^R must fit in float64).
 MAX_RADIUS = 700.0
 
-_U = 2.0**-53  # unit roundoff of float64
 _LOG_TRUNC_TARGET = -64.0 * math.log(2.0)  # relative size allowed for the dropped Chebyshev tail
 _UNDERFLOW_SLACK = 1e-290  # absolute slack covering subnormal intermediates
 _SAFETY = 1.0 + 1e-10  # covers the rounding in evaluating the bound itself
@@ -108,11 +108,6 @@ _CHUNK_ELEMENTS = 1 << 22  # rows × (S + 1) per chunk: 32 MiB of float64 work s
 # --------------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------------
-def _gamma(k):
-    """Higham's γ_k = k·u / (1 − k·u) (scalar or array k)."""
-    return k * _U / (1.0 - k * _U)
-
-
 def _check_family(family) -> str:
     if not isinstance(family, str):
         raise TypeError(f"family must be a str, one of {FAMILIES}, got {type(family).__name__}")

@@ -1,21 +1,29 @@
 """Planted Gap-3-MaxIP instances and their embeddings as tensor attention (SPEC §6).
 
-Gap-3-MaxIP: sets a, b, c ⊂ {0,1}^{d0} of n vectors each; decide whether some triple has
-``⟨a_i, b_j, c_k⟩ = Σ_l a_il b_jl c_kl ≥ t`` (YES) or every triple is ``≤ (1 − γ)t`` (NO). Under
-SETH no algorithm solves it in O(n^{3−q}) time for d0 = c·log n, and the two embeddings below turn
-it into tensor attention with entries of size Θ((log n)^{1/3}): the regime where the almost-linear
-polynomial surrogate (SPEC §5) stops working and the exact Θ(n³) kernel is what is left
-(Alman–Song 2023 for the forward pass; Liang–Shi–Song–Zhou 2024 for the gradient).
+Gap-3-MaxIP: given a, b, c ⊂ {0,1}^{d0} (n vectors each), tell whether some triple has
+⟨a_i, b_j, c_k⟩ >= t (YES) or every triple is <= (1 − γ)t (NO). The embeddings give tensor-attention
+inputs with entries of size Θ((log n)^{1/3}), where the polynomial surrogate refuses and the exact
+kernel decides.
 
-* :func:`gap_maxip_instance` draws a, b, c with Bernoulli(ρ) entries, plants one triple sharing
-  exactly t ones (YES) or none (NO), and certifies the gap by brute force over all n³ triples.
-* :func:`constant_gap_embedding` (embedding 1): a constant-accuracy estimate of one attention
-  output per row decides the instance.
-* :func:`half_max_embedding` (embedding 2): at least half of every row's logits sit at the row
-  maximum; it is written as the training problem of :mod:`tattn_numba.paper` with
-  X(λ) = λ·S^T, the setting of the gradient-hardness reduction.
+* :func:`gap_maxip_instance`: a random instance with a certified label (:class:`MaxIPInstance`).
+* :func:`constant_gap_embedding` (embedding 1): attention inputs whose outputs decide the
+  instance to constant accuracy (:class:`AttentionEmbedding`).
+* :func:`half_max_embedding` (embedding 2): the same as the training problem of
+  :mod:`tattn_numba.paper` with X(λ) = λ·S^T (:class:`GradientEmbedding`).
 
 Every draw comes from ``numpy.random.default_rng(seed)``: the same arguments give the same arrays.
+The reductions, the constructions and the proofs of the certified bounds are in
+:doc:`/math/hard_instances` (docs/math/hard_instances.rst).
+
+Examples
+--------
+>>> import tattn_numba as ta
+>>> inst = gap_maxip_instance(16, "YES", seed=0)
+>>> emb = constant_gap_embedding(inst)
+>>> out = ta.attention(emb.Q, emb.K1, emb.K2, emb.V1, emb.V2, scale=emb.scale,
+...                    method="exact")  # doctest: +SKIP
+>>> emb.decide(out)  # doctest: +SKIP
+'YES'
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ __all__ = [
 ]
 
 #: Largest n accepted: the gap is certified by brute force over all n³ triples, Θ(n³·d0) flops
-#: (n = 512, d0 = 18: 2.4·10⁹ flops, about 2 s on one core here).
+#: (cost at the cap: docs/math/hard_instances.rst).
 MAX_BRUTE_FORCE_N = 512
 
 LABELS = ("YES", "NO")
@@ -103,9 +111,8 @@ class AttentionEmbedding:
     Q : ndarray, shape (n, d̃)
     K1, K2 : ndarray, shape (2n, d̃)
     V1, V2 : ndarray, shape (2n, 1)
-        Value width 1: the single column that SPEC §6 pads with zeros to width d̃. Padding leaves
-        this column of the output unchanged and makes the other columns zero, so it is left out
-        here (the exact kernel's cost grows with d̃ + dv).
+        1 on the n real rows, 0 on the n dummy rows (SPEC §6's zero padding to width d̃ is left
+        out; it does not change this column of the output).
     scale : float
         s = 1/d̃.
     entry_bound : float
@@ -116,7 +123,7 @@ class AttentionEmbedding:
         Number of baseline coordinates, round((1 − γ/2)t).
     yes_bound : float
         Certified lower bound on the planted row's output of a YES instance (>= 4/7 whenever
-        (1 − γ/2)t is an integer, see :func:`constant_gap_embedding`).
+        (1 − γ/2)t is an integer).
     no_bound : float
         Certified upper bound on every output of a NO instance (<= 1/(4n²) likewise).
     threshold : float
@@ -158,7 +165,7 @@ class GradientEmbedding:
 
     The tensor attention (Q, K1, K2, V1, V2) at scale 1/d is written as ``tattn_numba.paper``'s
     loss with A1 = Q padded by zero query rows, A2 = K1, A3 = K2, A4 = V1, A5 = V2, E = 0,
-    Y = I ⊘ I and X(λ) = λ·S^T with S = I ⊘ I (derivation in :func:`half_max_embedding`).
+    Y = I ⊘ I and X(λ) = λ·S^T with S = I ⊘ I. Derivation: :doc:`/math/hard_instances`.
 
     Attributes
     ----------
@@ -309,8 +316,7 @@ def default_d0(n: int, c: float) -> int:
 def default_t(d0: int, gamma: float) -> int:
     """The largest t <= 0.8·d0 for which (1 − γ/2)t is an integer (t = 4k for γ = 1/2), else ⌊0.8·d0⌋.
 
-    With e = (1 − γ/2)t exactly, embedding 1's certified bounds are the SPEC's 4/7 and 1/(4n²);
-    0.8·d0 keeps random triples (about ρ³·d0 ones each) well below (1 − γ)t.
+    Why these choices: :doc:`/math/hard_instances` ("Default parameters").
     """
     top = max(1, math.floor(0.8 * d0))
     for t in range(top, 0, -1):
@@ -326,10 +332,9 @@ def gap_maxip_instance(
 ) -> MaxIPInstance:
     """Draw a Gap-3-MaxIP instance with a certified YES/NO label (SPEC §6).
 
-    Entries of a, b, c are Bernoulli(ρ). For YES a triple (i, j, k) and t coordinates are chosen
-    uniformly at random; a_i, b_j, c_k are set to 1 there and c_k is cleared wherever a_i and b_j
-    share a 1 elsewhere, so ⟨a_i, b_j, c_k⟩ = t exactly. A draw is rejected, and redrawn from the
-    same generator, when any other triple exceeds (1 − γ)t.
+    Entries are Bernoulli(ρ); a YES instance has one planted triple with inner product exactly t.
+    Draws in which any other triple exceeds (1 − γ)t are redrawn from the same generator. The
+    planting and the brute-force certificate: :doc:`/math/hard_instances`.
 
     Parameters
     ----------
@@ -365,6 +370,12 @@ def gap_maxip_instance(
     -----
     Each draw costs the brute-force check, Θ(n³·d0) flops and O(2^22) memory
     (:func:`max_triple_inner_product`); n is capped at :data:`MAX_BRUTE_FORCE_N` for that reason.
+
+    Examples
+    --------
+    >>> inst = gap_maxip_instance(16, "NO", seed=1)
+    >>> inst.max_inner_product <= inst.no_threshold
+    True
     """
     n = _check_int(n, "n", 2, MAX_BRUTE_FORCE_N)
     if label not in LABELS:
@@ -437,23 +448,10 @@ def constant_gap_embedding(instance: MaxIPInstance) -> AttentionEmbedding:
     """Embedding 1 of SPEC §6: constant-accuracy attention outputs decide the instance.
 
     With e = round((1 − γ/2)t), β = 2 ln(4n²)/(γt), d̃ = d0 + e and σ = (β d̃)^{1/3}:
-
-        Q[i]  = σ·[a_i, 1_e]
-        K1    = σ·[b_j, 0_e] for j < n, then n dummy rows σ·[0_{d0}, 1_e]   (K2 likewise with c)
-        V1 = V2 = 1 on real rows, 0 on dummy rows;  scale s = 1/d̃.
-
-    Since s·σ³ = β, the logits are β⟨a_i, b_j, c_k⟩ (real–real pairs), β·e (the n² dummy–dummy
-    pairs) and 0 (the 2n² mixed pairs), and the output of row i is the softmax mass on real–real
-    pairs, M_i/(M_i + n² e^{βe} + 2n²) with M_i = Σ_{j,k} e^{β⟨a_i,b_j,c_k⟩}, increasing in M_i:
-
-    * NO: M_i <= n² e^{β t_no}, t_no = ⌊(1 − γ)t⌋, so every output is <= e^{−β(e − t_no)} =: no_bound;
-    * YES: the planted row has M_i >= e^{βt}, so its output is
-      >= 1/(1 + n² e^{−β(t − e)} + 2n² e^{−βt}) =: yes_bound.
-
-    When e = (1 − γ/2)t exactly, β(e − t_no) >= βγt/2 = ln(4n²) and n² e^{−β(t − e)} = 1/4, so
-    no_bound <= 1/(4n²) and yes_bound >= 1/(1.25 + 1/(8n²)) > 4/7 (SPEC §6). Otherwise the rounding
-    of e moves both bounds; they are computed from the integer e and the embedding is refused if
-    they no longer separate YES from NO.
+    Q[i] = σ·[a_i, 1_e]; K1 = σ·[b_j, 0_e] for j < n, then n dummy rows σ·[0_{d0}, 1_e] (K2 likewise
+    with c); V1 = V2 = 1 on real rows, 0 on dummy rows; scale 1/d̃. Feed the five arrays and
+    ``scale`` to ``tattn_numba.attention`` and pass its output to :meth:`AttentionEmbedding.decide`.
+    The logits, the bounds and their proof: :doc:`/math/hard_instances`.
 
     Parameters
     ----------
@@ -472,9 +470,8 @@ def constant_gap_embedding(instance: MaxIPInstance) -> AttentionEmbedding:
 
     Notes
     -----
-    Logits reach β·t = 2 ln(4n²)/γ (about 33 for n = 32, γ = 1/2), far beyond the radius 12–16 up
-    to which a float64 polynomial of e^x can be certified, while the entry bound is
-    B = (β d̃)^{1/3} = Θ((log n)^{1/3}) for t, d0 = Θ(log n). Time and memory O(n·d̃).
+    Logits reach β·t = 2 ln(4n²)/γ (about 33 for n = 32, γ = 1/2); B = Θ((log n)^{1/3}).
+    Time and memory O(n·d̃).
     """
     n, d0, t = instance.n, instance.d0, instance.t
     e = int(round((1.0 - instance.gamma / 2.0) * t))
@@ -513,29 +510,13 @@ def diagonal_embedding(d: int) -> np.ndarray:
 def half_max_embedding(instance: MaxIPInstance) -> GradientEmbedding:
     """Embedding 2 of SPEC §6: e = d0 and ⌈(1 + √2)n⌉ dummy rows, as the paper's training problem.
 
-    Same construction as :func:`constant_gap_embedding` with e = d0 baseline coordinates (d = 2·d0),
-    N = ⌈(1 + √2)n⌉ dummy key rows, β = 2 ln(4n²)/(γt) and σ = (β d)^{1/3}. The logits of a real
-    query row are β⟨a_i, b_j, c_k⟩ <= β·d0 (real pairs), β·d0 (the N² dummy pairs) and 0 (mixed),
-    so the row maximum is β·d0 and at least N² of the (n + N)² pairs attain it; N >= (1 + √2)n
-    is exactly N/(n + N) >= 1/√2, i.e. N²/(n + N)² >= 1/2: **at least half of each row's logits sit
-    at the row maximum**. (So for the logits scaled by any λ >= 0 the softmax normaliser lies between
-    N²·e^{λβd0} and 2N²·e^{λβd0}: no row's weights collapse onto a few pairs along the path.)
-
-    The paper's problem (``tattn_numba.paper``, all inputs m×d with m = n + N): A1 = [Q; 0] (the N
-    extra query rows are zero: constant uniform softmax, no contribution to dLoss/dX since
-    dLoss/dX = (1/d) A1^T p (A2 ⊗ A3)), A2 = K1, A3 = K2, A4 = V1, A5 = V2 (real-row indicator in
-    column 0, zero-padded to width d as SPEC §6 asks), E = 0, Y = I ⊘ I and X(λ) = λ·S^T with
-    S = I ⊘ I. Then:
-
-    * ``A1 X(λ) (A2 ⊗ A3)^T / d`` at (i, (j1, j2)) is (λ/d)·Σ_a Q[i,a] K1[j1,a] K2[j2,a] — λ times the
-      tensor-attention logits at scale 1/d, since S^T[a, pair(b, c)] = δ_{a=b=c};
-    * ``(A4 ⊗ A5) Y = A4 ⊘ A5``, whose row (j1, j2) is V1[j1] ∘ V2[j2];
-    * so Loss(λ) = ½ Σ_i O_i(λ)², O_i(λ) the softmax mass of row i on real–real pairs at logits λ·ℓ.
-
-    Since X(λ) is linear in λ, dLoss/dλ = ⟨dLoss/dX(X(λ)), S^T⟩ (Frobenius) and, by the
-    fundamental theorem of calculus, Loss(1) − Loss(0) = ∫₀¹ ⟨dLoss/dX(λ), S^T⟩ dλ: a fast gradient
-    oracle evaluated at a few quadrature nodes would give the loss, hence the outputs, of a hard
-    instance (the gradient-hardness reduction of Liang–Shi–Song–Zhou 2024).
+    The construction of :func:`constant_gap_embedding` with e = d0 (d = 2·d0), N = ⌈(1 + √2)n⌉
+    dummy key rows and σ = (β d)^{1/3}, so that at least half of each real row's logits sit at the
+    row maximum; then the paper's inputs A1 = [Q; 0], A2 = K1, A3 = K2, A4 = V1, A5 = V2 (width d),
+    E = 0, Y = S = I ⊘ I. ``paper.loss(*emb.paper_args(lam))`` is ½ Σ_i O_i(λ)², O_i(λ) the
+    softmax mass of row i of A1 on real–real pairs at logits scaled by λ, and Loss(1) − Loss(0) =
+    ∫₀¹ ⟨``paper.grad_X(*emb.paper_args(λ))``, S^T⟩ dλ. The construction and the identity:
+    :doc:`/math/hard_instances`.
 
     Parameters
     ----------
@@ -544,6 +525,7 @@ def half_max_embedding(instance: MaxIPInstance) -> GradientEmbedding:
     Returns
     -------
     GradientEmbedding
+        Q (n, d), K1, K2, A1…A5, E (n + N, d), S, Y (d², d), B = σ, β, N.
 
     Notes
     -----

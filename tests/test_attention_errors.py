@@ -152,12 +152,18 @@ def test_unknown_keyword_option(call):
 def test_upstream_gradient_wrong_dtype(dtype):
     *X, dO = _inputs(dtype)
     other = np.float64 if dtype == np.float32 else np.float32
-    _, state = ta.attention_forward(*X)
     for bad in (dO.astype(other), dO.astype(np.int64), dO.astype(np.complex128), "dO", None):
-        with pytest.raises(TypeError, match="dO"):
-            ta.attention_backward(state, bad)
-        with pytest.raises(TypeError, match="dO"):
-            ta.attention_grad(*X, bad)
+        _assert_upstream_gradient_rejected(X, bad, TypeError)
+
+
+def _assert_upstream_gradient_rejected(X, bad, error):
+    """Both entry points taking an upstream gradient, ``attention_backward`` (after a forward on
+    ``X``) and ``attention_grad``, raise ``error`` naming ``dO`` when it is ``bad``."""
+    _, state = ta.attention_forward(*X)
+    with pytest.raises(error, match="dO"):
+        ta.attention_backward(state, bad)
+    with pytest.raises(error, match="dO"):
+        ta.attention_grad(*X, bad)
 
 
 def test_backward_needs_a_forward_state():
@@ -193,11 +199,14 @@ def test_mismatched_feature_dim(call, which):
 
 
 @pytest.mark.parametrize("call", ENTRY_POINTS)
-def test_query_feature_dim_differs_from_both_keys(call):
+@pytest.mark.parametrize("which,shape,named", [
+    pytest.param("Q", (N, D + 2), "Q|K1", id="query-feature-dim-differs-from-both-keys"),
+    pytest.param("V2", (M2, DV + 1), "V2|V1", id="value-widths-differ"),
+])
+def test_width_mismatch_names_an_argument(call, which, shape, named):
     *X, dO = _inputs()
-    X[0] = np.ones((N, D + 2))
-    with pytest.raises(ValueError, match="Q|K1"):
-        call(X, dO)
+    with pytest.raises(ValueError, match=named):
+        call(_replace(X, which, np.ones(shape)), dO)
 
 
 @pytest.mark.parametrize("call", ENTRY_POINTS)
@@ -206,14 +215,6 @@ def test_value_rows_differ_from_key_rows(call, which, rows):
     *X, dO = _inputs()
     with pytest.raises(ValueError, match=which):
         call(_replace(X, which, np.ones((rows, DV))), dO)
-
-
-@pytest.mark.parametrize("call", ENTRY_POINTS)
-def test_value_widths_differ(call):
-    *X, dO = _inputs()
-    X[4] = np.ones((M2, DV + 1))
-    with pytest.raises(ValueError, match="V2|V1"):
-        call(X, dO)
 
 
 @pytest.mark.parametrize("call", ENTRY_POINTS)
@@ -344,13 +345,8 @@ def _raise_unavailable():
 
 @pytest.mark.parametrize("shape", [(N, DV + 1), (N + 1, DV), (1, N, DV), (N,), (DV, N)])
 def test_upstream_gradient_wrong_shape(shape):
-    *X, dO = _inputs()
-    bad = np.ones(shape)
-    _, state = ta.attention_forward(*X)
-    with pytest.raises(ValueError, match="dO"):
-        ta.attention_backward(state, bad)
-    with pytest.raises(ValueError, match="dO"):
-        ta.attention_grad(*X, bad)
+    *X, _ = _inputs()
+    _assert_upstream_gradient_rejected(X, np.ones(shape), ValueError)
 
 
 def test_upstream_gradient_empty():

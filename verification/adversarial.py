@@ -276,6 +276,8 @@ def generate(kind: str, seed: int = 0, **overrides):
 
 
 def _named(kind):
+    """The public generator of one kind: ``generator(seed=0, **overrides)`` is
+    ``generate(kind, seed, **overrides)``."""
     def generator(seed: int = 0, **overrides):
         return generate(kind, seed, **overrides)
     generator.__name__ = kind
@@ -283,19 +285,9 @@ def _named(kind):
     return generator
 
 
-lower_edge = _named("lower_edge")
-upper_edge = _named("upper_edge")
-half_half = _named("half_half")
-near_constant_values = _named("near_constant_values")
-constant_values = _named("constant_values")
-large_offset = _named("large_offset")
-single_pair = _named("single_pair")
-single_key1 = _named("single_key1")
-single_key2 = _named("single_key2")
-constant_keys = _named("constant_keys")
-float32_tight = _named("float32_tight")
-causal = _named("causal")
-random_entries = _named("random_entries")
+# One module-level generator per kind of ``build`` case (``adversarial.lower_edge(seed)``, …);
+# "paper" cases go through build_paper, and the name ``paper`` is the imported module.
+globals().update({kind: _named(kind) for kind in KINDS if kind != "paper"})
 
 
 def describe(params: dict) -> str:
@@ -418,20 +410,20 @@ def _constant_key_reference(Q, K1, K2, V1, V2, dO, scale, causal):
     dV1_mag = key_rows(over_i(adO * A2m * inv[:, None]), m1)
     dV2 = key_rows(over_i(dO * A1 * inv[:, None]), m2)
     dV2_mag = key_rows(over_i(adO * A1m * inv[:, None]), m2)
-    # dK1[j1,l] = s k2_l [Σ_m V1[j1,m] G[j1,l,m] − H[j1,l]],  G = Σ_i Q[i,l] dO[i,m] A2[i,m]/(c1c2),
-    #             H = Σ_i Q[i,l] c2 δ_i/(c1c2)   (i over the rows that see j1)
-    G = key_rows(over_i(Q[:, :, None] * (dO * A2 * inv[:, None])[:, None, :]), m1)
-    Gm = key_rows(over_i(np.abs(Q)[:, :, None] * (adO * A2m * inv[:, None])[:, None, :]), m1)
-    H = key_rows(over_i(Q * (c2 * delta * inv)[:, None]), m1)
-    Hm = key_rows(over_i(np.abs(Q) * (c2 * delta_mag * inv)[:, None]), m1)
-    dK1 = s * k2[None, :] * ((V1[:, None, :] * G).sum(-1) - H)
-    dK1_mag = abs(s) * np.abs(k2)[None, :] * ((np.abs(V1)[:, None, :] * Gm).sum(-1) + Hm)
-    G = key_rows(over_i(Q[:, :, None] * (dO * A1 * inv[:, None])[:, None, :]), m2)
-    Gm = key_rows(over_i(np.abs(Q)[:, :, None] * (adO * A1m * inv[:, None])[:, None, :]), m2)
-    H = key_rows(over_i(Q * (c1 * delta * inv)[:, None]), m2)
-    Hm = key_rows(over_i(np.abs(Q) * (c1 * delta_mag * inv)[:, None]), m2)
-    dK2 = s * k1[None, :] * ((V2[:, None, :] * G).sum(-1) - H)
-    dK2_mag = abs(s) * np.abs(k1)[None, :] * ((np.abs(V2)[:, None, :] * Gm).sum(-1) + Hm)
+
+    def key_gradient(V, A, A_mag, c, k, m):
+        # dK1[j1,l] = s k2_l [Σ_m V1[j1,m] G[j1,l,m] − H[j1,l]],  G = Σ_i Q[i,l] dO[i,m] A2[i,m]/(c1c2),
+        #             H = Σ_i Q[i,l] c2 δ_i/(c1c2)   (i over the rows that see j1);
+        # called with the other key's A, A_mag, c, k (dK2 likewise with 1 and 2 swapped).
+        G = key_rows(over_i(Q[:, :, None] * (dO * A * inv[:, None])[:, None, :]), m)
+        Gm = key_rows(over_i(np.abs(Q)[:, :, None] * (adO * A_mag * inv[:, None])[:, None, :]), m)
+        H = key_rows(over_i(Q * (c * delta * inv)[:, None]), m)
+        Hm = key_rows(over_i(np.abs(Q) * (c * delta_mag * inv)[:, None]), m)
+        return (s * k[None, :] * ((V[:, None, :] * G).sum(-1) - H),
+                abs(s) * np.abs(k)[None, :] * ((np.abs(V)[:, None, :] * Gm).sum(-1) + Hm))
+
+    dK1, dK1_mag = key_gradient(V1, A2, A2m, c2, k2, m1)
+    dK2, dK2_mag = key_gradient(V2, A1, A1m, c1, k1, m2)
     dQ = np.zeros((n, d), dtype=LD)  # uniform weights: Σ dZ = 0 in every row, exactly
     dQ_mag = np.zeros((n, d), dtype=LD)
     ulps = 64.0 + 4.0 * math.log2(n + 1)

@@ -7,6 +7,7 @@ their inputs (:mod:`._common`), run the driver of ``method`` (:mod:`._exact` or
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -28,16 +29,86 @@ from ._weights import chain_rule
 _DRIVERS: dict[str, Callable[..., Terms]] = {"exact": exact_terms, "poly": poly_terms}
 
 
-def _run(
-    method, A1, A2, A3, A4, A5, E, X, Y, *, want_out=False, want_dX=False, want_dY=False,
-    tol=None, degree=None, family=None, memory_budget=None,
-):
+#: The Parameters section shared by :func:`loss`, :func:`grad_X` and :func:`grad_Y` (one call
+#: signature): it stands for ``%(parameters)s`` in their docstrings, filled in by
+#: :func:`_fill_loss_parameters` at the end of the module.
+_LOSS_PARAMETERS = """
+    Parameters
+    ----------
+    A1, A2, A3, A4, A5 : array_like, shape (n, d)
+        float32 or float64 (one dtype for all arguments), finite, non-empty.
+    E : array_like, shape (n, d)
+        Target.
+    X : array_like, shape (d, d²)
+        Query–key parameter, e.g. :func:`build_X`.
+    Y : array_like, shape (d², d)
+        Value parameter, e.g. :func:`build_Y`.
+    method : {"exact", "poly"}
+        ``"exact"``: chunked dense computation, never forming n×n² matrices.
+        ``"poly"``: the low-rank polynomial surrogate of SPEC §5 on the reduced tensor attention
+        of the package notes (feature and value width d², scale 1/d); almost linear in n.
+    tol : float, optional
+        method="poly" only: target certified bound on max |output_poly − output_exact| of the
+        layer output (n×d). The smallest certified degree is chosen for the underlying attention
+        with output tolerance tol/‖Y‖₁ (‖Y‖₁ the largest column sum of |Y|). Exactly one of
+        ``tol`` and ``degree``. The errors of the loss and of its gradients are then certified
+        by :func:`poly_certificate`.
+    degree : int, optional
+        method="poly" only: a fixed polynomial degree g instead of ``tol``.
+    family : {"chebyshev", "taylor"}, optional
+        method="poly" only; None means "chebyshev".
+    memory_budget : int, optional
+        method="poly" only: bytes the surrogate may allocate (default
+        ``config.MEMORY_BUDGET_BYTES``); a rank r = C(d² + g, g) needing more is refused.
+    """.strip()
+
+
+def _checked_driver(method, poly_options: tuple, A1, A2, A3, A4, A5, E):
+    """Validate ``method``, its options and the data arrays; bind them to the driver of ``method``.
+
+    Parameters
+    ----------
+    method, A1, A2, A3, A4, A5, E
+        As for :func:`loss` (``E`` may be None: no target, no loss).
+    poly_options : tuple
+        ``(tol, degree, family, memory_budget)`` as given to the public function.
+
+    Returns
+    -------
+    driver : callable
+        ``driver(X, Y, *, want_out, want_dX, want_dY) -> Terms`` on float64 X (d, d²) and
+        Y (d², d): one pass of :func:`._exact.exact_terms` or :func:`._surrogate.poly_terms`.
+    dtype : numpy dtype
+        The input dtype, that of the returned arrays.
+    d : int
+        The width of A1..A5.
+    """
     method = check_method(method)
-    options = check_options(method, tol, degree, family, memory_budget)
-    A, e, dtype, n, d = check_data(A1, A2, A3, A4, A5, E)
+    options = check_options(method, *poly_options)
+    A, e, dtype, _, d = check_data(A1, A2, A3, A4, A5, E)
+    return partial(_DRIVERS[method], A, e, **options), dtype, d
+
+
+def _run(
+    method, poly_options: tuple, A1, A2, A3, A4, A5, E, X, Y, *, wanted: str | None = None,
+) -> tuple[Terms, np.dtype]:
+    """Validate everything, then run the driver of ``method`` once in float64.
+
+    Arguments as for :func:`_checked_driver`, plus X (d, d²) and Y (d², d) checked in the input
+    dtype; ``wanted`` names the array field of :class:`Terms` to compute besides the loss
+    (``"out"``, ``"dX"`` or ``"dY"``; None: the loss alone). Returns ``(terms, dtype)``: the
+    float64 terms and the input dtype.
+    """
+    driver, dtype, d = _checked_driver(method, poly_options, A1, A2, A3, A4, A5, E)
     x, y = check_XY(X, Y, dtype, d)
-    terms = _DRIVERS[method](A, e, x, y, want_out=want_out, want_dX=want_dX, want_dY=want_dY, **options)
+    terms = driver(x, y, want_out=wanted == "out", want_dX=wanted == "dX", want_dY=wanted == "dY")
     return terms, dtype
+
+
+def _array_term(wanted: str, method, poly_options: tuple, A1, A2, A3, A4, A5, E, X, Y) -> np.ndarray:
+    """The field ``wanted`` (``"out"``, ``"dX"`` or ``"dY"``) of :func:`_run`'s terms, in the input dtype."""
+    terms, dtype = _run(method, poly_options, A1, A2, A3, A4, A5, E, X, Y, wanted=wanted)
+    return getattr(terms, wanted).astype(dtype, copy=False)
 
 
 def output(
@@ -69,11 +140,7 @@ def output(
     Poly: O(n·r·d²), r = C(d² + g, g); entrywise error <= ``poly_certificate(...).output_bound``
     (<= tol when tol is given).
     """
-    terms, dtype = _run(
-        method, A1, A2, A3, A4, A5, None, X, Y, want_out=True,
-        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
-    )
-    return terms.out.astype(dtype, copy=False)
+    return _array_term("out", method, (tol, degree, family, memory_budget), A1, A2, A3, A4, A5, None, X, Y)
 
 
 def loss(
@@ -87,32 +154,7 @@ def loss(
     i.e. a softmax over the n² key pairs of each query row (computed stably: the row maximum
     is subtracted before exponentiating).
 
-    Parameters
-    ----------
-    A1, A2, A3, A4, A5 : array_like, shape (n, d)
-        float32 or float64 (one dtype for all arguments), finite, non-empty.
-    E : array_like, shape (n, d)
-        Target.
-    X : array_like, shape (d, d²)
-        Query–key parameter, e.g. :func:`build_X`.
-    Y : array_like, shape (d², d)
-        Value parameter, e.g. :func:`build_Y`.
-    method : {"exact", "poly"}
-        ``"exact"``: chunked dense computation, never forming n×n² matrices.
-        ``"poly"``: the low-rank polynomial surrogate of SPEC §5 on the reduced tensor attention
-        of the package notes (feature and value width d², scale 1/d); almost linear in n.
-    tol : float, optional
-        method="poly" only: target certified bound on max |output_poly − output_exact| of the
-        layer output (n×d). The smallest certified degree is chosen for the underlying attention
-        with output tolerance tol/‖Y‖₁ (‖Y‖₁ the largest column sum of |Y|). Exactly one of
-        ``tol`` and ``degree``. The loss error is then certified by :func:`poly_certificate`.
-    degree : int, optional
-        method="poly" only: a fixed polynomial degree g instead of ``tol``.
-    family : {"chebyshev", "taylor"}, optional
-        method="poly" only; None means "chebyshev".
-    memory_budget : int, optional
-        method="poly" only: bytes the surrogate may allocate (default
-        ``config.MEMORY_BUDGET_BYTES``); a rank r = C(d² + g, g) needing more is refused.
+    %(parameters)s
 
     Returns
     -------
@@ -138,10 +180,7 @@ def loss(
     Poly: time O(n·r·d²), memory O(r·d⁴ + chunk·r + nd²), r = C(d² + g, g); certified
     |loss_poly − loss_exact| <= ``poly_certificate(...).loss_bound``.
     """
-    terms, _ = _run(
-        method, A1, A2, A3, A4, A5, E, X, Y,
-        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
-    )
+    terms, _ = _run(method, (tol, degree, family, memory_budget), A1, A2, A3, A4, A5, E, X, Y)
     return float(terms.loss)
 
 
@@ -156,10 +195,7 @@ def grad_X(
     p = f ∘ q − diag(r) f. The factor 1/d is included (the paper omits it, but it sits inside the
     loss, so the true gradient carries it).
 
-    Parameters
-    ----------
-    A1, A2, A3, A4, A5, E, X, Y, method, tol, degree, family, memory_budget
-        As for :func:`loss`.
+    %(parameters)s
 
     Returns
     -------
@@ -179,11 +215,7 @@ def grad_X(
     for the upstream dO' = c̃ Y^T (package notes); time O(n·r·d⁴), r = C(d² + g, g). Certified
     entrywise error bound: ``poly_certificate(...).grad_X_bound``.
     """
-    terms, dtype = _run(
-        method, A1, A2, A3, A4, A5, E, X, Y, want_dX=True,
-        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
-    )
-    return terms.dX.astype(dtype, copy=False)
+    return _array_term("dX", method, (tol, degree, family, memory_budget), A1, A2, A3, A4, A5, E, X, Y)
 
 
 def grad_Y(
@@ -193,10 +225,7 @@ def grad_Y(
 ) -> np.ndarray:
     """Closed-form ``dLoss/dY = (A4 ⊗ A5)^T f^T c`` (Liang–Shi–Song–Zhou 2024; SPEC §3).
 
-    Parameters
-    ----------
-    A1, A2, A3, A4, A5, E, X, Y, method, tol, degree, family, memory_budget
-        As for :func:`loss`.
+    %(parameters)s
 
     Returns
     -------
@@ -212,11 +241,7 @@ def grad_Y(
     method="poly": dLoss/dY = Õ'^T c̃ from the surrogate forward alone, time O(n·r·d²); certified
     entrywise error bound: ``poly_certificate(...).grad_Y_bound``.
     """
-    terms, dtype = _run(
-        method, A1, A2, A3, A4, A5, E, X, Y, want_dY=True,
-        tol=tol, degree=degree, family=family, memory_budget=memory_budget,
-    )
-    return terms.dY.astype(dtype, copy=False)
+    return _array_term("dY", method, (tol, degree, family, memory_budget), A1, A2, A3, A4, A5, E, X, Y)
 
 
 def weight_grads(
@@ -259,14 +284,22 @@ def weight_grads(
     O(chunk·n² + nd + d³). method="poly": time O(n·r·d⁴), r = C(d² + g, g); certified entrywise
     bounds: ``poly_weight_grad_bounds(poly_certificate(...), W_Q, W_K1, W_K2, W_V1, W_V2)``.
     """
-    method = check_method(method)
-    options = check_options(method, tol, degree, family, memory_budget)
-    A, e, dtype, n, d = check_data(A1, A2, A3, A4, A5, E)
+    driver, dtype, d = _checked_driver(method, (tol, degree, family, memory_budget), A1, A2, A3, A4, A5, E)
     names = {"W_Q": W_Q, "W_K1": W_K1, "W_K2": W_K2, "W_V1": W_V1, "W_V2": W_V2}
     W, _ = check_weights(names, dtype, d)
     wq, wk1, wk2, wv1, wv2 = (np.asarray(w, dtype=np.float64) for w in W)
     X = wq @ khatri_rao_product(wk1, wk2).T
     Y = khatri_rao_product(wv1, wv2)
-    terms = _DRIVERS[method](A, e, X, Y, want_out=False, want_dX=True, want_dY=True, **options)
+    terms = driver(X, Y, want_out=False, want_dX=True, want_dY=True)
     grads = chain_rule(terms.dX, terms.dY, wq, wk1, wk2, wv1, wv2)
     return WeightGrads(*(g.astype(dtype, copy=False) for g in grads))
+
+
+def _fill_loss_parameters(*functions) -> None:
+    """Put :data:`_LOSS_PARAMETERS` in place of ``%(parameters)s`` in the docstrings of ``functions``."""
+    for function in functions:
+        if function.__doc__ is not None:  # None under ``python -OO``
+            function.__doc__ %= {"parameters": _LOSS_PARAMETERS}
+
+
+_fill_loss_parameters(loss, grad_X, grad_Y)

@@ -25,6 +25,24 @@ cuda = require()
 __all__ = ["gemm"]
 
 
+@cuda.jit(device=True)
+def _stage_tile(staged, matrix, transposed, row0, col0, rows, cols):
+    """Load this thread's entry of the shared tile ``staged[i, j] = op(matrix)[row0 + i, col0 + j]``.
+
+    ``op(matrix)`` is ``matrix`` (rows, cols), or its transpose with ``transposed`` (matrix
+    stored (cols, rows)); entries outside it are staged as 0. ``staged`` is a shared
+    (tile, tile + 1) array. Thread (y, x) loads
+    (i, j) = (y, x), or (x, y) when transposed, so that consecutive threads x read consecutive
+    addresses of ``matrix`` either way. The caller synchronises the block before reading ``staged``.
+    """
+    if transposed:
+        i, j = cuda.threadIdx.x, cuda.threadIdx.y
+        staged[i, j] = matrix[col0 + j, row0 + i] if row0 + i < rows and col0 + j < cols else 0.0
+    else:
+        i, j = cuda.threadIdx.y, cuda.threadIdx.x
+        staged[i, j] = matrix[row0 + i, col0 + j] if row0 + i < rows and col0 + j < cols else 0.0
+
+
 @lru_cache(maxsize=8)
 def _tiled_product(tile: int):
     """The product kernel for ``tile × tile`` blocks (the tile is a compile-time constant of the
@@ -49,20 +67,8 @@ def _tiled_product(tile: int):
         K = A.shape[0] if transpose_a else A.shape[1]
         total = 0.0
         for k0 in range(0, K, tile):
-            # op_a[i, k] = op(A)[row0 + i, k0 + k]
-            if transpose_a:
-                i, k = x, y
-                op_a[i, k] = A[k0 + k, row0 + i] if row0 + i < M and k0 + k < K else 0.0
-            else:
-                i, k = y, x
-                op_a[i, k] = A[row0 + i, k0 + k] if row0 + i < M and k0 + k < K else 0.0
-            # op_b[k, j] = op(B)[k0 + k, col0 + j]
-            if transpose_b:
-                k, j = x, y
-                op_b[k, j] = B[col0 + j, k0 + k] if col0 + j < N and k0 + k < K else 0.0
-            else:
-                k, j = y, x
-                op_b[k, j] = B[k0 + k, col0 + j] if col0 + j < N and k0 + k < K else 0.0
+            _stage_tile(op_a, A, transpose_a, row0, k0, M, K)  # op_a[i, k] = op(A)[row0 + i, k0 + k]
+            _stage_tile(op_b, B, transpose_b, k0, col0, K, N)  # op_b[k, j] = op(B)[k0 + k, col0 + j]
             cuda.syncthreads()
             for kk in range(tile):
                 total += op_a[y, kk] * op_b[kk, x]

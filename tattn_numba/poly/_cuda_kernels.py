@@ -22,6 +22,13 @@ from .._cuda import require
 cuda = require()
 
 
+@cuda.jit(device=True)
+def _split_index(task, inner):
+    """``(task // inner, task % inner)`` for a flat index ``task >= 0`` over an (outer, inner) grid."""
+    outer = task // inner
+    return outer, task - outer * inner
+
+
 @cuda.jit
 def _query_row_sums(Q, k12, weighted_l1, squares):
     """Per query row: ``weighted_l1[b, i] = Σ_l |Q[b, i, l]|·k12[b, l]`` and
@@ -29,8 +36,7 @@ def _query_row_sums(Q, k12, weighted_l1, squares):
     B, n, d = Q.shape
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for task in range(start, B * n, stride):
-        b = task // n
-        i = task - b * n
+        b, i = _split_index(task, n)
         l1 = 0.0
         l2 = 0.0
         for l in range(d):
@@ -48,8 +54,7 @@ def _max_row_fourth_powers(K, out):
     B, m, d = K.shape
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for task in range(start, B * m, stride):
-        b = task // m
-        j = task - b * m
+        b, j = _split_index(task, m)
         total = 0.0
         for l in range(d):
             square = K[b, j, l] * K[b, j, l]
@@ -64,9 +69,8 @@ def _scale_rows_and_columns(X, row_factor, column_factor, out):
     B, rows, d = X.shape
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for task in range(start, B * rows * d, stride):
-        b = task // (rows * d)
-        i = (task // d) - b * rows
-        l = task - (b * rows + i) * d
+        flat_row, l = _split_index(task, d)
+        b, i = _split_index(flat_row, rows)
         out[b, i, l] = X[b, i, l] * row_factor[b, i] * column_factor[b, l]
 
 
@@ -102,8 +106,7 @@ def _fill_columns(c, X, Y, out):
     b = Y.shape[1]
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for task in range(start, rows * width, stride):
-        j = task // width
-        k = task - j * width
+        j, k = _split_index(task, width)
         if k == 0:
             out[j, k] = c[j]
         elif k <= a:
@@ -122,15 +125,19 @@ def _hadamard_columns(left, right, columns, out):
     r, width = out.shape
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for task in range(start, r * width, stride):
-        a = task // width
-        k = task - a * width
+        a, k = _split_index(task, width)
         out[a, k] = left[a, columns[k]] * right[a, columns[k]]
 
 
 @cuda.jit(device=True)
-def _is_bad_normaliser(w):
-    """True unless 0 < w < ∞ (NaN included)."""
-    return not (w > 0.0 and w < math.inf)
+def _row_normaliser(T, j, bad):
+    """The normaliser ``w = T[j, 0]`` of row j; 1.0 instead, counted into ``bad[0]`` (an integer
+    atomic), unless 0 < w < ∞ (NaN included)."""
+    w = T[j, 0]
+    if not (w > 0.0 and w < math.inf):
+        cuda.atomic.add(bad, 0, 1)
+        w = 1.0
+    return w
 
 
 @cuda.jit
@@ -140,10 +147,7 @@ def _normalise(T, O, lse, bad):
     rows, dv = O.shape
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for j in range(start, rows, stride):
-        w = T[j, 0]
-        if _is_bad_normaliser(w):
-            cuda.atomic.add(bad, 0, 1)
-            w = 1.0
+        w = _row_normaliser(T, j, bad)
         for m in range(dv):
             O[j, m] = T[j, 1 + m] / w
         lse[j] = math.log(w)
@@ -162,10 +166,7 @@ def _query_gradient_rows(T, dO, delta, scale, w, dQ, bad):
     dv = dO.shape[1]
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, rows, stride):
-        wi = T[i, 0]
-        if _is_bad_normaliser(wi):
-            cuda.atomic.add(bad, 0, 1)
-            wi = 1.0
+        wi = _row_normaliser(T, i, bad)
         w[i] = wi
         for l in range(d):
             total = 0.0
@@ -180,8 +181,7 @@ def _divide_columns(UT, w):
     r, rows = UT.shape
     start, stride = cuda.grid(1), cuda.gridsize(1)
     for task in range(start, r * rows, stride):
-        a = task // rows
-        j = task - a * rows
+        a, j = _split_index(task, rows)
         UT[a, j] /= w[j]
 
 

@@ -6,6 +6,8 @@ attention, attention_grad, attention_forward, attention_backward
     Tensor attention and its gradient (exact streaming Numba kernels).
 AttentionGrads, AttentionState
     Result types.
+Mask
+    Which key pairs each query row sees (``causal=True`` is ``mask=Mask(causal=True)``).
 poly_plan, poly_gradient_bounds
     The polynomial surrogate's plan and certificates (``method="poly"``).
 paper
@@ -26,6 +28,7 @@ from .attention import (
     attention_forward,
     attention_grad,
 )
+from .mask import Mask
 from .poly.api import poly_gradient_bounds, poly_plan
 
 __version__ = "0.1.0"
@@ -34,6 +37,7 @@ __all__ = [
     "AttentionGrads",
     "AttentionState",
     "CUDAUnavailableError",
+    "Mask",
     "attention",
     "attention_backward",
     "attention_forward",

@@ -39,13 +39,36 @@ _IMPLEMENTATIONS: dict[tuple[str, str], str] = {
     ("poly", "cuda"): "tattn_numba.poly.cuda",
 }
 
+# Each device's array operations for the public layer (validate, move, cast, fingerprint, return).
+_ARRAY_OPS: dict[str, str] = {
+    "cpu": "tattn_numba._host",
+    "cuda": "tattn_numba._device",
+}
+
 METHODS = frozenset(method for method, _ in _IMPLEMENTATIONS)
-DEVICES = frozenset({"cpu", "cuda"})
+DEVICES = frozenset(_ARRAY_OPS)
 
 
 def available() -> list[tuple[str, str]]:
     """Registered ``(method, device)`` pairs, in a stable order."""
     return sorted(_IMPLEMENTATIONS)
+
+
+def _check_device(device) -> None:
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string, got {type(device).__name__}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
+    if device == "cuda":
+        _cuda.require()
+
+
+def array_ops(device):
+    """The array operations of ``device`` (:class:`tattn_numba._host.HostArrays` or
+    :class:`tattn_numba._device.CudaArrays`): what the public layer calls instead of branching
+    on the device. CUDA's are imported only after :func:`tattn_numba._cuda.require`."""
+    _check_device(device)
+    return importlib.import_module(_ARRAY_OPS[device]).OPS
 
 
 def lookup(method, device) -> ModuleType:
@@ -56,17 +79,12 @@ def lookup(method, device) -> ModuleType:
     """
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string, got {type(device).__name__}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
+    _check_device(device)
     key = (method, device)
     if key not in _IMPLEMENTATIONS:
         raise ValueError(f"method={method!r} is not implemented for device={device!r}")
-    if device == "cuda":
-        _cuda.require()
     return importlib.import_module(_IMPLEMENTATIONS[key])
 
 

@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _cuda
+from . import _cuda, _registry
+from .mask import Mask, check_mask
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -21,9 +22,10 @@ class AttentionInputs(NamedTuple):
     """Validated inputs with leading dimensions flattened into one batch axis.
 
     Arrays are C-contiguous, share one floating dtype, and have shapes
-    Q (B, n, d), K1 (B, m1, d), K2 (B, m2, d), V1 (B, m1, dv), V2 (B, m2, dv). For
-    ``device="cuda"`` they are numba device arrays; ``host_io`` says whether the caller passed
-    host arrays (then results are copied back to the host) or GPU arrays (results stay there).
+    Q (B, n, d), K1 (B, m1, d), K2 (B, m2, d), V1 (B, m1, dv), V2 (B, m2, dv), on the compute
+    device (numba device arrays for ``device="cuda"``). ``mask`` says which key pairs each
+    query row sees (:class:`tattn_numba.mask.Mask`); ``host_io`` whether the caller passed host
+    arrays (then results go back to the host) or GPU arrays (results stay there).
     """
 
     Q: np.ndarray
@@ -33,13 +35,18 @@ class AttentionInputs(NamedTuple):
     V2: np.ndarray
     batch_shape: tuple
     scale: float
-    causal: bool
+    mask: Mask
     device: str = "cpu"
     host_io: bool = True
 
     @property
     def dtype(self) -> np.dtype:
         return self.Q.dtype
+
+    @property
+    def ops(self):
+        """The device's array operations (:func:`tattn_numba._registry.array_ops`)."""
+        return _registry.array_ops(self.device)
 
 
 def as_float_array(x, name: str, dtype: np.dtype | None = None) -> np.ndarray:
@@ -78,30 +85,15 @@ def as_float_array(x, name: str, dtype: np.dtype | None = None) -> np.ndarray:
             raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
     else:
         raise TypeError(f"{name} must be an array (numpy.ndarray or array-like), got {type(x).__name__}")
-    _check_dtype_and_size(arr, name, dtype)
+    check_dtype_and_size(arr, name, dtype)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or Inf; all entries must be finite")
     return arr
 
 
-def as_device_float_array(x, name: str, dtype: np.dtype | None = None):
-    """Return the GPU array ``x`` as a finite, C-contiguous float32/float64 numba device array
-    (a view, no copy) or raise naming ``name``."""
-    from . import _device  # noqa: PLC0415 - CUDA machinery only for GPU arrays
-
-    arr = _cuda.as_device_array(x)
-    _check_dtype_and_size(arr, name, dtype)
-    if not arr.is_c_contiguous():
-        raise ValueError(
-            f"{name} is a non-contiguous GPU array (strides {arr.strides}); pass a C-contiguous one "
-            "(e.g. .contiguous() in PyTorch, cupy.ascontiguousarray)"
-        )
-    if not _device.all_finite(arr):
-        raise ValueError(f"{name} contains NaN or Inf; all entries must be finite")
-    return arr
-
-
-def _check_dtype_and_size(arr, name: str, dtype: np.dtype | None) -> None:
+def check_dtype_and_size(arr, name: str, dtype: np.dtype | None) -> None:
+    """Raise naming ``name`` unless ``arr`` is a non-empty float32/float64 array of ``dtype``
+    (any of the two when ``dtype`` is None)."""
     if arr.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
@@ -111,32 +103,6 @@ def _check_dtype_and_size(arr, name: str, dtype: np.dtype | None) -> None:
         )
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-
-
-def _operands_on_gpu(operands: dict, device: str) -> bool:
-    """Whether the operands are GPU arrays; rejects GPU arrays on the CPU path and mixtures."""
-    on_gpu = [name for name, x in operands.items() if _cuda.is_device_array(x)]
-    if device != "cuda" or not on_gpu:
-        return False
-    if len(on_gpu) < len(operands):
-        on_host = [name for name in operands if name not in on_gpu]
-        raise ValueError(
-            f"{', '.join(on_gpu)} {'is a GPU array' if len(on_gpu) == 1 else 'are GPU arrays'} but "
-            f"{', '.join(on_host)} {'is a host array' if len(on_host) == 1 else 'are host arrays'}; pass "
-            "all of them on one side (numba.cuda.to_device moves host arrays explicitly)"
-        )
-    return True
-
-
-def _checked_operands(operands: dict, device: str) -> tuple[dict, bool]:
-    """Validated arrays (host ndarrays or device arrays) and whether they are on the host."""
-    on_gpu = _operands_on_gpu(operands, device)
-    check = as_device_float_array if on_gpu else as_float_array
-    arrays, dtype = {}, None
-    for name, x in operands.items():
-        arrays[name] = check(x, name, dtype)
-        dtype = arrays[name].dtype
-    return arrays, not on_gpu
 
 
 def check_scale(scale, d: int) -> float:
@@ -151,28 +117,27 @@ def check_scale(scale, d: int) -> float:
     return value
 
 
-def check_flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
+def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu", mask=None) -> AttentionInputs:
+    """Validate the five attention operands and return them batch-flattened on the compute device.
 
-
-def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu") -> AttentionInputs:
-    """Validate the five attention operands and return them batch-flattened.
-
-    For ``device="cuda"`` the operands are either all host arrays (validated here, then copied
-    to the GPU) or all GPU arrays (used in place); host arrays on the CPU path stay where they are.
+    ``mask`` (a :class:`~tattn_numba.mask.Mask` or None) and its shorthand ``causal`` give the
+    mask. The device's array operations (:func:`tattn_numba._registry.array_ops`) check the
+    operands: for ``device="cuda"`` all host arrays (validated here, then copied to the GPU) or
+    all GPU arrays (used in place).
 
     Raises
     ------
     TypeError
-        Non-array input, unsupported or mixed dtypes, non-bool ``causal``, non-real ``scale``.
+        Non-array input, unsupported or mixed dtypes, non-bool ``causal``, a ``mask`` that is not
+        a Mask, non-real ``scale``.
     ValueError
         Rank below 2, mismatched batch or feature dimensions, empty arrays, NaN/Inf entries,
         ragged nested sequences, masked arrays with masked entries (see :func:`as_float_array`),
-        ``causal=True`` with unequal lengths, a non-positive or non-finite ``scale``.
+        a mask that does not fit the lengths (``causal=True`` with unequal lengths), both
+        ``mask`` and ``causal=True``, a non-positive or non-finite ``scale``.
     """
-    arrays, host_io = _checked_operands({"Q": Q, "K1": K1, "K2": K2, "V1": V1, "V2": V2}, device)
+    ops = _registry.array_ops(device)
+    arrays, host_io = ops.check_operands({"Q": Q, "K1": K1, "K2": K2, "V1": V1, "V2": V2})
     shapes = {name: tuple(arr.shape) for name, arr in arrays.items()}  # plain tuples (the simulator's refuse [-1])
     for name, shape in shapes.items():
         if len(shape) < 2:
@@ -199,47 +164,33 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu"
         raise ValueError(
             f"V2 must have shape (..., m2, dv={dv}) with the same value width as V1, got {arrays['V2'].shape}"
         )
-    causal = check_flag(causal, "causal")
-    if causal and not n == m1 == m2:
-        raise ValueError(f"causal=True needs n == m1 == m2 (self-attention), got n={n}, m1={m1}, m2={m2}")
+    mask = check_mask(mask, causal)
+    mask.check_shapes(n, m1, m2)
     scale = check_scale(scale, d)
-    flat = {name: _flatten(arr, device, host_io) for name, arr in arrays.items()}
-    return AttentionInputs(flat["Q"], flat["K1"], flat["K2"], flat["V1"], flat["V2"], batch_shape, scale, causal,
+    flat = {name: ops.to_compute(_flatten(arr), host_io) for name, arr in arrays.items()}
+    return AttentionInputs(flat["Q"], flat["K1"], flat["K2"], flat["V1"], flat["V2"], batch_shape, scale, mask,
                            device, host_io)
 
 
-def _flatten(arr, device: str, host_io: bool):
-    """(..., rows, cols) -> (B, rows, cols), C-contiguous, on the compute device."""
-    if not host_io:
-        shape = tuple(arr.shape)
-        return arr.reshape(int(np.prod(shape[:-2], dtype=np.int64)), *shape[-2:])
-    flat = np.ascontiguousarray(arr.reshape((-1,) + arr.shape[-2:]))
-    if device == "cuda":
-        from . import _device  # noqa: PLC0415
-
-        return _device.to_device(flat)
-    return flat
+def _flatten(arr):
+    """(..., rows, cols) -> (B, rows, cols), C-contiguous (a view where possible)."""
+    shape = tuple(arr.shape)
+    flat = arr.reshape(int(np.prod(shape[:-2], dtype=np.int64)), *shape[-2:])
+    return np.ascontiguousarray(flat) if isinstance(flat, np.ndarray) else flat
 
 
-def check_upstream(dO, inputs: AttentionInputs) -> np.ndarray:
+def check_upstream(dO, inputs: AttentionInputs):
     """Validate the upstream gradient ``dO`` against the forward inputs; return it batch-flattened
     on the forward's compute device. ``dO`` must sit where the forward's inputs were passed
     (host or GPU)."""
-    if inputs.device == "cuda" and _cuda.is_device_array(dO) == inputs.host_io:
-        if inputs.host_io:
-            raise ValueError("dO is a GPU array but the forward inputs were host arrays; pass dO on the host too")
-        raise ValueError(
-            "dO is a host array but the forward inputs were GPU arrays; move it explicitly "
-            "(numba.cuda.to_device) or pass host inputs to the forward"
-        )
-    check = as_float_array if inputs.host_io else as_device_float_array
-    arr = check(dO, "dO", dtype=inputs.dtype)
+    ops = inputs.ops
+    arr = ops.check_upstream(dO, inputs.dtype, inputs.host_io)
     B, n, _ = inputs.Q.shape
     dv = inputs.V1.shape[2]
     expected = inputs.batch_shape + (n, dv)
     if tuple(arr.shape) != expected:
         raise ValueError(f"dO must have the output's shape {expected} (..., n, dv), got {arr.shape}")
-    return _flatten(arr, inputs.device, inputs.host_io)
+    return ops.to_compute(_flatten(arr), inputs.host_io)
 
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
@@ -342,11 +293,9 @@ def check_logit_range(scale: float, q_max: np.ndarray, k1_max: np.ndarray, k2_ma
 
 
 def to_caller(x, inputs: AttentionInputs):
-    """A result where the caller's inputs were: copied back to the host when the caller passed
-    host arrays to a ``device="cuda"`` call, as it is otherwise."""
-    if inputs.device == "cuda" and inputs.host_io:
-        return x.copy_to_host()
-    return x
+    """A result where the caller's inputs were (copied back to the host when the caller passed
+    host arrays to a GPU computation, as it is otherwise)."""
+    return inputs.ops.to_caller(x, inputs.host_io)
 
 
 def cast_result(x, inputs: AttentionInputs, name: str):
@@ -357,20 +306,10 @@ def cast_result(x, inputs: AttentionInputs, name: str):
     float32's 3.4e38, say). That is reported instead of returning Inf or NaN.
     """
     dtype = inputs.dtype
-    if inputs.device == "cuda":
-        from . import _device  # noqa: PLC0415
-
-        out = _device.cast(x, dtype)
-        finite = _device.all_finite(out)
-        if finite:
-            out = to_caller(out, inputs)
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = x.astype(dtype, copy=False)
-        finite = np.isfinite(out).all()
+    out, finite = inputs.ops.cast_finite(x, dtype)
     if not finite:
         raise ValueError(
             f"the result {name} overflows {np.dtype(dtype).name} although the inputs are finite; "
             "rescale the inputs" + (" (or use float64)" if np.dtype(dtype) == np.float32 else "")
         )
-    return out
+    return to_caller(out, inputs)

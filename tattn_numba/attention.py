@@ -9,7 +9,6 @@ the forward pass of Alman–Song (2023); the gradient follows Liang–Shi–Song
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -18,6 +17,7 @@ import numpy as np
 from . import _registry
 from ._threads import threads_for
 from ._validation import AttentionInputs, cast_result, check_attention_inputs, check_upstream, to_caller
+from .mask import Mask
 
 __all__ = ["AttentionGrads", "AttentionState", "attention", "attention_grad", "attention_forward", "attention_backward"]
 
@@ -48,8 +48,9 @@ class AttentionState:
         Row log-normaliser in natural-log units: ``lse[i] = log Σ_{j1,j2} exp(logit[i,j1,j2])``
         where ``logit = scale·⟨Q_i, K1_j1 ∘ K2_j2⟩`` and the sum runs over the allowed pairs
         (``j1, j2 ≤ i`` when causal). ``P[i,j1,j2] = exp(logit[i,j1,j2] − lse[i])``.
-    scale, causal, method, device, options
-        The settings of the forward call, reused by the backward.
+    scale, mask, method, device, options
+        The settings of the forward call, reused by the backward (``causal`` is
+        ``mask.causal``).
     certificate : PolyPlan or None
         For ``method="poly"``, the plan with its certified error bounds (degree, rank,
         per-row radii, ``output_bound``); None for the exact method.
@@ -66,7 +67,7 @@ class AttentionState:
     O: np.ndarray
     lse: np.ndarray
     scale: float
-    causal: bool
+    mask: Mask
     method: str
     device: str
     options: dict = field(default_factory=dict)
@@ -77,26 +78,25 @@ class AttentionState:
     _lse_impl: Any = field(default=None, repr=False)
     _fingerprints: tuple = field(default=(), repr=False)
 
+    @property
+    def causal(self) -> bool:
+        """Whether the forward used the causal mask."""
+        return self.mask.causal
+
 
 _OPERANDS = ("Q", "K1", "K2", "V1", "V2")
 
 
 def _fingerprints(inputs: AttentionInputs) -> tuple[int, ...]:
-    """CRC-32 of each (C-contiguous) operand's bytes; a 64-bit hash computed on the GPU for
-    operands the caller passed as GPU arrays (copied host inputs cannot change)."""
-    if inputs.device == "cuda":
-        if inputs.host_io:
-            return ()
-        from . import _device  # noqa: PLC0415
-
-        return tuple(_device.fingerprint(getattr(inputs, name)) for name in _OPERANDS)
-    return tuple(zlib.crc32(memoryview(getattr(inputs, name)).cast("B")) for name in _OPERANDS)
+    """A fingerprint of each operand the caller could still modify (CRC-32 on the host, a 64-bit
+    hash computed on the GPU for GPU operands; copied host inputs of a GPU call get none)."""
+    return inputs.ops.fingerprints([getattr(inputs, name) for name in _OPERANDS], inputs.host_io)
 
 
-def _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, options):
+def _prepare(Q, K1, K2, V1, V2, scale, causal, mask, method, device, options):
     impl = _registry.lookup(method, device)
     _registry.check_options(impl, method, options)
-    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device)
+    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device, mask)
     return impl, inputs
 
 
@@ -111,9 +111,9 @@ def _exact_flops(inputs: AttentionInputs) -> float:
     return 2.0 * B * n * inputs.K1.shape[1] * inputs.K2.shape[1] * (d + inputs.V1.shape[2])
 
 
-def _forward(Q, K1, K2, V1, V2, scale, causal, method, device, options, for_backward):
+def _forward(Q, K1, K2, V1, V2, scale, causal, mask, method, device, options, for_backward):
     """Validate, run the implementation's forward, cast the output; shared by the entry points."""
-    impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, method, device, options)
+    impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, mask, method, device, options)
     with threads_for(_exact_flops(inputs)):
         O_impl, lse, certificate, saved = impl.forward(inputs, for_backward=for_backward, **options)
     O = _unflatten(cast_result(O_impl, inputs, "O"), inputs.batch_shape)
@@ -122,23 +122,13 @@ def _forward(Q, K1, K2, V1, V2, scale, causal, method, device, options, for_back
 
 def _private(x, internal, inputs: AttentionInputs):
     """``x`` itself, or a copy of it when it shares memory with ``internal`` (an array the
-    backward reads). Host results are compared with ``np.shares_memory``; GPU results for GPU
-    inputs are the internal array itself exactly when it already has the input dtype (no cast),
-    and host copies of GPU results never alias."""
-    if isinstance(x, np.ndarray) and isinstance(internal, np.ndarray):
-        return x.copy() if np.shares_memory(x, internal) else x
-    if inputs.device == "cuda" and not inputs.host_io and internal.dtype == x.dtype:
-        from . import _device  # noqa: PLC0415 - CUDA machinery only for GPU arrays
-
-        out = _device.device_empty(tuple(x.shape), x.dtype)
-        out.copy_to_device(x)
-        return out
-    return x
+    backward reads)."""
+    return inputs.ops.private(x, internal, inputs.host_io)
 
 
 def attention_forward(
     Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False,
-    method: str = "exact", device: str = "cpu", **method_options: Any,
+    mask: Mask | None = None, method: str = "exact", device: str = "cpu", **method_options: Any,
 ) -> tuple[np.ndarray, AttentionState]:
     """Tensor attention that also returns the state its backward pass needs.
 
@@ -156,7 +146,11 @@ def attention_forward(
         Logit scale s; ``None`` means ``1/d`` (the convention of the theory papers;
         2-simplicial transformers use ``1/sqrt(d)``).
     causal : bool
-        Keep only pairs with ``j1 <= i`` and ``j2 <= i``; needs ``n == m1 == m2``.
+        Keep only pairs with ``j1 <= i`` and ``j2 <= i``; needs ``n == m1 == m2``. Shorthand for
+        ``mask=Mask(causal=True)``.
+    mask : Mask, optional
+        Which key pairs each query row sees (:class:`tattn_numba.Mask`); None is the full mask,
+        or the causal one with ``causal=True`` (giving both raises ``ValueError``).
     method : {"exact", "poly"}
         Implementation, looked up in the ``(method, device)`` registry.
     device : {"cpu", "cuda"}
@@ -189,18 +183,45 @@ def attention_forward(
     change the gradients. For float64 this costs one copy of O and lse.
     """
     inputs, O_impl, O, lse, certificate, saved = _forward(
-        Q, K1, K2, V1, V2, scale, causal, method, device, method_options, for_backward=True
+        Q, K1, K2, V1, V2, scale, causal, mask, method, device, method_options, for_backward=True
     )
     # What the caller gets must not share memory with what the backward reads (O_impl, lse):
     # an in-place `O += residual` would otherwise silently change the gradients.
     O = _private(O, O_impl, inputs)
     lse_out = _private(_unflatten(to_caller(lse, inputs), inputs.batch_shape), lse, inputs)
     state = AttentionState(
-        O=O, lse=lse_out, scale=inputs.scale, causal=inputs.causal,
+        O=O, lse=lse_out, scale=inputs.scale, mask=inputs.mask,
         method=method, device=device, options=dict(method_options), certificate=certificate,
         _saved=saved, _inputs=inputs, _O_impl=O_impl, _lse_impl=lse, _fingerprints=_fingerprints(inputs),
     )
     return O, state
+
+
+class SavedForward(NamedTuple):
+    """What a forward call kept for its backward: the validated, batch-flattened ``inputs``
+    and the float64 output ``O`` (B, n, dv) and row normaliser ``lse`` (B, n) the backward reads
+    (on the compute device)."""
+
+    inputs: AttentionInputs
+    O: Any
+    lse: Any
+
+
+def saved_forward(state: AttentionState) -> SavedForward:
+    """The :class:`SavedForward` of ``state``, after checking that none of the caller's
+    operands changed since the forward (``ValueError`` naming the operand) and that ``state``
+    comes from :func:`attention_forward` (``TypeError``). For code that extends the backward
+    (the surrogate's gradient bounds) without reaching into the state's fields."""
+    if not isinstance(state, AttentionState) or state._inputs is None:
+        raise TypeError(f"state must be the AttentionState returned by attention_forward, got {type(state).__name__}")
+    inputs = state._inputs
+    for name, before, now in zip(_OPERANDS, state._fingerprints, _fingerprints(inputs)):
+        if before != now:
+            raise ValueError(
+                f"{name} was modified after attention_forward; the saved state no longer matches it "
+                "(run attention_forward again, or pass a copy)"
+            )
+    return SavedForward(inputs, state._O_impl, state._lse_impl)
 
 
 def attention_backward(state: AttentionState, dO) -> AttentionGrads:
@@ -224,19 +245,11 @@ def attention_backward(state: AttentionState, dO) -> AttentionGrads:
     Σ_m dO[i,m] V1[j1,m] V2[j2,m]. The exact method costs Θ(n·m1·m2·(d + dv)) and never
     stores P.
     """
-    if not isinstance(state, AttentionState) or state._inputs is None:
-        raise TypeError(f"state must be the AttentionState returned by attention_forward, got {type(state).__name__}")
-    inputs = state._inputs
-    for name, before, now in zip(_OPERANDS, state._fingerprints, _fingerprints(inputs)):
-        if before != now:
-            raise ValueError(
-                f"{name} was modified after attention_forward; the saved state no longer matches it "
-                "(run attention_forward again, or pass a copy)"
-            )
+    inputs, O_impl, lse_impl = saved_forward(state)
     dO = check_upstream(dO, inputs)
     impl = _registry.lookup(state.method, state.device)
     with threads_for(3 * _exact_flops(inputs)):
-        grads = impl.backward(inputs, state._O_impl, state._lse_impl, state.certificate, state._saved, dO)
+        grads = impl.backward(inputs, O_impl, lse_impl, state.certificate, state._saved, dO)
     return AttentionGrads(*(
         _unflatten(cast_result(g, inputs, name), inputs.batch_shape)
         for name, g in zip(AttentionGrads._fields, grads)
@@ -245,7 +258,7 @@ def attention_backward(state: AttentionState, dO) -> AttentionGrads:
 
 def attention(
     Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False,
-    method: str = "exact", device: str = "cpu", **method_options: Any,
+    mask: Mask | None = None, method: str = "exact", device: str = "cpu", **method_options: Any,
 ) -> np.ndarray:
     """Tensor (2-simplicial) attention.
 
@@ -262,8 +275,9 @@ def attention(
         float32 or float64 (one dtype for all), finite, non-empty, identical leading dims.
     scale : float, optional
         Logit scale; ``None`` means ``1/d``.
-    causal : bool
-        Only pairs with ``j1 <= i`` and ``j2 <= i`` (needs ``n == m1 == m2``).
+    causal, mask
+        Only pairs with ``j1 <= i`` and ``j2 <= i`` (needs ``n == m1 == m2``); a general
+        :class:`tattn_numba.Mask` instead (see :func:`attention_forward`).
     method : {"exact", "poly"}
         ``"exact"``: streaming online-softmax kernel, Θ(n·m1·m2·(d + dv)) time,
         O((n + m1 + m2)·(d + dv)) memory. ``"poly"``: the certified low-rank surrogate
@@ -304,12 +318,12 @@ def attention(
     >>> ta.attention(Q, K1, K2, V1, V2).shape
     (4, 3)
     """
-    return _forward(Q, K1, K2, V1, V2, scale, causal, method, device, method_options, for_backward=False)[2]
+    return _forward(Q, K1, K2, V1, V2, scale, causal, mask, method, device, method_options, for_backward=False)[2]
 
 
 def attention_grad(
     Q, K1, K2, V1, V2, dO, *, scale: float | None = None, causal: bool = False,
-    method: str = "exact", device: str = "cpu", **method_options: Any,
+    mask: Mask | None = None, method: str = "exact", device: str = "cpu", **method_options: Any,
 ) -> AttentionGrads:
     """Gradients of ``⟨dO, attention(Q, K1, K2, V1, V2)⟩`` with respect to the five operands.
 
@@ -318,7 +332,7 @@ def attention_grad(
 
     Parameters
     ----------
-    Q, K1, K2, V1, V2, scale, causal, method, device, **method_options
+    Q, K1, K2, V1, V2, scale, causal, mask, method, device, **method_options
         As for :func:`attention`.
     dO : array_like, shape (..., n, dv)
         Upstream gradient, same dtype as the inputs.
@@ -330,6 +344,7 @@ def attention_grad(
         Liang–Shi–Song–Zhou 2024).
     """
     _, state = attention_forward(
-        Q, K1, K2, V1, V2, scale=scale, causal=causal, method=method, device=device, **method_options
+        Q, K1, K2, V1, V2, scale=scale, causal=causal, mask=mask, method=method, device=device,
+        **method_options,
     )
     return attention_backward(state, dO)

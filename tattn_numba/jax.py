@@ -50,6 +50,7 @@ import numpy as np
 
 from ._validation import check_attention_inputs
 from .attention import attention, attention_grad
+from .mask import Mask, check_mask
 
 __all__ = ["tensor_attention"]
 
@@ -65,18 +66,18 @@ def _host_view(x):
     return x  # numpy arrays, lists, ...: the core judges (and names) them
 
 
-def _check(args, scale, causal, method, opts):
+def _check(args, scale, causal, mask, method, opts):
     """Raise the core's errors at trace time."""
-    inputs = check_attention_inputs(*(_host_view(x) for x in args), scale, causal)
+    inputs = check_attention_inputs(*(_host_view(x) for x in args), scale, causal, mask=mask)
     _, n, d = inputs.Q.shape
     dv = inputs.V1.shape[-1]
     # method, device and option names/values: a 1-row problem of the same widths, cheap.
     tiny = [np.zeros((1, w), dtype=inputs.dtype) for w in (d, d, d, dv, dv)]
-    attention(*tiny, scale=inputs.scale, causal=causal, method=method, **opts)
+    attention(*tiny, scale=inputs.scale, mask=inputs.mask, method=method, **opts)
 
 
-def _build(scale, causal, method, opts, out_struct):
-    kw = dict(scale=scale, causal=causal, method=method, **opts)
+def _build(scale, mask, method, opts, out_struct):
+    kw = dict(scale=scale, mask=mask, method=method, **opts)
 
     def fwd_host(Q, K1, K2, V1, V2):
         return np.asarray(attention(Q, K1, K2, V1, V2, **kw))
@@ -100,8 +101,8 @@ def _build(scale, causal, method, opts, out_struct):
 
 
 def tensor_attention(
-    Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False, method: str = "exact",
-    **opts: Any,
+    Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False, mask: Mask | None = None,
+    method: str = "exact", **opts: Any,
 ):
     """Differentiable tensor (2-simplicial) attention on JAX arrays.
 
@@ -118,6 +119,8 @@ def tensor_attention(
         Logit scale; ``None`` means ``1/d``. Static (a Python number, not a traced value).
     causal : bool
         Keep only pairs ``j1, j2 <= i`` (needs ``n == m1 == m2``). Static.
+    mask : tattn_numba.Mask, optional
+        A general mask instead of ``causal`` (as in :func:`tattn_numba.attention`). Static.
     method : {"exact", "poly"}
         ``"poly"`` is the certified polynomial surrogate (options ``degree=``, ``tol=``,
         ``family=``). Static.
@@ -144,10 +147,11 @@ def tensor_attention(
     (5, 3)
     """
     args = (Q, K1, K2, V1, V2)
-    _check(args, scale, causal, method, opts)
+    mask = check_mask(mask, causal)
+    _check(args, scale, False, mask, method, opts)
     # float64 NumPy input becomes float32 here when x64 is disabled (JAX's rule), all alike.
     # NumPy subclasses the core accepted (np.matrix, a MaskedArray with nothing masked) as plain
     # arrays: JAX refuses masked arrays outright, without naming the argument.
     args = tuple(jnp.asarray(np.asarray(x) if isinstance(x, np.ndarray) else x) for x in args)
     out_struct = jax.ShapeDtypeStruct(args[0].shape[:-1] + args[3].shape[-1:], args[0].dtype)
-    return _build(scale, causal, method, opts, out_struct)(*args)
+    return _build(scale, mask, method, opts, out_struct)(*args)

@@ -58,6 +58,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .attention import attention, attention_backward, attention_forward
+from .mask import Mask, check_mask
 
 __all__ = ["TensorAttention", "TensorAttentionFunction", "tensor_attention"]
 
@@ -71,9 +72,8 @@ def _to_numpy(x, name: str):
         return x
     device = x.device
     if device.type != "cpu":
-        kind = "a CUDA tensor" if device.type == "cuda" else f"a tensor on device type {device.type!r}"
         raise ValueError(
-            f"{name} is {kind} (device={device}); tattn_numba.torch supports CPU tensors only: move it "
+            f"{name} is a {device.type.upper()} tensor (device={device}); tattn_numba.torch supports CPU tensors only: move it "
             "with .cpu(), or call tattn_numba.attention(..., device='cuda') on detached CUDA tensors"
         )
     if x.dtype not in _SUPPORTED:
@@ -85,22 +85,22 @@ def _to_numpy(x, name: str):
 class TensorAttentionFunction(torch.autograd.Function):
     """``torch.autograd.Function`` over the core forward/backward.
 
-    Call as ``TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, method, options)``
+    Call as ``TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, mask, method, options)``
     with ``options`` a dict of method options (``degree``, ``tol``, ``family`` for ``"poly"``);
     prefer :func:`tensor_attention`. Only first-order gradients are supported.
     """
 
     @staticmethod
-    def forward(ctx, Q, K1, K2, V1, V2, scale, causal, method, options):
+    def forward(ctx, Q, K1, K2, V1, V2, scale, causal, mask, method, options):
         arrays = [_to_numpy(x, name) for x, name in zip((Q, K1, K2, V1, V2), _OPERANDS)]
         opts = dict(options or {})
         if any(ctx.needs_input_grad[:5]):
             # The returned tensor wraps O's memory, which the core guarantees the backward never
             # reads, so in-place ops on the output (legal in autograd) keep the gradients right.
-            O, state = attention_forward(*arrays, scale=scale, causal=causal, method=method, **opts)
+            O, state = attention_forward(*arrays, scale=scale, causal=causal, mask=mask, method=method, **opts)
             ctx.state = state
         else:  # no gradient wanted: skip the state (and its input fingerprints)
-            O = attention(*arrays, scale=scale, causal=causal, method=method, **opts)
+            O = attention(*arrays, scale=scale, causal=causal, mask=mask, method=method, **opts)
             ctx.state = None
         return torch.from_numpy(np.ascontiguousarray(O))
 
@@ -109,18 +109,18 @@ class TensorAttentionFunction(torch.autograd.Function):
     def backward(ctx, dO):
         state = ctx.state
         if state is None:  # pragma: no cover - autograd does not call backward then
-            return (None,) * 9
+            return (None,) * 10
         grads = attention_backward(state, _to_numpy(dO.contiguous(), "dO"))
         out = tuple(
             torch.from_numpy(np.ascontiguousarray(g)) if need else None
             for g, need in zip(grads, ctx.needs_input_grad[:5])
         )
-        return out + (None, None, None, None)
+        return out + (None,) * 5
 
 
 def tensor_attention(
-    Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False, method: str = "exact",
-    **opts: Any,
+    Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False, mask: Mask | None = None,
+    method: str = "exact", **opts: Any,
 ) -> torch.Tensor:
     """Differentiable tensor (2-simplicial) attention on CPU torch tensors.
 
@@ -136,6 +136,8 @@ def tensor_attention(
         Logit scale; ``None`` means ``1/d`` (as in :func:`tattn_numba.attention`).
     causal : bool
         Keep only pairs ``j1, j2 <= i`` (needs ``n == m1 == m2``).
+    mask : tattn_numba.Mask, optional
+        A general mask instead of ``causal`` (as in :func:`tattn_numba.attention`).
     method : {"exact", "poly"}
         ``"poly"`` is the certified polynomial surrogate; pass ``degree=``, ``tol=``, ``family=``.
     **opts
@@ -160,7 +162,7 @@ def tensor_attention(
     >>> tensor_attention(Q, K1, K2, V1, V2, method="poly", degree=4).shape
     torch.Size([6, 3])
     """
-    return TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, method, opts)
+    return TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, mask, method, opts)
 
 
 class TensorAttention(nn.Module):
@@ -179,6 +181,8 @@ class TensorAttention(nn.Module):
         Defaults to ``embed_dim // num_heads`` (then ``embed_dim`` must be divisible by ``num_heads``).
     method : {"exact", "poly"}
     causal : bool
+    mask : tattn_numba.Mask, optional
+        A general mask instead of ``causal`` (checked here, at construction).
     scale : float, optional
         ``None`` means ``1/head_dim`` (the core's default).
     bias : bool
@@ -198,7 +202,8 @@ class TensorAttention(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int | None = None, *, method: str = "exact",
-                 causal: bool = False, scale: float | None = None, bias: bool = False, **method_options: Any):
+                 causal: bool = False, mask: Mask | None = None, scale: float | None = None, bias: bool = False,
+                 **method_options: Any):
         super().__init__()
         if not isinstance(embed_dim, int) or embed_dim <= 0:
             raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
@@ -213,7 +218,8 @@ class TensorAttention(nn.Module):
         if not isinstance(head_dim, int) or head_dim <= 0:
             raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
-        self.method, self.causal, self.scale = method, causal, scale
+        self.mask = check_mask(mask, causal)
+        self.method, self.causal, self.scale = method, self.mask.causal, scale
         self.method_options = dict(method_options)
         inner = num_heads * head_dim
         self.W_Q = nn.Linear(embed_dim, inner, bias=bias)
@@ -232,7 +238,7 @@ class TensorAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"x must have shape (batch, seq, embed_dim={self.embed_dim}), got {tuple(x.shape)}")
         q, k1, k2, v1, v2 = (self._heads(W(x)) for W in (self.W_Q, self.W_K1, self.W_K2, self.W_V1, self.W_V2))
-        o = tensor_attention(q, k1, k2, v1, v2, scale=self.scale, causal=self.causal, method=self.method,
+        o = tensor_attention(q, k1, k2, v1, v2, scale=self.scale, mask=self.mask, method=self.method,
                              **self.method_options)
         b, h, s, hd = o.shape
         return self.W_O(o.transpose(1, 2).reshape(b, s, h * hd))

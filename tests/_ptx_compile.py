@@ -76,12 +76,23 @@ def _cases() -> list[Case]:
         # row_dots(dO (input dtype), O (float64)) -> delta; the surrogate passes float64 for both.
         cases.append(Case(f"_device._row_dots_kernel[{dt}]", f"{dev}:_row_dots_kernel", None,
                           f"void({dt}[:, :, ::1], {f3}, {f2})"))
+    for dt in ("float32", "float64"):
+        x3 = f"{dt}[:, :, ::1]"
+        # take_batches(Q, index) of a broadcast Q; right_multiply(x, lift matrix) of the logit
+        # forms (Q, K1, K2 in the input dtype and the float64 gradients).
+        cases.append(Case(f"_device._take_batches_kernel[{dt}]", f"{dev}:_take_batches_kernel", None,
+                          f"void({x3}, {i1}, {x3})"))
+        cases.append(Case(f"_device._right_multiply_kernel[{dt}]", f"{dev}:_right_multiply_kernel", None,
+                          f"void({x3}, {f2}, {x3})"))
+    # sum_batches(dQ, index, count): the float64 gradient of a broadcast Q.
+    cases.append(Case("_device._sum_batches_kernel", f"{dev}:_sum_batches_kernel", None, f"void({f3}, {i1}, {f3})"))
     # fingerprint(x): the input's words, x.reshape(x.size).view(uint32).
     cases.append(Case("_device._fingerprint_kernel", f"{dev}:_fingerprint_kernel", None,
                       "void(uint32[::1], uint64[::1])"))
 
     # --- exact.cuda: inputs and dO in the input dtype (B, n, ·) C-contiguous; O, lse, delta and
-    # the gradients float64; scale a Python float, causal and write_dq Python bools. Launch shape
+    # the gradients float64; scale a Python float, causal and write_dq Python bools, the mask
+    # widths Python ints (Mask.kernel_args). Launch shape
     # from _launch_shape(d, dv) with the default config (128 threads, 4 query rows, key tile 64),
     # so e.g. (d, dv) = (16, 16) -> (128, 4, 32, 64) and (64, 64) -> (128, 4, 32, 32).
     # The factories take (d, dv, threads, query_tile, lanes, key_tile); main() checks that these
@@ -93,9 +104,9 @@ def _cases() -> list[Case]:
             tag = f"d={d},dv={dv},{dt}"
             small = (d, dv) == (16, 16)
             cases.append(Case(f"exact.cuda._forward_kernel[{tag}]", f"{exact}:_forward_kernel", args,
-                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, float64, boolean, {f3}, {f2})", small))
+                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, float64, boolean, int64, int64, {f3}, {f2})", small))
             cases.append(Case(f"exact.cuda._backward_kernel[{tag}]", f"{exact}:_backward_kernel", args,
-                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, {x3}, {f2}, {f2}, float64, boolean, boolean, "
+                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, {x3}, {f2}, {f2}, float64, boolean, int64, int64, boolean, "
                               f"{f3}, {f3}, {f3})", small))
 
     # --- poly._cuda_gemm: the driver passes whole C-contiguous float64 arrays (U^T, summaries,

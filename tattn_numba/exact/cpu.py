@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 
 from .. import config
 from .._validation import AttentionInputs, check_logit_range, check_memory
+from ..mask import key_range_jit
 
 OPTIONS = frozenset()
 
@@ -229,21 +230,30 @@ def _scaled_rows(x, b, i, yT, j0, count, factor, out):
             out[o + jj] = q * yT[b, l, j0 + jj]
 
 
+@numba.njit(inline="always", cache=config.CACHE)
+def _task_box(task, n, m1, m2, mask):
+    """Batch entry ``b`` and query row ``i`` of ``task`` (= b·n + i), and the row's mask box
+    ``[start1, end1) × [start2, end2)`` (``mask`` from :meth:`tattn_numba.mask.Mask.kernel_args`)."""
+    b = task // n
+    i = task - b * n
+    start1, end1 = key_range_jit(mask[0], mask[1], i, m1)
+    start2, end2 = key_range_jit(mask[0], mask[2], i, m2)
+    return b, i, start1, end1, start2, end2
+
+
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _forward_kernel(Q, K1T, K2, V1T, V2, scale, causal, tile1, tile2, workers, O, lse):
+def _forward_kernel(Q, K1T, K2, V1T, V2, scale, mask, tile1, tile2, workers, O, lse):
     """Streaming forward (SPEC §1). All float64.
 
     Q (B,n,d), K1T (B,d,m1), K2 (B,m2,d), V1T (B,dv,m1), V2 (B,m2,dv) in; O (B,n,dv) and
-    lse (B,n) out. Task (b, i) loops over blocks of ``tile1`` rows of K1 and ``tile2`` rows
-    of K2; per block it forms the logit tile S[j2, j1] = K2 · (scale·Q_i ∘ K1)^T, updates the
+    lse (B,n) out; ``mask`` is :meth:`tattn_numba.mask.Mask.kernel_args`. Task (b, i) loops
+    over blocks of ``tile1`` rows of K1 and ``tile2`` rows of K2 inside its mask box; per
+    block it forms the logit tile S[j2, j1] = K2 · (scale·Q_i ∘ K1)^T, updates the
     running maximum, exponentiates in place and accumulates T[m, j1] += V2^T · P; each
     finished K1 block is folded into the output row with V1.
     """
     B, n, d = Q.shape
-    m1 = K1T.shape[2]
-    m2 = K2.shape[1]
-    dv = V2.shape[2]
-    ntasks = B * n
+    m1, m2, dv = K1T.shape[2], K2.shape[1], V2.shape[2]
     for w in numba.prange(workers):
         a_t = np.empty(d * tile1)
         s_t = np.empty(tile2 * tile1)
@@ -251,19 +261,16 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, scale, causal, tile1, tile2, workers, O
         k2_blk = np.empty(tile2 * d)
         v2t_blk = np.empty(dv * tile2)
         acc = np.empty(dv)
-        for task in range(w, ntasks, workers):
-            b = task // n
-            i = task - b * n
-            end1 = i + 1 if causal else m1
-            end2 = i + 1 if causal else m2
+        for task in range(w, B * n, workers):
+            b, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask)
             row_max = -np.inf
             row_sum = 0.0
             acc[:] = 0.0
-            for j0 in range(0, end1, tile1):
+            for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
                 _scaled_rows(Q, b, i, K1T, j0, c1, scale, a_t)
                 t_t[: dv * c1] = 0.0
-                for k0 in range(0, end2, tile2):
+                for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
                     _load_rows(K2, b, k0, c2, d, k2_blk, False)
                     _load_rows(V2, b, k0, c2, dv, v2t_blk, True)
@@ -291,7 +298,7 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, scale, causal, tile1, tile2, workers, O
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, causal, tile1, tile2, workers,
+def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, mask, tile1, tile2, workers,
                      dQ, dK1T, dK2, dV1T, dV2):
     """Streaming backward (SPEC §2) from the forward's ``lse``; ``delta = rowsum(dO ∘ O)``.
 
@@ -302,10 +309,7 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, causal, tile1, 
     dV2 (W,B,m2,dv) are per-worker accumulators, summed by the caller.
     """
     B, n, d = Q.shape
-    m1 = K1T.shape[2]
-    m2 = K2.shape[1]
-    dv = V2.shape[2]
-    ntasks = B * n
+    m1, m2, dv = K1T.shape[2], K2.shape[1], V2.shape[2]
     for w in numba.prange(workers):
         a_t = np.empty(d * tile1)
         g_t = np.empty(dv * tile1)
@@ -319,18 +323,15 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, causal, tile1, 
         v2t_blk = np.empty(dv * tile2)
         dk2_blk = np.empty(tile2 * d)
         dv2_blk = np.empty(tile2 * dv)
-        for task in range(w, ntasks, workers):
-            b = task // n
-            i = task - b * n
-            end1 = i + 1 if causal else m1
-            end2 = i + 1 if causal else m2
+        for task in range(w, B * n, workers):
+            b, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask)
             shift = lse[b, i]
             di = delta[b, i]
-            for j0 in range(0, end1, tile1):
+            for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
                 _scaled_rows(Q, b, i, K1T, j0, c1, scale, a_t)
                 _scaled_rows(dO, b, i, V1T, j0, c1, 1.0, g_t)
-                for k0 in range(0, end2, tile2):
+                for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
                     _load_rows(K2, b, k0, c2, d, k2_blk, False)
                     _load_rows(K2, b, k0, c2, d, k2t_blk, True)
@@ -341,7 +342,7 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, causal, tile1, 
                     _mm(v2_blk, dv, g_t, c1, dz_t, c1, c2, dv, c1, False)
                     for jj in range(c2 * c1):
                         dz_t[jj] = p_t[jj] * (dz_t[jj] - di)
-                    first = k0 == 0
+                    first = k0 == start2
                     _mm(k2t_blk, c2, dz_t, c1, u_t, c1, d, c2, c1, not first)
                     _mm(v2t_blk, c2, p_t, c1, pv_t, c1, dv, c2, c1, not first)
                     _mm_nt(dz_t, c1, a_t, c1, dk2_blk, d, c2, d, c1)
@@ -500,8 +501,9 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
     B, n, _ = Q.shape
     O = np.empty((B, n, V2.shape[2]))
     lse = np.empty((B, n))
-    _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.scale, inputs.causal,
-                    config.KEY_TILE_1, config.KEY_TILE_2, numba.get_num_threads(), O, lse)
+    _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.scale,
+                    inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1]), config.KEY_TILE_1,
+                    config.KEY_TILE_2, numba.get_num_threads(), O, lse)
     return O, lse, None, None
 
 
@@ -534,7 +536,8 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     dV1T = np.zeros((workers, B, dv, m1))
     dV2 = np.zeros((workers, B, m2, dv))
     _backward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, dO64,
-                     np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale, inputs.causal,
+                     np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale,
+                     inputs.mask.kernel_args(m1, m2),
                      config.KEY_TILE_1, config.KEY_TILE_2, workers, dQ, dK1T, dK2, dV1T, dV2)
     del Q, K2, V2, dO64, delta  # free the working copies before the reductions
     dK1 = np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1))

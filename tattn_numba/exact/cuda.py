@@ -40,6 +40,7 @@ import numpy as np
 
 from .. import _cuda, _device, config
 from .._validation import AttentionInputs, check_logit_range
+from ..mask import key_range
 
 cuda = _cuda.require()
 
@@ -61,13 +62,15 @@ def _lane_reduce(red, tid, lane, lanes, take_max):
         stride //= 2
 
 
+_key_range = cuda.jit(device=True)(key_range)
+
+
 @cuda.jit(device=True)
-def _query_tile(n, m_own, m_streamed, causal, query_tile, lanes):
+def _query_tile(n, query_tile, lanes):
     """Where this thread works: batch entry ``b``, query row ``i`` (``valid`` if i < n), its
-    thread index and lane, and the key ranges. The block covers the query tile
-    ``blockIdx.x mod ceil(n / query_tile)`` of batch entry ``blockIdx.x div ceil(n / query_tile)``;
-    ``block_end_*`` bound the loops every thread of the block runs (barriers inside), ``end_*``
-    this thread's own row (causal: keys j <= i)."""
+    thread index and lane, and the block's first and last query rows. The block covers the
+    query tile ``blockIdx.x mod ceil(n / query_tile)`` of batch entry
+    ``blockIdx.x div ceil(n / query_tile)``."""
     tiles = (n + query_tile - 1) // query_tile
     b = cuda.blockIdx.x // tiles
     i0 = (cuda.blockIdx.x - b * tiles) * query_tile
@@ -75,13 +78,21 @@ def _query_tile(n, m_own, m_streamed, causal, query_tile, lanes):
     q = tid // lanes
     lane = tid - q * lanes
     i = i0 + q
-    valid = i < n
-    last = min(n, i0 + query_tile)
-    block_end_own = min(m_own, last) if causal else m_own
-    block_end_streamed = min(m_streamed, last) if causal else m_streamed
-    end_own = (min(m_own, i + 1) if causal else m_own) if valid else 0
-    end_streamed = (min(m_streamed, i + 1) if causal else m_streamed) if valid else 0
-    return b, i, tid, lane, valid, block_end_own, block_end_streamed, end_own, end_streamed
+    return b, i, tid, lane, i < n, i0, min(n, i0 + query_tile) - 1
+
+
+@cuda.jit(device=True)
+def _key_box(causal, width, m, i, valid, first, last):
+    """The key rows of one key set for this thread and its block (:func:`tattn_numba.mask.key_range`):
+    ``block_start, block_end`` bound the loops every thread of the block runs (barriers
+    inside: the union of the rows ``first..last``, whose ranges are nondecreasing), and
+    ``start, end`` this thread's own row (empty past the last row)."""
+    block_start, _ = _key_range(causal, width, first, m)
+    _, block_end = _key_range(causal, width, last, m)
+    start, end = _key_range(causal, width, i, m)
+    if not valid:
+        end = start
+    return block_start, block_end, start, end
 
 
 @cuda.jit(device=True)
@@ -124,9 +135,10 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
     """The forward kernel for one (d, dv) and launch shape; grid: one block per (b, query tile)."""
 
     @cuda.jit
-    def kernel(Q, K1, K2, V1, V2, scale, causal, O, lse):
-        b, i, tid, lane, valid, block_end1, block_end2, end1, end2 = _query_tile(
-            Q.shape[1], K1.shape[1], K2.shape[1], causal, query_tile, lanes)
+    def kernel(Q, K1, K2, V1, V2, scale, causal, width1, width2, O, lse):
+        b, i, tid, lane, valid, first, last = _query_tile(Q.shape[1], query_tile, lanes)
+        block_start1, block_end1, start1, end1 = _key_box(causal, width1, K1.shape[1], i, valid, first, last)
+        block_start2, block_end2, start2, end2 = _key_box(causal, width2, K2.shape[1], i, valid, first, last)
 
         k2s = cuda.shared.array((key_tile, d), np.float64)
         v2s = cuda.shared.array((key_tile, dv), np.float64)
@@ -139,18 +151,18 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
         row_max = -math.inf
         row_sum = 0.0
 
-        for j10 in range(0, block_end1, lanes):
+        for j10 in range(block_start1, block_end1, lanes):
             j1 = j10 + lane
-            active = j1 < end1
+            active = j1 >= start1 and j1 < end1
             if active:
                 for l in range(d):
                     a[l] = scale * float(Q[b, i, l]) * float(K1[b, j1, l])
             for m in range(dv):
                 t[m] = 0.0
-            for k0 in range(0, block_end2, key_tile):
+            for k0 in range(block_start2, block_end2, key_tile):
                 _stage_key_tile(K2, V2, b, k0, k2s, v2s, tid, threads)
                 if active:
-                    for jj in range(min(key_tile, end2 - k0)):
+                    for jj in range(max(0, start2 - k0), min(key_tile, end2 - k0)):
                         s = 0.0
                         for l in range(d):
                             s += a[l] * k2s[jj, l]
@@ -199,9 +211,10 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
     block streams (Kb, Vb); accumulates dKa, dVa (atomics) and, with ``write_dq``, writes dQ."""
 
     @cuda.jit
-    def kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, scale, causal, write_dq, dQ, dKa, dVa):
-        b, i, tid, lane, valid, block_enda, block_endb, enda, endb = _query_tile(
-            Q.shape[1], Ka.shape[1], Kb.shape[1], causal, query_tile, lanes)
+    def kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, scale, causal, width_a, width_b, write_dq, dQ, dKa, dVa):
+        b, i, tid, lane, valid, first, last = _query_tile(Q.shape[1], query_tile, lanes)
+        block_starta, block_enda, starta, enda = _key_box(causal, width_a, Ka.shape[1], i, valid, first, last)
+        block_startb, block_endb, startb, endb = _key_box(causal, width_b, Kb.shape[1], i, valid, first, last)
         shift = lse[b, i] if valid else 0.0
         di = delta[b, i] if valid else 0.0
 
@@ -216,9 +229,9 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
         for l in range(d):
             dq[l] = 0.0
 
-        for ja0 in range(0, block_enda, lanes):
+        for ja0 in range(block_starta, block_enda, lanes):
             ja = ja0 + lane
-            active = ja < enda
+            active = ja >= starta and ja < enda
             if active:
                 for l in range(d):
                     a[l] = scale * float(Q[b, i, l]) * float(Ka[b, ja, l])
@@ -228,10 +241,10 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
                 u[l] = 0.0
             for m in range(dv):
                 pv[m] = 0.0
-            for k0 in range(0, block_endb, key_tile):
+            for k0 in range(block_startb, block_endb, key_tile):
                 _stage_key_tile(Kb, Vb, b, k0, kbs, vbs, tid, threads)
                 if active:
-                    for jj in range(min(key_tile, endb - k0)):
+                    for jj in range(max(0, startb - k0), min(key_tile, endb - k0)):
                         s = 0.0
                         for l in range(d):
                             s += a[l] * kbs[jj, l]
@@ -289,8 +302,9 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True):
     B, n, _ = inputs.Q.shape
     O = _device.device_empty((B, n, inputs.V1.shape[2]), np.float64)
     lse = _device.device_empty((B, n), np.float64)
+    causal, width1, width2 = inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1])
     _configured(_forward_kernel, inputs)(
-        inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2, inputs.scale, inputs.causal, O, lse
+        inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2, inputs.scale, causal, width1, width2, O, lse
     )
     return O, lse, None, None
 
@@ -309,8 +323,11 @@ def backward(inputs: AttentionInputs, O, lse, certificate: None, saved: None, dO
                               (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2))
     kernel = _configured(_backward_kernel, inputs)
     Q, K1, K2, V1, V2 = inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2
+    causal, width1, width2 = inputs.mask.kernel_args(K1.shape[1], K2.shape[1])
     # Threads own rows of the first key (dQ, dK1, dV1), then of the second (dK2, dV2).
-    for Ka, Kb, Va, Vb, dKa, dVa, write_dq in ((K1, K2, V1, V2, dK1, dV1, True),
-                                               (K2, K1, V2, V1, dK2, dV2, False)):
-        kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, inputs.scale, inputs.causal, write_dq, dQ, dKa, dVa)
+    for Ka, Kb, Va, Vb, width_a, width_b, dKa, dVa, write_dq in (
+        (K1, K2, V1, V2, width1, width2, dK1, dV1, True),
+        (K2, K1, V2, V1, width2, width1, dK2, dV2, False),
+    ):
+        kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, inputs.scale, causal, width_a, width_b, write_dq, dQ, dKa, dVa)
     return dQ, dK1, dK2, dV1, dV2

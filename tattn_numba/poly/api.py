@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 
 from .._validation import check_attention_inputs, check_upstream
-from ..attention import AttentionState
+from ..attention import AttentionState, saved_forward
+from ..mask import Mask
 from .plan import GradientBounds, PolyPlan, gradient_bounds, make_plan
 
 __all__ = ["poly_plan", "poly_gradient_bounds"]
@@ -15,7 +16,8 @@ __all__ = ["poly_plan", "poly_gradient_bounds"]
 
 def poly_plan(
     Q, K1, K2, V1, V2, *, scale: float | None = None, tol: float | None = None, degree: int | None = None,
-    family: str = "chebyshev", memory_budget: int | None = None, causal: bool = False, dO=None,
+    family: str = "chebyshev", memory_budget: int | None = None, causal: bool = False, mask: Mask | None = None,
+    dO=None,
 ) -> PolyPlan:
     """Inspect what ``attention(..., method="poly")`` would do, without doing it.
 
@@ -30,7 +32,7 @@ def poly_plan(
     family : {"chebyshev", "taylor"}
     memory_budget : int, optional
         Bytes the surrogate may allocate (default ``config.MEMORY_BUDGET_BYTES``).
-    causal : bool
+    causal, mask
         As for :func:`tattn_numba.attention` (the bounds hold for the masked problem too).
     dO : array_like, shape (..., n, dv), optional
         An upstream gradient: the plan then also carries a-priori certified bounds on the five
@@ -43,7 +45,7 @@ def poly_plan(
         output (and, with ``dO``, gradient) bounds, and estimated time and memory.
         Cost O((n + m1 + m2)·(d + dv)·(1 + dv)).
     """
-    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal)
+    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, mask=mask)
     plan = make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     if dO is None:
         return plan
@@ -64,13 +66,12 @@ def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
     """
     if not isinstance(state, AttentionState) or not isinstance(state.certificate, PolyPlan):
         raise TypeError("state must come from attention_forward(..., method='poly')")
-    inputs = state._inputs
-    if inputs.device != "cpu":
+    inputs, O, lse = saved_forward(state)
+    if not isinstance(inputs.Q, np.ndarray):
         raise ValueError(
-            "poly_gradient_bounds works on host arrays and this state comes from device='cuda'; for "
+            f"poly_gradient_bounds works on host arrays and this state comes from device={state.device!r}; for "
             "a-priori bounds call poly_plan(Q, K1, K2, V1, V2, ..., dO=dO) on host copies of the inputs"
         )
     dO = check_upstream(dO, inputs)
-    bounds = gradient_bounds(inputs, state.certificate, state._O_impl, dO.astype(np.float64),
-                             lse=np.asarray(state._lse_impl, dtype=np.float64))
+    bounds = gradient_bounds(inputs, state.certificate, O, dO.astype(np.float64), lse=np.asarray(lse, dtype=np.float64))
     return GradientBounds(*(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds))

@@ -107,11 +107,11 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     O = np.empty((B, n, dv))
     lse = np.empty((B, n))
     layout = SummaryLayout(d, dv)
-    keep = keeps_key_summaries(for_backward, inputs.causal, B, plan, d, dv, memory_budget)
+    keep = keeps_key_summaries(for_backward, inputs.mask, B, plan, d, dv, memory_budget)
     saved = [] if keep else None
     for b in range(B):
         v = _Balanced(inputs, plan, b)
-        if inputs.causal:
+        if not inputs.mask.is_full:
             out = _causal.forward(v, plan.chunk_rows)
             check_normaliser(out[:, 0], plan)
             O[b] = out[:, 1:] / out[:, :1]
@@ -145,7 +145,7 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     dO = dO.astype(np.float64)
     for b in range(B):
         v = _Balanced(inputs, plan, b)
-        if inputs.causal:
+        if not inputs.mask.is_full:
             for g, value in zip(grads, _causal.backward(v, O[b], dO[b], s, chunk)):
                 g[b] = value
             continue

@@ -208,12 +208,12 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     O = _device.device_empty((B, n, dv), np.float64)
     lse = _device.device_empty((B, n), np.float64)
     bad = _device.to_device(np.zeros(1, dtype=np.int64))
-    keep = keeps_key_summaries(for_backward, inputs.causal, B, plan, d, dv, memory_budget)
+    keep = keeps_key_summaries(for_backward, inputs.mask, B, plan, d, dv, memory_budget)
     layout = SummaryLayout(d, dv)
     width = layout.wide if keep else layout.narrow
     saved = [] if keep else None
     for b in range(B):
-        if inputs.causal:
+        if not inputs.mask.is_full:
             _causal_forward(v, b, plan.chunk_rows, O, lse, bad)
             continue
         left, right = _key_summaries(v, b, width, plan.chunk_rows)
@@ -266,7 +266,7 @@ def backward(inputs: AttentionInputs, O, lse, plan: PolyPlan, saved, dO):
     width = layout.wide
     S, K, A = layout.indices()
     for b in range(B):
-        if inputs.causal:
+        if not inputs.mask.is_full:
             _causal_backward(v, b, dO, delta, s, chunk, grads)
             continue
         left, right = saved.key_summaries[b] if saved.key_summaries is not None else _key_summaries(v, b, width, chunk)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import config
 from .._validation import AttentionInputs, format_byte_pair
+from ..mask import Mask
 from . import exp_approx
 from ._blocks import SummaryLayout
 from .features import rank
@@ -486,14 +487,14 @@ class _Certifier:
         self.family, self.radius, self.ranges = family, radius, ranges
         self.n, self.d = inputs.Q.shape[1:]
         self.m1, self.m2 = inputs.K1.shape[1], inputs.K2.shape[1]
-        self.causal, self.dtype = inputs.causal, inputs.dtype
+        self.mask, self.dtype = inputs.mask, inputs.dtype
         self.values = (np.maximum(stats.V1_max, -stats.V1_min) * np.maximum(stats.V2_max, -stats.V2_min))
 
     def __call__(self, degree: int) -> _Certificate:
         coefficients, epsilon = per_row_fits(self.family, degree, self.radius)
         kappa = kappa_for_epsilon(epsilon)
         rounding = row_rounding(coefficients, self.radius, epsilon, degree=degree, rank=rank(self.d, degree),
-                                n=self.n, m1=self.m1, m2=self.m2, causal=self.causal)
+                                n=self.n, m1=self.m1, m2=self.m2, mask=self.mask)
         rounding_bound = output_rounding(rounding, self.values, self.dtype)
         return _Certificate(coefficients, epsilon, kappa,
                             BOUND_SLACK * (polynomial_output_bound(kappa, self.ranges) + rounding_bound),
@@ -554,14 +555,20 @@ def check_normaliser(w: np.ndarray, plan: PolyPlan) -> None:
         raise normaliser_error(plan)
 
 
-def keeps_key_summaries(for_backward: bool, causal: bool, batch: int, plan: PolyPlan, d: int, dv: int,
+def _scanned(mask: Mask) -> bool:
+    """Whether the surrogate runs the prefix scans of :mod:`.causal` for ``mask`` (every mask but
+    the full one; :func:`make_plan` refuses masks the scans do not cover)."""
+    return not mask.is_full
+
+
+def keeps_key_summaries(for_backward: bool, mask: Mask, batch: int, plan: PolyPlan, d: int, dv: int,
                         memory_budget) -> bool:
     """Whether the forward saves the wide key summaries U^T[1 | V | K | V⊙K] (2·B·r·(1 + dv + d +
-    dv·d) floats) for the backward: only without a causal mask and when they fit a quarter of
-    the memory budget."""
+    dv·d) floats) for the backward: only for the full mask (no prefix scans) and when they fit
+    a quarter of the memory budget."""
     budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else check_memory_budget(memory_budget)
     wide = SummaryLayout(d, dv).wide
-    return for_backward and not causal and 2 * 8 * batch * plan.rank * wide <= budget // 4
+    return for_backward and not _scanned(mask) and 2 * 8 * batch * plan.rank * wide <= budget // 4
 
 
 def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: bool = True) -> tuple[int, int]:
@@ -571,14 +578,14 @@ def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: b
     dv = inputs.V1.shape[2]
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     r = rank(d, degree)
-    shape = dict(n=n, m1=m1, m2=m2, batch=B, causal=bool(inputs.causal), degree=int(degree),
-                 itemsize=np.dtype(inputs.dtype).itemsize,
-                 keep_summaries=_keeps_summaries(bool(inputs.causal), B, r, d, dv, budget))
+    scanned = _scanned(inputs.mask)
+    shape = dict(n=n, m1=m1, m2=m2, batch=B, causal=scanned, degree=int(degree),
+                 itemsize=np.dtype(inputs.dtype).itemsize, keep_summaries=_keeps_summaries(scanned, B, r, d, dv, budget))
     rows = chunk_rows(r, d, dv, budget, **shape)
     nbytes = memory_estimate(r, d, dv, rows, **shape)
     if nbytes > budget:
         needed, allowed = format_byte_pair(nbytes, budget)
-        problem = f"B={B}, n={n}, m1={m1}, m2={m2}, d={d}, dv={dv}{', causal' if inputs.causal else ''}"
+        problem = f"B={B}, n={n}, m1={m1}, m2={m2}, d={d}, dv={dv}{'' if inputs.mask.is_full else ', ' + inputs.mask.describe()}"
         if chosen:
             raise ValueError(
                 f"degree {degree} needs rank r = C(d + g, g) = {r} and about {needed} for {problem}, above "
@@ -592,11 +599,12 @@ def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: b
 
 
 def _keeps_summaries(causal: bool, batch: int, r: int, d: int, dv: int, budget: int) -> bool:
-    """:func:`keeps_key_summaries` for a forward that feeds a backward, before the plan exists."""
+    """:func:`keeps_key_summaries` for a forward that feeds a backward, before the plan exists
+    (``causal``: whether the prefix scans run)."""
     class _Rank(NamedTuple):
         rank: int
 
-    return keeps_key_summaries(True, causal, batch, _Rank(r), d, dv, budget)
+    return keeps_key_summaries(True, Mask(causal=causal), batch, _Rank(r), d, dv, budget)
 
 
 def epsilon_for_tolerance(tol: float, widest_range: float) -> float:
@@ -682,7 +690,7 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
     coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)
     radius, epsilon = np.asarray(plan.radius).reshape(B, n), np.asarray(plan.epsilon).reshape(B, n)
     rounding = row_rounding(coefficients, radius, epsilon, degree=plan.degree, rank=plan.rank,
-                            n=n, m1=m1, m2=m2, causal=inputs.causal, lse=lse)
+                            n=n, m1=m1, m2=m2, mask=inputs.mask, lse=lse)
     values = v1 * v2
     beta = BOUND_SLACK * (polynomial_output_bound(kappa, value_ranges(V1, V2))
                           + output_rounding(rounding, values, np.float64))
@@ -700,7 +708,7 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
     dV2 = np.broadcast_to((v1 * kd)[:, None, :], V2.shape)
     rounded = gradient_rounding(
         rounding, scale=s, Q_abs=np.abs(Q), dO_abs=abs_dO, dZ_mass=D + delta + d_delta, k1=k1, k2=k2, v1=v1, v2=v2,
-        m1=m1, m2=m2, causal=inputs.causal, chunk=plan.chunk_rows, degree=plan.degree, rank=plan.rank,
+        m1=m1, m2=m2, mask=inputs.mask, chunk=plan.chunk_rows, degree=plan.degree, rank=plan.rank,
         output_dtype=inputs.dtype,
     )
     return GradientBounds(*(BOUND_SLACK * (a + b) for a, b in zip((dQ, dK1, dK2, dV1, dV2), rounded)))

@@ -21,9 +21,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..mask import Mask
+
 __all__ = [
     "UNIT_ROUNDOFF", "unit_roundoff", "gamma", "forward_roundings", "backward_roundings", "coefficient_mass",
-    "allowed_counts", "backward_spans", "RowRounding", "row_rounding", "output_rounding", "gradient_rounding",
+    "backward_spans", "RowRounding", "row_rounding", "output_rounding", "gradient_rounding",
 ]
 
 #: u of float64, the precision every stage of the surrogate computes in.
@@ -71,20 +73,13 @@ def coefficient_mass(coefficients: np.ndarray) -> np.ndarray:
     return np.sum(np.abs(coefficients), axis=-1) / (1.0 - float(gamma(terms)))
 
 
-def allowed_counts(n: int, m1: int, m2: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
-    """|I1(i)|, |I2(i)|: how many j1 and j2 row i may attend to, (n,) each."""
-    if causal:
-        rows = np.arange(1, n + 1, dtype=np.float64)
-        return rows, rows
-    return np.full(n, float(m1)), np.full(n, float(m2))
-
-
-def backward_spans(n: int, m1: int, m2: int, causal: bool, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """How many key rows enter the computed prefix state of row i in the backward, counting
-    the rows that are added and later downdated twice: m1, m2 without a mask; 2·(c(i) + 1)
-    with the causal mask, c(i) the last row of i's chunk (its checkpoint)."""
-    if not causal:
-        return allowed_counts(n, m1, m2, causal)
+def backward_spans(mask: Mask, n: int, m1: int, m2: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """How many key rows enter the computed key state of row i in the backward, counting the
+    rows that are added and later downdated twice: the pair counts of ``mask`` when the
+    backward sums over whole key sets (the full mask); with the prefix scans of the causal
+    mask, 2·(c(i) + 1), c(i) the last row of i's chunk (its checkpoint)."""
+    if mask.is_full:
+        return mask.pair_counts(n, m1, m2)
     chunk_end = np.minimum((np.arange(n) // chunk + 1) * chunk, n).astype(np.float64)
     return 2.0 * chunk_end, 2.0 * chunk_end
 
@@ -111,13 +106,13 @@ def _relative(error: np.ndarray, lower: np.ndarray) -> np.ndarray:
 
 
 def row_rounding(coefficients: np.ndarray, radius: np.ndarray, epsilon: np.ndarray, *, degree: int, rank: int,
-                 n: int, m1: int, m2: int, causal: bool, lse: np.ndarray | None = None) -> RowRounding:
+                 n: int, m1: int, m2: int, mask: Mask, lse: np.ndarray | None = None) -> RowRounding:
     """The :class:`RowRounding` of a plan's per-row fits (``coefficients`` (B, n, g + 1),
     ``radius`` and ``epsilon`` (B, n)). Every logit of row i lies in [−R_i, R_i], so the exact
     normaliser is at least (1 − ε_i)·|I1||I2|·e^{−R_i}. With ``lse`` (B, n), the forward's
     log ŵ_i, the computed normaliser gives a second lower bound, ŵ_i − e_i (e_i its certified
     rounding), usually larger by about e^{R_i}: the larger of the two is used."""
-    count1, count2 = allowed_counts(n, m1, m2, causal)
+    count1, count2 = mask.pair_counts(n, m1, m2)
     pairs = count1 * count2
     mass = coefficient_mass(coefficients)
     error = gamma(forward_roundings(degree, rank, m1, m2)) * mass * pairs
@@ -148,18 +143,20 @@ def output_rounding(rounding: RowRounding, value_bound: np.ndarray, output_dtype
         return ratio + (UNIT_ROUNDOFF + u_out * (1.0 + UNIT_ROUNDOFF)) * (v + ratio)
 
 
-def _over_queries(x: np.ndarray, causal: bool, rows: int) -> np.ndarray:
-    """Σ over the query rows i that may see key row j of x[b, i, :], shape (B, rows, k): all
-    rows without a mask, i >= j (a suffix sum) with the causal mask."""
-    if causal:
-        return np.cumsum(x[:, ::-1], axis=1)[:, ::-1]
-    total = x.sum(axis=1, keepdims=True)
-    return np.broadcast_to(total, (x.shape[0], rows, x.shape[2]))
+def _over_queries(x: np.ndarray, queries: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Σ over the query rows start[j] <= i < stop[j] that see key row j of x[b, i, :], shape
+    (B, rows, k), with ``queries = (start, stop)`` from :meth:`tattn_numba.mask.Mask.query_ranges`:
+    S[start] − S[stop] with the suffix sums S[i] = Σ_{i' >= i} x[i'] (S[n] = 0) of the
+    non-negative x, plus the rounding of S[start] (γ_{n+1}·S[start]) so that the difference
+    stays an upper bound."""
+    start, stop = queries
+    suffix = np.concatenate([np.cumsum(x[:, ::-1], axis=1)[:, ::-1], np.zeros_like(x[:, :1])], axis=1)
+    return suffix[:, start] * (1.0 + float(gamma(x.shape[1] + 1))) - suffix[:, stop]
 
 
 def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,
                       dZ_mass: np.ndarray, k1: np.ndarray, k2: np.ndarray, v1: np.ndarray, v2: np.ndarray,
-                      m1: int, m2: int, causal: bool, chunk: int, degree: int, rank: int,
+                      m1: int, m2: int, mask: Mask, chunk: int, degree: int, rank: int,
                       output_dtype) -> tuple[np.ndarray, ...]:
     """Bounds on |computed gradient − exact-arithmetic surrogate gradient| (dQ, dK1, dK2, dV1, dV2),
     including the cast to ``output_dtype``.
@@ -181,8 +178,9 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
     B, n, d = Q_abs.shape
     dv = dO_abs.shape[2]
     u_out = unit_roundoff(output_dtype) if np.dtype(output_dtype) != np.float64 else 0.0
-    count1, count2 = allowed_counts(n, m1, m2, causal)
-    span1, span2 = backward_spans(n, m1, m2, causal, chunk)
+    count1, count2 = mask.pair_counts(n, m1, m2)
+    span1, span2 = backward_spans(mask, n, m1, m2, chunk)
+    queries1, queries2 = mask.query_ranges(n, m1, m2)
     g = float(gamma(backward_roundings(degree, rank, n, m1, m2, d, dv)))
     weight = rounding.weight
     with np.errstate(invalid="ignore", over="ignore"):
@@ -195,8 +193,8 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
         key2 = omega2 + u_out * (mu2 + omega2)
         key1 = omega1 + u_out * (mu1 + omega1)
         dQ = scale * query[:, :, None] * (k1 * k2)[:, None, :]
-        dK1 = scale * k2[:, None, :] * _over_queries((key2 * dZ_mass)[:, :, None] * Q_abs, causal, m1)
-        dK2 = scale * k1[:, None, :] * _over_queries((key1 * dZ_mass)[:, :, None] * Q_abs, causal, m2)
-        dV1 = v2[:, None, :] * _over_queries(key2[:, :, None] * dO_abs, causal, m1)
-        dV2 = v1[:, None, :] * _over_queries(key1[:, :, None] * dO_abs, causal, m2)
+        dK1 = scale * k2[:, None, :] * _over_queries((key2 * dZ_mass)[:, :, None] * Q_abs, queries1)
+        dK2 = scale * k1[:, None, :] * _over_queries((key1 * dZ_mass)[:, :, None] * Q_abs, queries2)
+        dV1 = v2[:, None, :] * _over_queries(key2[:, :, None] * dO_abs, queries1)
+        dV2 = v1[:, None, :] * _over_queries(key1[:, :, None] * dO_abs, queries2)
     return tuple(np.where(np.isnan(x), np.inf, x) for x in (dQ, dK1, dK2, dV1, dV2))

@@ -162,15 +162,22 @@ def row_dots(X, Y):
     return out
 
 
+@cuda.jit(device=True)
+def _unravel(k, rows, cols):
+    """(b, r, c) of the flat index ``k`` of a C-ordered (·, rows, cols) array."""
+    b = k // (rows * cols)
+    rest = k - b * rows * cols
+    r = rest // cols
+    return b, r, rest - r * cols
+
+
 @cuda.jit
 def _take_batches_kernel(X, index, out):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     B, rows, cols = out.shape
     for k in range(start, B * rows * cols, stride):
-        b = k // (rows * cols)
-        rest = k - b * rows * cols
-        r = rest // cols
-        out[b, r, rest - r * cols] = X[index[b], r, rest - r * cols]
+        b, r, c = _unravel(k, rows, cols)
+        out[b, r, c] = X[index[b], r, c]
 
 
 def take_batches(X, index: np.ndarray):
@@ -186,10 +193,8 @@ def _sum_batches_kernel(X, index, out):
     start, stride = cuda.grid(1), cuda.gridsize(1)
     B, rows, cols = X.shape
     for k in range(start, B * rows * cols, stride):
-        b = k // (rows * cols)
-        rest = k - b * rows * cols
-        r = rest // cols
-        cuda.atomic.add(out, (index[b], r, rest - r * cols), X[b, r, rest - r * cols])
+        b, r, c = _unravel(k, rows, cols)
+        cuda.atomic.add(out, (index[b], r, c), X[b, r, c])
 
 
 def sum_batches(X, index: np.ndarray, count: int):
@@ -206,10 +211,7 @@ def _right_multiply_kernel(X, M, out):
     B, rows, width = X.shape
     cols = M.shape[1]
     for k in range(start, B * rows * cols, stride):
-        b = k // (rows * cols)
-        rest = k - b * rows * cols
-        r = rest // cols
-        c = rest - r * cols
+        b, r, c = _unravel(k, rows, cols)
         total = 0.0
         for l in range(width):
             total += float(X[b, r, l]) * M[l, c]

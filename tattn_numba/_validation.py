@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _cuda, _registry
+from .heads import HeadLayout, head_layout
+from .logits import check_logits
 from .mask import Mask, check_mask
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -21,11 +23,18 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 class AttentionInputs(NamedTuple):
     """Validated inputs with leading dimensions flattened into one batch axis.
 
-    Arrays are C-contiguous, share one floating dtype, and have shapes
-    Q (B, n, d), K1 (B, m1, d), K2 (B, m2, d), V1 (B, m1, dv), V2 (B, m2, dv), on the compute
-    device (numba device arrays for ``device="cuda"``). ``mask`` says which key pairs each
-    query row sees (:class:`tattn_numba.mask.Mask`); ``host_io`` whether the caller passed host
-    arrays (then results go back to the host) or GPU arrays (results stay there).
+    Arrays are C-contiguous, share one floating dtype, and have shapes Q (Bq, n, d),
+    K1 (Bk, m1, d), K2 (Bk, m2, d), V1 (Bk, m1, dv), V2 (Bk, m2, dv), on the compute device
+    (numba device arrays for ``device="cuda"``). ``heads`` maps the B output entries onto Q's Bq
+    and the keys' Bk entries (:class:`tattn_numba.heads.HeadLayout`: grouped heads and
+    broadcasting). ``mask`` says which key pairs each query row sees
+    (:class:`tattn_numba.mask.Mask`); ``logits`` names the logit form
+    (:mod:`tattn_numba.logits`); ``host_io`` whether the caller passed host arrays (then results
+    go back to the host) or GPU arrays (results stay there).
+
+    What the implementations receive are the *kernel inputs*
+    (:func:`tattn_numba.attention.kernel_inputs`): Q expanded to B entries where it broadcasts and
+    Q, K1, K2 lifted to the trilinear form of ``logits``.
     """
 
     Q: np.ndarray
@@ -33,15 +42,26 @@ class AttentionInputs(NamedTuple):
     K2: np.ndarray
     V1: np.ndarray
     V2: np.ndarray
-    batch_shape: tuple
+    heads: HeadLayout
     scale: float
     mask: Mask
     device: str = "cpu"
     host_io: bool = True
+    logits: str = "trilinear"
 
     @property
     def dtype(self) -> np.dtype:
         return self.Q.dtype
+
+    @property
+    def batch_shape(self) -> tuple:
+        """Leading dimensions of the output."""
+        return self.heads.batch_shape
+
+    @property
+    def key_batch(self) -> np.ndarray:
+        """(B,) int64: the flat key/value entry of each output entry."""
+        return self.heads.key_batch
 
     @property
     def ops(self):
@@ -117,24 +137,29 @@ def check_scale(scale, d: int) -> float:
     return value
 
 
-def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu", mask=None) -> AttentionInputs:
+def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu", mask=None, window=None,
+                           logits: str = "trilinear") -> AttentionInputs:
     """Validate the five attention operands and return them batch-flattened on the compute device.
 
-    ``mask`` (a :class:`~tattn_numba.mask.Mask` or None) and its shorthand ``causal`` give the
-    mask. The device's array operations (:func:`tattn_numba._registry.array_ops`) check the
-    operands: for ``device="cuda"`` all host arrays (validated here, then copied to the GPU) or
-    all GPU arrays (used in place).
+    ``mask`` (a :class:`~tattn_numba.mask.Mask` or None) and its shorthands ``causal`` and
+    ``window`` give the mask; ``logits`` the logit form. K1, K2, V1, V2 share their leading
+    dimensions; Q's leading dimensions group over them (the last one, heads) or broadcast
+    against them (:func:`tattn_numba.heads.head_layout`). The device's array operations
+    (:func:`tattn_numba._registry.array_ops`) check the operands: for ``device="cuda"`` all host
+    arrays (validated here, then copied to the GPU) or all GPU arrays (used in place).
 
     Raises
     ------
     TypeError
         Non-array input, unsupported or mixed dtypes, non-bool ``causal``, a ``mask`` that is not
-        a Mask, non-real ``scale``.
+        a Mask, a ``window`` that is not a pair of ints, non-real ``scale``, non-string ``logits``.
     ValueError
-        Rank below 2, mismatched batch or feature dimensions, empty arrays, NaN/Inf entries,
-        ragged nested sequences, masked arrays with masked entries (see :func:`as_float_array`),
-        a mask that does not fit the lengths (``causal=True`` with unequal lengths), both
-        ``mask`` and ``causal=True``, a non-positive or non-finite ``scale``.
+        Rank below 2, K1, K2, V1, V2 with different leading dimensions, query heads that are not a
+        multiple of the key/value heads, leading dimensions that do not broadcast, mismatched
+        feature dimensions, empty arrays, NaN/Inf entries, ragged nested sequences, masked arrays
+        with masked entries (see :func:`as_float_array`), a mask that does not fit the lengths
+        (``causal=True`` or a window with unequal lengths), a window entry below 1, both ``mask``
+        and a shorthand, a non-positive or non-finite ``scale``, an unknown ``logits``.
     """
     ops = _registry.array_ops(device)
     arrays, host_io = ops.check_operands({"Q": Q, "K1": K1, "K2": K2, "V1": V1, "V2": V2})
@@ -142,13 +167,14 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu"
     for name, shape in shapes.items():
         if len(shape) < 2:
             raise ValueError(f"{name} must have at least 2 dimensions (..., rows, features), got shape {shape}")
-    batch_shape = shapes["Q"][:-2]
-    for name, shape in shapes.items():
-        if shape[:-2] != batch_shape:
+    key_shape = shapes["K1"][:-2]
+    for name in ("K2", "V1", "V2"):
+        if shapes[name][:-2] != key_shape:
             raise ValueError(
-                f"{name} has leading (batch) dimensions {shape[:-2]} but Q has {batch_shape}; "
-                "all inputs must share the same leading dimensions"
+                f"{name} has leading (batch, head) dimensions {shapes[name][:-2]} but K1 has {key_shape}; "
+                "K1, K2, V1, V2 must share their leading dimensions (Q's may group or broadcast over them)"
             )
+    heads = head_layout(shapes["Q"][:-2], key_shape)
     n, d = shapes["Q"][-2:]
     m1, m2 = shapes["K1"][-2], shapes["K2"][-2]
     if shapes["K1"][-1] != d:
@@ -164,12 +190,13 @@ def check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, device: str = "cpu"
         raise ValueError(
             f"V2 must have shape (..., m2, dv={dv}) with the same value width as V1, got {arrays['V2'].shape}"
         )
-    mask = check_mask(mask, causal)
+    mask = check_mask(mask, causal, window)
     mask.check_shapes(n, m1, m2)
+    logits = check_logits(logits)
     scale = check_scale(scale, d)
     flat = {name: ops.to_compute(_flatten(arr), host_io) for name, arr in arrays.items()}
-    return AttentionInputs(flat["Q"], flat["K1"], flat["K2"], flat["V1"], flat["V2"], batch_shape, scale, mask,
-                           device, host_io)
+    return AttentionInputs(flat["Q"], flat["K1"], flat["K2"], flat["V1"], flat["V2"], heads, scale, mask,
+                           device, host_io, logits)
 
 
 def _flatten(arr):
@@ -185,8 +212,7 @@ def check_upstream(dO, inputs: AttentionInputs):
     (host or GPU)."""
     ops = inputs.ops
     arr = ops.check_upstream(dO, inputs.dtype, inputs.host_io)
-    B, n, _ = inputs.Q.shape
-    dv = inputs.V1.shape[2]
+    n, dv = inputs.Q.shape[1], inputs.V1.shape[2]
     expected = inputs.batch_shape + (n, dv)
     if tuple(arr.shape) != expected:
         raise ValueError(f"dO must have the output's shape {expected} (..., n, dv), got {arr.shape}")
@@ -298,9 +324,10 @@ def to_caller(x, inputs: AttentionInputs):
     return inputs.ops.to_caller(x, inputs.host_io)
 
 
-def cast_result(x, inputs: AttentionInputs, name: str):
-    """Cast a result to the input dtype, check it is finite there, and return it where the
-    caller's inputs were (host, or GPU for GPU inputs).
+def cast_result(x, inputs: AttentionInputs, name: str, batch_shape: tuple):
+    """Cast a batch-flattened result to the input dtype, check it is finite there, and return it
+    with leading dimensions ``batch_shape`` where the caller's inputs were (host, or GPU for GPU
+    inputs).
 
     Inputs are finite, but a result can still leave the dtype's range (value products above
     float32's 3.4e38, say). That is reported instead of returning Inf or NaN.
@@ -312,4 +339,5 @@ def cast_result(x, inputs: AttentionInputs, name: str):
             f"the result {name} overflows {np.dtype(dtype).name} although the inputs are finite; "
             "rescale the inputs" + (" (or use float64)" if np.dtype(dtype) == np.float32 else "")
         )
-    return to_caller(out, inputs)
+    out = to_caller(out, inputs)
+    return out.reshape(tuple(batch_shape) + tuple(out.shape[1:]))

@@ -66,18 +66,19 @@ def _host_view(x):
     return x  # numpy arrays, lists, ...: the core judges (and names) them
 
 
-def _check(args, scale, causal, mask, method, opts):
-    """Raise the core's errors at trace time."""
-    inputs = check_attention_inputs(*(_host_view(x) for x in args), scale, causal, mask=mask)
+def _check(args, scale, mask, logits, method, opts):
+    """Raise the core's errors at trace time; return the validated inputs."""
+    inputs = check_attention_inputs(*(_host_view(x) for x in args), scale, False, mask=mask, logits=logits)
     _, n, d = inputs.Q.shape
     dv = inputs.V1.shape[-1]
     # method, device and option names/values: a 1-row problem of the same widths, cheap.
     tiny = [np.zeros((1, w), dtype=inputs.dtype) for w in (d, d, d, dv, dv)]
-    attention(*tiny, scale=inputs.scale, mask=inputs.mask, method=method, **opts)
+    attention(*tiny, scale=inputs.scale, logits=logits, method=method, **opts)
+    return inputs
 
 
-def _build(scale, mask, method, opts, out_struct):
-    kw = dict(scale=scale, mask=mask, method=method, **opts)
+def _build(scale, mask, logits, method, opts, out_struct):
+    kw = dict(scale=scale, mask=mask, logits=logits, method=method, **opts)
 
     def fwd_host(Q, K1, K2, V1, V2):
         return np.asarray(attention(Q, K1, K2, V1, V2, **kw))
@@ -102,25 +103,27 @@ def _build(scale, mask, method, opts, out_struct):
 
 def tensor_attention(
     Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False, mask: Mask | None = None,
-    method: str = "exact", **opts: Any,
+    window: tuple[int, int] | None = None, logits: str = "trilinear", method: str = "exact", **opts: Any,
 ):
     """Differentiable tensor (2-simplicial) attention on JAX arrays.
 
     Parameters
     ----------
-    Q : jax.Array, shape (..., n, d)
-    K1 : jax.Array, shape (..., m1, d)
-    K2 : jax.Array, shape (..., m2, d)
-    V1 : jax.Array, shape (..., m1, dv)
-    V2 : jax.Array, shape (..., m2, dv)
-        float32 or float64 (one dtype), identical leading (batch, head) dimensions. NumPy
-        arrays are accepted too.
+    Q : jax.Array, shape (..., H, n, d)
+    K1, K2 : jax.Array, shape (..., Hk, m1, d) and (..., Hk, m2, d)
+    V1, V2 : jax.Array, shape (..., Hk, m1, dv) and (..., Hk, m2, dv)
+        float32 or float64 (one dtype); grouped heads (H a multiple of Hk) and broadcasting as
+        in :func:`tattn_numba.attention`. NumPy arrays are accepted too.
     scale : float, optional
         Logit scale; ``None`` means ``1/d``. Static (a Python number, not a traced value).
     causal : bool
         Keep only pairs ``j1, j2 <= i`` (needs ``n == m1 == m2``). Static.
     mask : tattn_numba.Mask, optional
         A general mask instead of ``causal`` (as in :func:`tattn_numba.attention`). Static.
+    window : (int, int), optional
+        Causal sliding windows (as in :func:`tattn_numba.attention`). Static.
+    logits : {"trilinear", "determinant"}
+        The logit form (as in :func:`tattn_numba.attention`). Static.
     method : {"exact", "poly"}
         ``"poly"`` is the certified polynomial surrogate (options ``degree=``, ``tol=``,
         ``family=``). Static.
@@ -129,8 +132,8 @@ def tensor_attention(
 
     Returns
     -------
-    jax.Array, shape (..., n, dv)
-        In the input dtype; differentiable in reverse mode with respect to all five operands.
+    jax.Array, shape (..., H, n, dv)
+        In the input dtype (leading dimensions broadcast as in the core); differentiable in reverse mode with respect to all five operands.
 
     Raises
     ------
@@ -147,11 +150,11 @@ def tensor_attention(
     (5, 3)
     """
     args = (Q, K1, K2, V1, V2)
-    mask = check_mask(mask, causal)
-    _check(args, scale, False, mask, method, opts)
+    mask = check_mask(mask, causal, window)
+    inputs = _check(args, scale, mask, logits, method, opts)
     # float64 NumPy input becomes float32 here when x64 is disabled (JAX's rule), all alike.
     # NumPy subclasses the core accepted (np.matrix, a MaskedArray with nothing masked) as plain
     # arrays: JAX refuses masked arrays outright, without naming the argument.
     args = tuple(jnp.asarray(np.asarray(x) if isinstance(x, np.ndarray) else x) for x in args)
-    out_struct = jax.ShapeDtypeStruct(args[0].shape[:-1] + args[3].shape[-1:], args[0].dtype)
-    return _build(scale, mask, method, opts, out_struct)(*args)
+    out_struct = jax.ShapeDtypeStruct(inputs.batch_shape + args[0].shape[-2:-1] + args[3].shape[-1:], args[0].dtype)
+    return _build(scale, mask, logits, method, opts, out_struct)(*args)

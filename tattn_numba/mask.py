@@ -159,6 +159,6 @@ def check_mask(mask, causal, window=None) -> Mask:
     if not isinstance(mask, Mask):
         raise TypeError(f"mask must be a tattn_numba.Mask or None, got {type(mask).__name__}")
     if causal or window is not None:
-        given = "causal=True" if causal else f"window={window!r}"
-        raise ValueError(f"pass either mask= or {given.split('=')[0]}=, not both (got mask={mask!r} and {given})")
+        keyword, given = ("causal=True", "causal=True") if causal else ("window=", f"window={window!r}")
+        raise ValueError(f"pass either mask= or {keyword}, not both (got mask={mask!r} and {given})")
     return mask

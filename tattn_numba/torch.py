@@ -58,6 +58,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .attention import attention, attention_backward, attention_forward
+from .logits import check_logits
 from .mask import Mask, check_mask
 
 __all__ = ["TensorAttention", "TensorAttentionFunction", "tensor_attention"]
@@ -85,22 +86,23 @@ def _to_numpy(x, name: str):
 class TensorAttentionFunction(torch.autograd.Function):
     """``torch.autograd.Function`` over the core forward/backward.
 
-    Call as ``TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, mask, method, options)``
-    with ``options`` a dict of method options (``degree``, ``tol``, ``family`` for ``"poly"``);
-    prefer :func:`tensor_attention`. Only first-order gradients are supported.
+    Call as ``TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, method, options)``
+    with ``options`` a dict of keywords for :func:`tattn_numba.attention_forward` (``mask``,
+    ``window``, ``logits``, and the method options ``degree``, ``tol``, ``family`` for
+    ``"poly"``); prefer :func:`tensor_attention`. Only first-order gradients are supported.
     """
 
     @staticmethod
-    def forward(ctx, Q, K1, K2, V1, V2, scale, causal, mask, method, options):
+    def forward(ctx, Q, K1, K2, V1, V2, scale, causal, method, options):
         arrays = [_to_numpy(x, name) for x, name in zip((Q, K1, K2, V1, V2), _OPERANDS)]
         opts = dict(options or {})
         if any(ctx.needs_input_grad[:5]):
             # The returned tensor wraps O's memory, which the core guarantees the backward never
             # reads, so in-place ops on the output (legal in autograd) keep the gradients right.
-            O, state = attention_forward(*arrays, scale=scale, causal=causal, mask=mask, method=method, **opts)
+            O, state = attention_forward(*arrays, scale=scale, causal=causal, method=method, **opts)
             ctx.state = state
         else:  # no gradient wanted: skip the state (and its input fingerprints)
-            O = attention(*arrays, scale=scale, causal=causal, mask=mask, method=method, **opts)
+            O = attention(*arrays, scale=scale, causal=causal, method=method, **opts)
             ctx.state = None
         return torch.from_numpy(np.ascontiguousarray(O))
 
@@ -109,35 +111,39 @@ class TensorAttentionFunction(torch.autograd.Function):
     def backward(ctx, dO):
         state = ctx.state
         if state is None:  # pragma: no cover - autograd does not call backward then
-            return (None,) * 10
+            return (None,) * 9
         grads = attention_backward(state, _to_numpy(dO.contiguous(), "dO"))
         out = tuple(
             torch.from_numpy(np.ascontiguousarray(g)) if need else None
             for g, need in zip(grads, ctx.needs_input_grad[:5])
         )
-        return out + (None,) * 5
+        return out + (None,) * 4
 
 
 def tensor_attention(
     Q, K1, K2, V1, V2, *, scale: float | None = None, causal: bool = False, mask: Mask | None = None,
-    method: str = "exact", **opts: Any,
+    window: tuple[int, int] | None = None, logits: str = "trilinear", method: str = "exact", **opts: Any,
 ) -> torch.Tensor:
     """Differentiable tensor (2-simplicial) attention on CPU torch tensors.
 
     Parameters
     ----------
-    Q : torch.Tensor, shape (..., n, d)
-    K1 : torch.Tensor, shape (..., m1, d)
-    K2 : torch.Tensor, shape (..., m2, d)
-    V1 : torch.Tensor, shape (..., m1, dv)
-    V2 : torch.Tensor, shape (..., m2, dv)
-        CPU tensors, float32 or float64 (one dtype), identical leading (batch, head) dimensions.
+    Q : torch.Tensor, shape (..., H, n, d)
+    K1, K2 : torch.Tensor, shape (..., Hk, m1, d) and (..., Hk, m2, d)
+    V1, V2 : torch.Tensor, shape (..., Hk, m1, dv) and (..., Hk, m2, dv)
+        CPU tensors, float32 or float64 (one dtype); grouped heads (H a multiple of Hk, query
+        head h uses key/value head h // (H // Hk), as ``scaled_dot_product_attention(enable_gqa=True)``)
+        and broadcasting as in :func:`tattn_numba.attention`.
     scale : float, optional
         Logit scale; ``None`` means ``1/d`` (as in :func:`tattn_numba.attention`).
     causal : bool
         Keep only pairs ``j1, j2 <= i`` (needs ``n == m1 == m2``).
     mask : tattn_numba.Mask, optional
         A general mask instead of ``causal`` (as in :func:`tattn_numba.attention`).
+    window : (int, int), optional
+        Causal sliding windows (as in :func:`tattn_numba.attention`).
+    logits : {"trilinear", "determinant"}
+        The logit form (as in :func:`tattn_numba.attention`).
     method : {"exact", "poly"}
         ``"poly"`` is the certified polynomial surrogate; pass ``degree=``, ``tol=``, ``family=``.
     **opts
@@ -145,8 +151,9 @@ def tensor_attention(
 
     Returns
     -------
-    torch.Tensor, shape (..., n, dv)
-        In the input dtype, differentiable with respect to all five operands.
+    torch.Tensor, shape (..., H, n, dv)
+        In the input dtype, differentiable with respect to all five operands (key and value
+        gradients summed over each group of query heads).
 
     Raises
     ------
@@ -162,16 +169,19 @@ def tensor_attention(
     >>> tensor_attention(Q, K1, K2, V1, V2, method="poly", degree=4).shape
     torch.Size([6, 3])
     """
-    return TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, mask, method, opts)
+    options = dict(opts, mask=mask, window=window, logits=logits)
+    return TensorAttentionFunction.apply(Q, K1, K2, V1, V2, scale, causal, method, options)
 
 
 class TensorAttention(nn.Module):
     """Multi-head tensor (2-simplicial) self-attention layer.
 
-    ``x`` (batch, seq, embed_dim) is projected by ``W_Q``, ``W_K1``, ``W_K2``, ``W_V1``, ``W_V2``
-    (each ``nn.Linear(embed_dim, num_heads * head_dim)``) into heads of shape
-    (batch, num_heads, seq, head_dim); the heads are leading dimensions handled by the core;
-    the result is merged and mapped back by ``W_O`` (``nn.Linear(num_heads * head_dim, embed_dim)``).
+    ``x`` (batch, seq, embed_dim) is projected by ``W_Q`` (``nn.Linear(embed_dim, num_heads *
+    head_dim)``) into query heads (batch, num_heads, seq, head_dim) and by ``W_K1``, ``W_K2``,
+    ``W_V1``, ``W_V2`` (each ``nn.Linear(embed_dim, kv_heads * head_dim)``) into key/value heads
+    (batch, kv_heads, seq, head_dim); the heads are leading dimensions handled by the core
+    (grouped heads when ``kv_heads < num_heads``, without repeating K or V); the result is merged
+    and mapped back by ``W_O`` (``nn.Linear(num_heads * head_dim, embed_dim)``).
 
     Parameters
     ----------
@@ -179,10 +189,17 @@ class TensorAttention(nn.Module):
     num_heads : int
     head_dim : int, optional
         Defaults to ``embed_dim // num_heads`` (then ``embed_dim`` must be divisible by ``num_heads``).
+    kv_heads : int, optional
+        Key/value heads (grouped-query attention; 1 is multi-query); ``num_heads`` must be a
+        multiple. Defaults to ``num_heads``.
     method : {"exact", "poly"}
     causal : bool
+    window : (int, int), optional
+        Causal sliding windows (w1, w2) (as in :func:`tattn_numba.attention`).
+    logits : {"trilinear", "determinant"}
+        The logit form (as in :func:`tattn_numba.attention`).
     mask : tattn_numba.Mask, optional
-        A general mask instead of ``causal`` (checked here, at construction).
+        A general mask instead of ``causal``/``window`` (checked here, at construction).
     scale : float, optional
         ``None`` means ``1/head_dim`` (the core's default).
     bias : bool
@@ -201,8 +218,9 @@ class TensorAttention(nn.Module):
     torch.Size([8, 8])
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int | None = None, *, method: str = "exact",
-                 causal: bool = False, mask: Mask | None = None, scale: float | None = None, bias: bool = False,
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int | None = None, *, kv_heads: int | None = None,
+                 method: str = "exact", causal: bool = False, window: tuple[int, int] | None = None,
+                 logits: str = "trilinear", mask: Mask | None = None, scale: float | None = None, bias: bool = False,
                  **method_options: Any):
         super().__init__()
         if not isinstance(embed_dim, int) or embed_dim <= 0:
@@ -217,32 +235,44 @@ class TensorAttention(nn.Module):
             head_dim = embed_dim // num_heads
         if not isinstance(head_dim, int) or head_dim <= 0:
             raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
-        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
-        self.mask = check_mask(mask, causal)
+        kv_heads = num_heads if kv_heads is None else kv_heads
+        if isinstance(kv_heads, bool) or not isinstance(kv_heads, int) or kv_heads <= 0 or num_heads % kv_heads:
+            raise ValueError(f"kv_heads must be a positive int dividing num_heads={num_heads}, got {kv_heads!r}")
+        self.embed_dim, self.num_heads, self.head_dim, self.kv_heads = embed_dim, num_heads, head_dim, kv_heads
+        self.mask = check_mask(mask, causal, window)
+        self.logits = check_logits(logits)
         self.method, self.causal, self.scale = method, self.mask.causal, scale
         self.method_options = dict(method_options)
-        inner = num_heads * head_dim
+        inner, kv_inner = num_heads * head_dim, kv_heads * head_dim
         self.W_Q = nn.Linear(embed_dim, inner, bias=bias)
-        self.W_K1 = nn.Linear(embed_dim, inner, bias=bias)
-        self.W_K2 = nn.Linear(embed_dim, inner, bias=bias)
-        self.W_V1 = nn.Linear(embed_dim, inner, bias=bias)
-        self.W_V2 = nn.Linear(embed_dim, inner, bias=bias)
+        self.W_K1 = nn.Linear(embed_dim, kv_inner, bias=bias)
+        self.W_K2 = nn.Linear(embed_dim, kv_inner, bias=bias)
+        self.W_V1 = nn.Linear(embed_dim, kv_inner, bias=bias)
+        self.W_V2 = nn.Linear(embed_dim, kv_inner, bias=bias)
         self.W_O = nn.Linear(inner, embed_dim, bias=bias)
 
-    def _heads(self, y: torch.Tensor) -> torch.Tensor:
+    def _heads(self, y: torch.Tensor, heads: int) -> torch.Tensor:
         b, s, _ = y.shape
-        return y.view(b, s, self.num_heads, self.head_dim).transpose(1, 2).contiguous()
+        return y.view(b, s, heads, self.head_dim).transpose(1, 2).contiguous()
+
+    def operands(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The five operands the layer hands to the core for ``x`` (batch, seq, embed_dim): Q of
+        shape (batch, num_heads, seq, head_dim) and K1, K2, V1, V2 of shape
+        (batch, kv_heads, seq, head_dim)."""
+        q = self._heads(self.W_Q(x), self.num_heads)
+        return (q,) + tuple(self._heads(W(x), self.kv_heads) for W in (self.W_K1, self.W_K2, self.W_V1, self.W_V2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape (batch, seq, embed_dim); returns the same shape."""
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"x must have shape (batch, seq, embed_dim={self.embed_dim}), got {tuple(x.shape)}")
-        q, k1, k2, v1, v2 = (self._heads(W(x)) for W in (self.W_Q, self.W_K1, self.W_K2, self.W_V1, self.W_V2))
-        o = tensor_attention(q, k1, k2, v1, v2, scale=self.scale, mask=self.mask, method=self.method,
-                             **self.method_options)
+        q, k1, k2, v1, v2 = self.operands(x)
+        o = tensor_attention(q, k1, k2, v1, v2, scale=self.scale, mask=self.mask, logits=self.logits,
+                             method=self.method, **self.method_options)
         b, h, s, hd = o.shape
         return self.W_O(o.transpose(1, 2).reshape(b, s, h * hd))
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
-                f"method={self.method!r}, causal={self.causal}, scale={self.scale}")
+                f"kv_heads={self.kv_heads}, method={self.method!r}, mask={self.mask.describe()!r}, "
+                f"logits={self.logits!r}, scale={self.scale}")

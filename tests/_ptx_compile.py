@@ -92,7 +92,7 @@ def _cases() -> list[Case]:
 
     # --- exact.cuda: inputs and dO in the input dtype (B, n, ·) C-contiguous; O, lse, delta and
     # the gradients float64; scale a Python float, causal and write_dq Python bools, the mask
-    # widths Python ints (Mask.kernel_args). Launch shape
+    # widths Python ints (Mask.kernel_args), key_batch a device copy of HeadLayout.key_batch. Launch shape
     # from _launch_shape(d, dv) with the default config (128 threads, 4 query rows, key tile 64),
     # so e.g. (d, dv) = (16, 16) -> (128, 4, 32, 64) and (64, 64) -> (128, 4, 32, 32).
     # The factories take (d, dv, threads, query_tile, lanes, key_tile); main() checks that these
@@ -104,9 +104,9 @@ def _cases() -> list[Case]:
             tag = f"d={d},dv={dv},{dt}"
             small = (d, dv) == (16, 16)
             cases.append(Case(f"exact.cuda._forward_kernel[{tag}]", f"{exact}:_forward_kernel", args,
-                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, float64, boolean, int64, int64, {f3}, {f2})", small))
+                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, {i1}, float64, boolean, int64, int64, {f3}, {f2})", small))
             cases.append(Case(f"exact.cuda._backward_kernel[{tag}]", f"{exact}:_backward_kernel", args,
-                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, {x3}, {f2}, {f2}, float64, boolean, int64, int64, boolean, "
+                              f"void({x3}, {x3}, {x3}, {x3}, {x3}, {i1}, {x3}, {f2}, {f2}, float64, boolean, int64, int64, boolean, "
                               f"{f3}, {f3}, {f3})", small))
 
     # --- poly._cuda_gemm: the driver passes whole C-contiguous float64 arrays (U^T, summaries,

@@ -218,10 +218,11 @@ def test_value_rows_differ_from_key_rows(call, which, rows):
 
 
 @pytest.mark.parametrize("call", ENTRY_POINTS)
-@pytest.mark.parametrize("which", NAMES)
+@pytest.mark.parametrize("which", ["K1", "K2", "V1", "V2"])
 @pytest.mark.parametrize("kind", ["other-batch", "extra-dim", "missing-dim"])
 def test_mismatched_leading_dims(call, which, kind):
-    """No broadcasting: leading dimensions must be identical."""
+    """K1, K2, V1, V2 share their leading dimensions exactly (no broadcasting among them; Q's
+    grouping and broadcasting against them is tested in tests/test_forms.py)."""
     *X, dO = _inputs(batch=(2,))
     k = NAMES.index(which)
     if kind == "other-batch":
@@ -230,9 +231,17 @@ def test_mismatched_leading_dims(call, which, kind):
         bad = X[k][None]  # (1, 2, rows, cols): would broadcast, must not
     else:
         bad = X[k][0]
-    match = which if which != "Q" else "Q|K1"  # Q defines the batch shape; the others then mismatch it
+    match = which if which != "K1" else "K1|K2"  # K1 defines the keys' shape; the others then mismatch it
     with pytest.raises(ValueError, match=match):
         call(_replace(X, which, bad), dO)
+
+
+@pytest.mark.parametrize("call", ENTRY_POINTS)
+def test_query_heads_not_a_multiple_of_key_heads(call):
+    *X, dO = _inputs(batch=(2,))
+    X[0] = np.concatenate([X[0], X[0][:1]], axis=0)  # Q (3, n, d) over K (2, m, d)
+    with pytest.raises(ValueError, match=r"Q has 3 query heads .* 2 key/value heads"):
+        call(_replace(X, "Q", X[0]), dO)
 
 
 def test_broadcastable_batch_of_one_is_rejected():

@@ -123,7 +123,7 @@ def test_plan_from_device_statistics_equals_host_plan(dtype):
     arrays = make_inputs(7, 2, 9, 6, 5, 3, 2, dtype)[:5]
     host = check_attention_inputs(*arrays, None, False)
     device = check_attention_inputs(*(cuda.to_device(a) for a in arrays), None, False, "cuda")
-    statistics = poly_cuda.input_statistics(*poly_cuda._operands(device))
+    statistics = poly_cuda.input_statistics(*poly_cuda._operands(device), device.key_batch)
     for field, expected in zip(poly_plan.InputStatistics._fields, poly_plan.input_statistics(host)):
         np.testing.assert_allclose(getattr(statistics, field), expected, rtol=1e-15, atol=0.0, err_msg=field)
     for options in ({"degree": 3}, {"tol": 1e-3, "family": "taylor"}):

@@ -221,32 +221,35 @@ def _load_rows(src, b, r0, nrows, ncols, dst, transpose):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _scaled_rows(x, b, i, yT, j0, count, factor, out):
-    """``out[l, jj] = factor · x[b, i, l] · yT[b, l, j0 + jj]``: a query row times a key block."""
+def _scaled_rows(x, b, i, yT, kb, j0, count, factor, out):
+    """``out[l, jj] = factor · x[b, i, l] · yT[kb, l, j0 + jj]``: a query row times a key block."""
     for l in range(x.shape[2]):
         q = factor * x[b, i, l]
         o = l * count
         for jj in range(count):
-            out[o + jj] = q * yT[b, l, j0 + jj]
+            out[o + jj] = q * yT[kb, l, j0 + jj]
 
 
 @numba.njit(inline="always", cache=config.CACHE)
-def _task_box(task, n, m1, m2, mask):
-    """Batch entry ``b`` and query row ``i`` of ``task`` (= b·n + i), and the row's mask box
-    ``[start1, end1) × [start2, end2)`` (``mask`` from :meth:`tattn_numba.mask.Mask.kernel_args`)."""
+def _task_box(task, n, m1, m2, mask, key_batch):
+    """Batch entry ``b`` and query row ``i`` of ``task`` (= b·n + i), the key/value entry ``kb``
+    it attends with (``key_batch[b]``, :class:`tattn_numba.heads.HeadLayout`) and the row's mask
+    box ``[start1, end1) × [start2, end2)`` (``mask`` from
+    :meth:`tattn_numba.mask.Mask.kernel_args`)."""
     b = task // n
     i = task - b * n
     start1, end1 = key_range_jit(mask[0], mask[1], i, m1)
     start2, end2 = key_range_jit(mask[0], mask[2], i, m2)
-    return b, i, start1, end1, start2, end2
+    return b, key_batch[b], i, start1, end1, start2, end2
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _forward_kernel(Q, K1T, K2, V1T, V2, scale, mask, tile1, tile2, workers, O, lse):
+def _forward_kernel(Q, K1T, K2, V1T, V2, key_batch, scale, mask, tile1, tile2, workers, O, lse):
     """Streaming forward (SPEC §1). All float64.
 
-    Q (B,n,d), K1T (B,d,m1), K2 (B,m2,d), V1T (B,dv,m1), V2 (B,m2,dv) in; O (B,n,dv) and
-    lse (B,n) out; ``mask`` is :meth:`tattn_numba.mask.Mask.kernel_args`. Task (b, i) loops
+    Q (B,n,d), K1T (Bk,d,m1), K2 (Bk,m2,d), V1T (Bk,dv,m1), V2 (Bk,m2,dv) in, ``key_batch`` (B,)
+    the key entry of each batch entry; O (B,n,dv) and lse (B,n) out; ``mask`` is
+    :meth:`tattn_numba.mask.Mask.kernel_args`. Task (b, i) loops
     over blocks of ``tile1`` rows of K1 and ``tile2`` rows of K2 inside its mask box; per
     block it forms the logit tile S[j2, j1] = K2 · (scale·Q_i ∘ K1)^T, updates the
     running maximum, exponentiates in place and accumulates T[m, j1] += V2^T · P; each
@@ -262,18 +265,18 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, scale, mask, tile1, tile2, workers, O, 
         v2t_blk = np.empty(dv * tile2)
         acc = np.empty(dv)
         for task in range(w, B * n, workers):
-            b, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask)
+            b, kb, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask, key_batch)
             row_max = -np.inf
             row_sum = 0.0
             acc[:] = 0.0
             for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
-                _scaled_rows(Q, b, i, K1T, j0, c1, scale, a_t)
+                _scaled_rows(Q, b, i, K1T, kb, j0, c1, scale, a_t)
                 t_t[: dv * c1] = 0.0
                 for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
-                    _load_rows(K2, b, k0, c2, d, k2_blk, False)
-                    _load_rows(V2, b, k0, c2, dv, v2t_blk, True)
+                    _load_rows(K2, kb, k0, c2, d, k2_blk, False)
+                    _load_rows(V2, kb, k0, c2, dv, v2t_blk, True)
                     _mm(k2_blk, d, a_t, c1, s_t, c1, c2, d, c1, False)
                     tile_max = _tile_max(s_t, c2 * c1)
                     if tile_max > row_max:
@@ -289,7 +292,7 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, scale, mask, tile1, tile2, workers, O, 
                 for m in range(dv):
                     total = 0.0
                     for jj in range(c1):
-                        total += V1T[b, m, j0 + jj] * t_t[m * c1 + jj]
+                        total += V1T[kb, m, j0 + jj] * t_t[m * c1 + jj]
                     acc[m] += total
             inv = 1.0 / row_sum
             for m in range(dv):
@@ -298,15 +301,16 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, scale, mask, tile1, tile2, workers, O, 
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, mask, tile1, tile2, workers,
+def _backward_kernel(Q, K1T, K2, V1T, V2, key_batch, dO, lse, delta, scale, mask, tile1, tile2, workers,
                      dQ, dK1T, dK2, dV1T, dV2):
     """Streaming backward (SPEC §2) from the forward's ``lse``; ``delta = rowsum(dO ∘ O)``.
 
     Per task (b, i) and block: P = exp(S − lse_i), dS = V2 · (dO_i ∘ V1)^T,
     dZ = P ∘ (dS − δ_i); then U = K2^T dZ and PV = V2^T P feed dQ, dK1 and dV1, and
     dK2 += dZ A^T, dV2 += P G^T with A = scale·Q_i ∘ K1, G = dO_i ∘ V1. dQ (B,n,d) is written
-    directly (a row belongs to one task); dK1T (W,B,d,m1), dK2 (W,B,m2,d), dV1T (W,B,dv,m1),
-    dV2 (W,B,m2,dv) are per-worker accumulators, summed by the caller.
+    directly (a row belongs to one task); dK1T (W,Bk,d,m1), dK2 (W,Bk,m2,d), dV1T (W,Bk,dv,m1),
+    dV2 (W,Bk,m2,dv) are per-worker accumulators, summed by the caller; batch entry b adds into
+    key entry ``key_batch[b]`` (grouped heads sum over their group there).
     """
     B, n, d = Q.shape
     m1, m2, dv = K1T.shape[2], K2.shape[1], V2.shape[2]
@@ -324,19 +328,19 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, mask, tile1, ti
         dk2_blk = np.empty(tile2 * d)
         dv2_blk = np.empty(tile2 * dv)
         for task in range(w, B * n, workers):
-            b, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask)
+            b, kb, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask, key_batch)
             shift = lse[b, i]
             di = delta[b, i]
             for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
-                _scaled_rows(Q, b, i, K1T, j0, c1, scale, a_t)
-                _scaled_rows(dO, b, i, V1T, j0, c1, 1.0, g_t)
+                _scaled_rows(Q, b, i, K1T, kb, j0, c1, scale, a_t)
+                _scaled_rows(dO, b, i, V1T, kb, j0, c1, 1.0, g_t)
                 for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
-                    _load_rows(K2, b, k0, c2, d, k2_blk, False)
-                    _load_rows(K2, b, k0, c2, d, k2t_blk, True)
-                    _load_rows(V2, b, k0, c2, dv, v2_blk, False)
-                    _load_rows(V2, b, k0, c2, dv, v2t_blk, True)
+                    _load_rows(K2, kb, k0, c2, d, k2_blk, False)
+                    _load_rows(K2, kb, k0, c2, d, k2t_blk, True)
+                    _load_rows(V2, kb, k0, c2, dv, v2_blk, False)
+                    _load_rows(V2, kb, k0, c2, dv, v2t_blk, True)
                     _mm(k2_blk, d, a_t, c1, p_t, c1, c2, d, c1, False)
                     _exp_shifted(p_t, c2 * c1, shift)
                     _mm(v2_blk, dv, g_t, c1, dz_t, c1, c2, dv, c1, False)
@@ -349,21 +353,21 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, dO, lse, delta, scale, mask, tile1, ti
                     _mm_nt(p_t, c1, g_t, c1, dv2_blk, dv, c2, dv, c1)
                     for cc in range(c2):
                         for l in range(d):
-                            dK2[w, b, k0 + cc, l] += dk2_blk[cc * d + l]
+                            dK2[w, kb, k0 + cc, l] += dk2_blk[cc * d + l]
                         for m in range(dv):
-                            dV2[w, b, k0 + cc, m] += dv2_blk[cc * dv + m]
+                            dV2[w, kb, k0 + cc, m] += dv2_blk[cc * dv + m]
                 for l in range(d):
                     total = 0.0
                     ql = scale * Q[b, i, l]
                     for jj in range(c1):
                         u = u_t[l * c1 + jj]
-                        total += K1T[b, l, j0 + jj] * u
-                        dK1T[w, b, l, j0 + jj] += ql * u
+                        total += K1T[kb, l, j0 + jj] * u
+                        dK1T[w, kb, l, j0 + jj] += ql * u
                     dQ[b, i, l] += scale * total
                 for m in range(dv):
                     gm = dO[b, i, m]
                     for jj in range(c1):
-                        dV1T[w, b, m, j0 + jj] += gm * pv_t[m * c1 + jj]
+                        dV1T[w, kb, m, j0 + jj] += gm * pv_t[m * c1 + jj]
 
 
 def _transposed(x: np.ndarray) -> np.ndarray:
@@ -400,7 +404,7 @@ MEMORY_SLACK = 1.01
 
 def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize: int, workers: int,
                     backward_workers: int | None = None, *, for_backward: bool = True,
-                    tile1: int | None = None, tile2: int | None = None) -> MemoryEstimate:
+                    tile1: int | None = None, tile2: int | None = None, key_entries: int | None = None) -> MemoryEstimate:
     """Peak extra bytes of the exact CPU forward and backward, every problem-sized allocation
     counted, phase by phase (the largest phase is the peak).
 
@@ -408,34 +412,36 @@ def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize:
     K1 and V1 are always copied transposed. Forward: those copies, O and lse, the per-thread
     tiles; then the cast of O to the input dtype (and its finiteness mask) and the copies of O
     and lse that ``attention_forward`` hands out. Backward: the copies, δ, dQ, the race-free
-    per-thread accumulators (``backward_workers`` × B·(m1 + m2)·(d + dv) floats), their
+    per-thread accumulators (``backward_workers`` × Bk·(m1 + m2)·(d + dv) floats), their
     reductions one at a time, then the casts of the gradients. The finiteness masks of the
-    validation (one byte per entry) are counted as their own phases.
+    validation (one byte per entry) are counted as their own phases. ``key_entries`` is Bk, the
+    key/value batch entries (B by default; fewer with grouped heads).
     """
+    Bk = B if key_entries is None else key_entries
     tile1 = config.KEY_TILE_1 if tile1 is None else tile1
     tile2 = config.KEY_TILE_2 if tile2 is None else tile2
     backward_workers = workers if backward_workers is None else backward_workers
     f8 = 8
     widen = 1 if itemsize != 8 else 0  # float32 inputs get float64 copies
     out_o, out_lse = B * n * dv * f8, B * n * f8
-    transposed = B * m1 * (d + dv) * f8
+    transposed = Bk * m1 * (d + dv) * f8
     # validation: np.isfinite(x).all() of each operand, one byte per entry
-    masks = B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv)
+    masks = max(B * n * d, Bk * max(m1 * d, m2 * d, m1 * dv, m2 * dv))
     tiles_forward = workers * (d * tile1 + tile2 * tile1 + dv * tile1 + tile2 * d + dv * tile2 + dv) * f8
-    kernel = widen * B * (n * d + m2 * d + m2 * dv) * f8 + transposed + out_o + out_lse + tiles_forward
+    kernel = widen * (B * n * d + Bk * (m2 * d + m2 * dv)) * f8 + transposed + out_o + out_lse + tiles_forward
     cast = B * n * dv * (widen * itemsize + 1)  # O in the input dtype and its finiteness mask
     handed_out = B * n * dv * itemsize + out_lse if for_backward else 0  # attention_forward's private copies
     forward = max(masks, kernel, out_o + out_lse + max(cast, handed_out))
     kept = out_o + out_lse + (B * n * dv * itemsize + out_lse if for_backward else widen * B * n * dv * itemsize)
 
     dq = B * n * d * f8
-    acc = [backward_workers * B * size * f8 for size in (d * m1, m2 * d, dv * m1, m2 * dv)]
+    acc = [backward_workers * Bk * size * f8 for size in (d * m1, m2 * d, dv * m1, m2 * dv)]
     tiles_backward = backward_workers * f8 * (2 * d * tile1 + 2 * dv * tile1 + 2 * tile2 * tile1
                                               + 3 * tile2 * d + 3 * tile2 * dv)
-    kernel = (widen * B * (n * d + m2 * d + m2 * dv + n * dv) * f8 + B * n * f8 + dq + sum(acc) + transposed
-              + tiles_backward)
+    kernel = (widen * (B * (n * d + n * dv) + Bk * (m2 * d + m2 * dv)) * f8 + B * n * f8 + dq + sum(acc)
+              + transposed + tiles_backward)
     # reductions after the kernel (copies freed): sum over threads, transposed copy, accumulator freed
-    reduced = [B * m1 * d * f8, B * m2 * d * f8, B * m1 * dv * f8, B * m2 * dv * f8]
+    reduced = [Bk * m1 * d * f8, Bk * m2 * d * f8, Bk * m1 * dv * f8, Bk * m2 * dv * f8]
     reduce_peaks = [
         dq + sum(acc) + 2 * reduced[0],
         dq + sum(acc[1:]) + sum(reduced[:2]),
@@ -444,7 +450,7 @@ def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize:
     ]
     grads = dq + sum(reduced)
     elements = grads // f8
-    casts = grads + widen * elements * itemsize + B * max(n * d, m1 * d, m2 * d, m1 * dv, m2 * dv)
+    casts = grads + widen * elements * itemsize + max(B * n * d, Bk * max(m1 * d, m2 * d, m1 * dv, m2 * dv))
     backward = max(B * n * dv, kernel, *reduce_peaks, casts)
     return MemoryEstimate(*(int(MEMORY_SLACK * x) for x in (forward, kept, backward)))
 
@@ -475,7 +481,7 @@ def inputs_memory_estimate(inputs: AttentionInputs, *, for_backward: bool = True
     if backward_workers is None:
         backward_workers = _backward_workers(2.0 * B * n * m1 * m2 * (d + dv))
     return memory_estimate(B, n, m1, m2, d, dv, np.dtype(inputs.dtype).itemsize, numba.get_num_threads(),
-                           backward_workers, for_backward=for_backward)
+                           backward_workers, for_backward=for_backward, key_entries=inputs.K1.shape[0])
 
 
 def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.ndarray, np.ndarray, None, None]:
@@ -492,16 +498,16 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
                  f"the exact {'forward and backward' if for_backward else 'forward'} ({_shape_text(inputs)})",
                  config.MEMORY_BUDGET_BYTES)
     # column maxima of |x| without an |x| temporary
-    column_maxima = (np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
-                     for x in (inputs.Q, inputs.K1, inputs.K2))
-    check_logit_range(inputs.scale, *column_maxima)
+    q_max, k1_max, k2_max = (np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
+                             for x in (inputs.Q, inputs.K1, inputs.K2))
+    check_logit_range(inputs.scale, q_max, k1_max[inputs.key_batch], k2_max[inputs.key_batch])
     Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
     K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
     V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)
     B, n, _ = Q.shape
     O = np.empty((B, n, V2.shape[2]))
     lse = np.empty((B, n))
-    _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.scale,
+    _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.key_batch, inputs.scale,
                     inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1]), config.KEY_TILE_1,
                     config.KEY_TILE_2, numba.get_num_threads(), O, lse)
     return O, lse, None, None
@@ -529,13 +535,13 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     dO64 = np.ascontiguousarray(dO, dtype=np.float64)
     delta = np.einsum("bnm,bnm->bn", dO64, O)
     B, n, d = Q.shape
-    m1, m2, dv = inputs.K1.shape[1], K2.shape[1], V2.shape[2]
+    Bk, m1, m2, dv = K2.shape[0], inputs.K1.shape[1], K2.shape[1], V2.shape[2]
     dQ = np.zeros((B, n, d))
-    dK1T = np.zeros((workers, B, d, m1))
-    dK2 = np.zeros((workers, B, m2, d))
-    dV1T = np.zeros((workers, B, dv, m1))
-    dV2 = np.zeros((workers, B, m2, dv))
-    _backward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, dO64,
+    dK1T = np.zeros((workers, Bk, d, m1))
+    dK2 = np.zeros((workers, Bk, m2, d))
+    dV1T = np.zeros((workers, Bk, dv, m1))
+    dV2 = np.zeros((workers, Bk, m2, dv))
+    _backward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.key_batch, dO64,
                      np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale,
                      inputs.mask.kernel_args(m1, m2),
                      config.KEY_TILE_1, config.KEY_TILE_2, workers, dQ, dK1T, dK2, dV1T, dV2)

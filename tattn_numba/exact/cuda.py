@@ -27,6 +27,9 @@ registers by ``float(...)`` before any product, so no float32 product is ever ro
 package promises float64 accumulation, and the tests hold every device to it.
 On GPUs with weak float64 units this is the price of that promise.
 
+Grouped heads: block (b, query tile) reads key/value entry ``key_batch[b]``
+(:class:`tattn_numba.heads.HeadLayout`); the atomics sum a group's key gradients in place.
+
 Kernels are specialised per (d, dv) and launch shape (register arrays need constant sizes) and
 cached for the process.
 """
@@ -135,8 +138,9 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
     """The forward kernel for one (d, dv) and launch shape; grid: one block per (b, query tile)."""
 
     @cuda.jit
-    def kernel(Q, K1, K2, V1, V2, scale, causal, width1, width2, O, lse):
+    def kernel(Q, K1, K2, V1, V2, key_batch, scale, causal, width1, width2, O, lse):
         b, i, tid, lane, valid, first, last = _query_tile(Q.shape[1], query_tile, lanes)
+        kb = key_batch[b]
         block_start1, block_end1, start1, end1 = _key_box(causal, width1, K1.shape[1], i, valid, first, last)
         block_start2, block_end2, start2, end2 = _key_box(causal, width2, K2.shape[1], i, valid, first, last)
 
@@ -156,11 +160,11 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
             active = j1 >= start1 and j1 < end1
             if active:
                 for l in range(d):
-                    a[l] = scale * float(Q[b, i, l]) * float(K1[b, j1, l])
+                    a[l] = scale * float(Q[b, i, l]) * float(K1[kb, j1, l])
             for m in range(dv):
                 t[m] = 0.0
             for k0 in range(block_start2, block_end2, key_tile):
-                _stage_key_tile(K2, V2, b, k0, k2s, v2s, tid, threads)
+                _stage_key_tile(K2, V2, kb, k0, k2s, v2s, tid, threads)
                 if active:
                     for jj in range(max(0, start2 - k0), min(key_tile, end2 - k0)):
                         s = 0.0
@@ -179,7 +183,7 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
                             t[m] += p * v2s[jj, m]
             if active:
                 for m in range(dv):
-                    acc[m] += V1[b, j1, m] * t[m]
+                    acc[m] += V1[kb, j1, m] * t[m]
 
         red[tid] = row_max
         cuda.syncthreads()
@@ -211,8 +215,10 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
     block streams (Kb, Vb); accumulates dKa, dVa (atomics) and, with ``write_dq``, writes dQ."""
 
     @cuda.jit
-    def kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, scale, causal, width_a, width_b, write_dq, dQ, dKa, dVa):
+    def kernel(Q, Ka, Kb, Va, Vb, key_batch, dO, lse, delta, scale, causal, width_a, width_b, write_dq, dQ, dKa,
+               dVa):
         b, i, tid, lane, valid, first, last = _query_tile(Q.shape[1], query_tile, lanes)
+        kb = key_batch[b]
         block_starta, block_enda, starta, enda = _key_box(causal, width_a, Ka.shape[1], i, valid, first, last)
         block_startb, block_endb, startb, endb = _key_box(causal, width_b, Kb.shape[1], i, valid, first, last)
         shift = lse[b, i] if valid else 0.0
@@ -234,15 +240,15 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
             active = ja >= starta and ja < enda
             if active:
                 for l in range(d):
-                    a[l] = scale * float(Q[b, i, l]) * float(Ka[b, ja, l])
+                    a[l] = scale * float(Q[b, i, l]) * float(Ka[kb, ja, l])
                 for m in range(dv):
-                    g[m] = float(dO[b, i, m]) * float(Va[b, ja, m])
+                    g[m] = float(dO[b, i, m]) * float(Va[kb, ja, m])
             for l in range(d):
                 u[l] = 0.0
             for m in range(dv):
                 pv[m] = 0.0
             for k0 in range(block_startb, block_endb, key_tile):
-                _stage_key_tile(Kb, Vb, b, k0, kbs, vbs, tid, threads)
+                _stage_key_tile(Kb, Vb, kb, k0, kbs, vbs, tid, threads)
                 if active:
                     for jj in range(max(0, startb - k0), min(key_tile, endb - k0)):
                         s = 0.0
@@ -258,10 +264,10 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
                             u[l] += dz * kbs[jj, l]
             if active:
                 for l in range(d):
-                    cuda.atomic.add(dKa, (b, ja, l), scale * float(Q[b, i, l]) * u[l])
-                    dq[l] += scale * float(Ka[b, ja, l]) * u[l]
+                    cuda.atomic.add(dKa, (kb, ja, l), scale * float(Q[b, i, l]) * u[l])
+                    dq[l] += scale * float(Ka[kb, ja, l]) * u[l]
                 for m in range(dv):
-                    cuda.atomic.add(dVa, (b, ja, m), dO[b, i, m] * pv[m])
+                    cuda.atomic.add(dVa, (kb, ja, m), dO[b, i, m] * pv[m])
 
         if write_dq:
             for l in range(d):
@@ -276,11 +282,9 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
 
 
 def _check_logit_range(inputs: AttentionInputs) -> None:
-    maxima = []
-    for x in (inputs.Q, inputs.K1, inputs.K2):
-        lo, hi = _device.column_extrema(x)
-        maxima.append(np.maximum(hi, -lo))
-    check_logit_range(inputs.scale, *maxima)
+    q_max, k1_max, k2_max = (np.maximum(hi, -lo) for lo, hi in
+                             (_device.column_extrema(x) for x in (inputs.Q, inputs.K1, inputs.K2)))
+    check_logit_range(inputs.scale, q_max, k1_max[inputs.key_batch], k2_max[inputs.key_batch])
 
 
 def _configured(kernel_factory, inputs: AttentionInputs):
@@ -304,7 +308,8 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True):
     lse = _device.device_empty((B, n), np.float64)
     causal, width1, width2 = inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1])
     _configured(_forward_kernel, inputs)(
-        inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2, inputs.scale, causal, width1, width2, O, lse
+        inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2, _device.to_device(inputs.key_batch), inputs.scale,
+        causal, width1, width2, O, lse
     )
     return O, lse, None, None
 
@@ -324,10 +329,12 @@ def backward(inputs: AttentionInputs, O, lse, certificate: None, saved: None, dO
     kernel = _configured(_backward_kernel, inputs)
     Q, K1, K2, V1, V2 = inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2
     causal, width1, width2 = inputs.mask.kernel_args(K1.shape[1], K2.shape[1])
+    key_batch = _device.to_device(inputs.key_batch)
     # Threads own rows of the first key (dQ, dK1, dV1), then of the second (dK2, dV2).
     for Ka, Kb, Va, Vb, width_a, width_b, dKa, dVa, write_dq in (
         (K1, K2, V1, V2, width1, width2, dK1, dV1, True),
         (K2, K1, V2, V1, width2, width1, dK2, dV2, False),
     ):
-        kernel(Q, Ka, Kb, Va, Vb, dO, lse, delta, inputs.scale, causal, width_a, width_b, write_dq, dQ, dKa, dVa)
+        kernel(Q, Ka, Kb, Va, Vb, key_batch, dO, lse, delta, inputs.scale, causal, width_a, width_b, write_dq, dQ,
+               dKa, dVa)
     return dQ, dK1, dK2, dV1, dV2

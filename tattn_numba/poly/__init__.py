@@ -6,7 +6,6 @@ a certified relative error bound for its float64 evaluation, and the smallest de
 tolerance.
 """
 
-from . import exp_approx
 from .exp_approx import FAMILIES, MAX_DEGREE, MAX_RADIUS, exp_coefficients, min_degree, relative_error_bound
 
-__all__ = list(exp_approx.__all__)
+__all__ = ["FAMILIES", "MAX_DEGREE", "MAX_RADIUS", "exp_coefficients", "min_degree", "relative_error_bound"]

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from .._validation import check_attention_inputs, check_upstream
-from ..attention import AttentionState, saved_forward
+from .._validation import AttentionInputs, check_attention_inputs, check_upstream
+from ..attention import AttentionState, kernel_inputs, saved_forward
 from ..mask import Mask
 from .plan import GradientBounds, PolyPlan, gradient_bounds, make_plan
 
@@ -17,7 +17,7 @@ __all__ = ["poly_plan", "poly_gradient_bounds"]
 def poly_plan(
     Q, K1, K2, V1, V2, *, scale: float | None = None, tol: float | None = None, degree: int | None = None,
     family: str = "chebyshev", memory_budget: int | None = None, causal: bool = False, mask: Mask | None = None,
-    dO=None,
+    window: tuple[int, int] | None = None, logits: str = "trilinear", dO=None,
 ) -> PolyPlan:
     """Inspect what ``attention(..., method="poly")`` would do, without doing it.
 
@@ -32,8 +32,10 @@ def poly_plan(
     family : {"chebyshev", "taylor"}
     memory_budget : int, optional
         Bytes the surrogate may allocate (default ``config.MEMORY_BUDGET_BYTES``).
-    causal, mask
-        As for :func:`tattn_numba.attention` (the bounds hold for the masked problem too).
+    causal, mask, window, logits
+        As for :func:`tattn_numba.attention` (the bounds hold for the masked problem too; for
+        ``logits="determinant"`` the plan is that of the lifted trilinear problem of width 2d,
+        whose rank and radii are those of the lift). Grouped heads share the keys' statistics.
     dO : array_like, shape (..., n, dv), optional
         An upstream gradient: the plan then also carries a-priori certified bounds on the five
         gradients' errors (``plan.gradient_bounds``), computed before any attention.
@@ -45,10 +47,12 @@ def poly_plan(
         output (and, with ``dO``, gradient) bounds, and estimated time and memory.
         Cost O((n + m1 + m2)·(d + dv)·(1 + dv)).
     """
-    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, mask=mask)
-    plan = make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+    inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, mask=mask, window=window, logits=logits)
+    computed = kernel_inputs(inputs)
+    plan = make_plan(computed, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     if dO is None:
         return plan
+    _check_plain_form(inputs)
     upstream = check_upstream(dO, inputs).astype(np.float64)
     bounds = gradient_bounds(inputs, plan, None, upstream)
     return dataclasses.replace(plan, gradient_bounds=GradientBounds(
@@ -66,7 +70,8 @@ def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
     """
     if not isinstance(state, AttentionState) or not isinstance(state.certificate, PolyPlan):
         raise TypeError("state must come from attention_forward(..., method='poly')")
-    inputs, O, lse = saved_forward(state)
+    inputs, _, O, lse = saved_forward(state)
+    _check_plain_form(inputs)
     if not isinstance(inputs.Q, np.ndarray):
         raise ValueError(
             f"poly_gradient_bounds works on host arrays and this state comes from device={state.device!r}; for "
@@ -75,3 +80,15 @@ def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
     dO = check_upstream(dO, inputs)
     bounds = gradient_bounds(inputs, state.certificate, O, dO.astype(np.float64), lse=np.asarray(lse, dtype=np.float64))
     return GradientBounds(*(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds))
+
+
+def _check_plain_form(inputs: AttentionInputs) -> None:
+    """The gradient bounds are derived for one key/value entry per batch entry and trilinear
+    logits; refuse the other forms (``ValueError``) instead of returning bounds that do not
+    cover the summed or pulled-back gradients."""
+    if inputs.heads.shares_keys or inputs.heads.expands_query or inputs.logits != "trilinear":
+        raise ValueError(
+            "gradient bounds are not derived yet for grouped or broadcast heads or determinant logits "
+            f"({inputs.heads.describe()}, logits={inputs.logits!r}); the forward's output certificate "
+            "(plan.output_bound) holds for them"
+        )

@@ -38,13 +38,16 @@ OPTIONS = NAMES
 
 
 class _Balanced:
-    """Per-batch-entry balanced variables: q̃ = s·Q·κ1·κ2/R, K1/κ1, K2/κ2, and coefficients."""
+    """Per-batch-entry balanced variables: q̃ = s·Q·κ1·κ2/R, K1/κ1, K2/κ2, and coefficients.
+    Batch entry ``b`` reads key/value entry ``inputs.key_batch[b]``."""
 
     def __init__(self, inputs: AttentionInputs, plan: PolyPlan, b: int):
         s = inputs.scale
         B, n = inputs.Q.shape[:2]
-        self.Q, self.K1, self.K2, self.V1, self.V2 = (
-            np.asarray(x[b], dtype=np.float64) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2)
+        kb = inputs.key_batch[b]
+        self.Q = np.asarray(inputs.Q[b], dtype=np.float64)
+        self.K1, self.K2, self.V1, self.V2 = (
+            np.asarray(x[kb], dtype=np.float64) for x in (inputs.K1, inputs.K2, inputs.V1, inputs.V2)
         )
         k1, k2 = key_column_maxima(self.K1[None])[0], key_column_maxima(self.K2[None])[0]
         radius = np.asarray(plan.radius).reshape(B, n)[b]
@@ -107,27 +110,40 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     O = np.empty((B, n, dv))
     lse = np.empty((B, n))
     layout = SummaryLayout(d, dv)
-    keep = keeps_key_summaries(for_backward, inputs.mask, B, plan, d, dv, memory_budget)
-    saved = [] if keep else None
-    for b in range(B):
-        v = _Balanced(inputs, plan, b)
-        if not inputs.mask.is_full:
-            out = _causal.forward(v, plan.chunk_rows)
-            check_normaliser(out[:, 0], plan)
-            O[b] = out[:, 1:] / out[:, :1]
-            lse[b] = np.log(out[:, 0])
-            continue
-        left, right = _key_summaries(v, layout.wide if keep else layout.narrow, plan.chunk_rows)
-        if keep:
-            saved.append((left, right))
-        summary = left[:, :layout.narrow] * right[:, :layout.narrow]
-        for rows in _chunks(n, plan.chunk_rows):
-            out = (summary.T @ query_features(v.Qt[rows], v.coefficients[rows], v.table)).T
-            w = out[:, 0]
-            check_normaliser(w, plan)
-            O[b, rows] = out[:, 1:] / w[:, None]
-            lse[b, rows] = np.log(w)
+    Bk = inputs.K1.shape[0]
+    keep = keeps_key_summaries(for_backward, inputs.mask, Bk, plan, d, dv, memory_budget)
+    saved = {} if keep else None
+    for kb, group in _groups(inputs):
+        summary = None
+        for b in group:
+            v = _Balanced(inputs, plan, b)
+            if not inputs.mask.is_full:
+                widths = _causal.window_widths(inputs.mask, n)
+                out = (_causal.forward(v, plan.chunk_rows) if widths is None
+                       else _causal.window_forward(v, plan.chunk_rows, widths))
+                check_normaliser(out[:, 0], plan)
+                O[b] = out[:, 1:] / out[:, :1]
+                lse[b] = np.log(out[:, 0])
+                continue
+            if summary is None:  # the key summaries, once per key/value entry
+                left, right = _key_summaries(v, layout.wide if keep else layout.narrow, plan.chunk_rows)
+                if keep:
+                    saved[kb] = (left, right)
+                summary = left[:, :layout.narrow] * right[:, :layout.narrow]
+            for rows in _chunks(n, plan.chunk_rows):
+                out = (summary.T @ query_features(v.Qt[rows], v.coefficients[rows], v.table)).T
+                w = out[:, 0]
+                check_normaliser(w, plan)
+                O[b, rows] = out[:, 1:] / w[:, None]
+                lse[b, rows] = np.log(w)
     return O, lse, plan, saved
+
+
+def _groups(inputs: AttentionInputs):
+    """``(kb, batch entries using key/value entry kb)`` for every key/value entry."""
+    key_batch = inputs.key_batch
+    for kb in range(inputs.K1.shape[0]):
+        yield kb, np.flatnonzero(key_batch == kb)
 
 
 def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: PolyPlan, saved, dO: np.ndarray):
@@ -140,43 +156,63 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     layout = SummaryLayout(d, dv)
     s = inputs.scale
     chunk = plan.chunk_rows
-    grads = [np.empty((B,) + x.shape[1:]) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2)]
-    dQ, dK1, dK2, dV1, dV2 = grads
+    dQ = np.empty(inputs.Q.shape)
+    dK1, dK2, dV1, dV2 = (np.zeros(x.shape) for x in (inputs.K1, inputs.K2, inputs.V1, inputs.V2))
     dO = dO.astype(np.float64)
-    for b in range(B):
-        v = _Balanced(inputs, plan, b)
+    for kb, group in _groups(inputs):
         if not inputs.mask.is_full:
-            for g, value in zip(grads, _causal.backward(v, O[b], dO[b], s, chunk)):
-                g[b] = value
+            widths = _causal.window_widths(inputs.mask, n)
+            for b in group:  # each query entry scans the shared keys; their gradients add up
+                v = _Balanced(inputs, plan, b)
+                row_grads = (_causal.backward(v, O[b], dO[b], s, chunk) if widths is None
+                             else _causal.window_backward(v, O[b], dO[b], s, chunk, widths))
+                dQ[b] = row_grads[0]
+                for g, value in zip((dK1, dK2, dV1, dV2), row_grads[1:]):
+                    g[kb] += value
+                del row_grads  # not alive during the next entry's scan (the memory estimate's phases)
             continue
-        left, right = saved[b] if saved is not None else _key_summaries(v, layout.wide, chunk)
-        s2, S2, B1, A1 = layout.split(left)
-        s3, S3, B2, A2 = layout.split(right)
-        normaliser = s2 * s3
-        query_side = np.hstack([A1 * A2, B1 * B2])
-        delta = np.einsum("nm,nm->n", dO[b], O[b])
-
-        def normalised_query_features(rows):
-            """Un^T for a chunk (U1^T divided by the normaliser), and dQ for those rows."""
-            U1T = query_features(v.Qt[rows], v.coefficients[rows], v.table)
-            w = normaliser @ U1T
-            check_normaliser(w, plan)
-            U1T /= w[None, :]
-            T = (query_side.T @ U1T).T
-            terms = T[:, :dv * d].reshape(-1, dv, d)
-            dQ[b, rows] = s * (np.einsum("cm,cml->cl", dO[b, rows], terms) - delta[rows, None] * T[:, dv * d:])
-            return U1T
-
-        summary_q = _summary(normalised_query_features, delta, dO[b], v.Q, layout.wide, v.table, chunk)
+        left, right = None, None
+        summary_q = 0.0
+        for b in group:
+            v = _Balanced(inputs, plan, b)
+            if left is None:
+                left, right = saved[kb] if saved is not None else _key_summaries(v, layout.wide, chunk)
+                s2, S2, B1, A1 = layout.split(left)
+                s3, S3, B2, A2 = layout.split(right)
+                normaliser = s2 * s3
+                query_side = np.hstack([A1 * A2, B1 * B2])
+            summary_q = summary_q + _query_pass(v, b, plan, normaliser, query_side, O[b], dO[b], s, dQ, layout)
+        # the key gradients are linear in the query summaries: one key pass per key/value entry
         _, Gq, C2, C1 = layout.split(summary_q)
-        for Kt, V, own, other_S, other_A, other_B, dK, dV in (
-            (v.K1t, v.V1, b, S3, A2, B2, dK1, dV1),
-            (v.K2t, v.V2, b, S2, A1, B1, dK2, dV2),
+        for Kt, V, other_S, other_A, other_B, dK, dV in (
+            (v.K1t, v.V1, S3, A2, B2, dK1, dV1),
+            (v.K2t, v.V2, S2, A1, B1, dK2, dV2),
         ):
             side = np.hstack([other_S * Gq, C1 * other_A, C2 * other_B])
             for rows in _chunks(Kt.shape[0], chunk):
                 T = (side.T @ key_features(Kt[rows], v.table)).T
-                dV[own, rows] = T[:, :dv]
+                dV[kb, rows] = T[:, :dv]
                 terms = T[:, dv:dv + dv * d].reshape(-1, dv, d)
-                dK[own, rows] = s * (np.einsum("cm,cml->cl", V[rows], terms) - T[:, dv + dv * d:])
+                dK[kb, rows] = s * (np.einsum("cm,cml->cl", V[rows], terms) - T[:, dv + dv * d:])
     return dQ, dK1, dK2, dV1, dV2
+
+
+def _query_pass(v: _Balanced, b: int, plan: PolyPlan, normaliser, query_side, O, dO, s: float, dQ,
+                layout: SummaryLayout) -> np.ndarray:
+    """One batch entry's query side of the gradient: writes dQ[b] and returns its query summary
+    Un^T [dO | dO⊙Q | δ·Q] (r, wide)."""
+    d, dv = layout.d, layout.dv
+    delta = np.einsum("nm,nm->n", dO, O)
+
+    def normalised_query_features(rows):
+        """Un^T for a chunk (U1^T divided by the normaliser), and dQ for those rows."""
+        U1T = query_features(v.Qt[rows], v.coefficients[rows], v.table)
+        w = normaliser @ U1T
+        check_normaliser(w, plan)
+        U1T /= w[None, :]
+        T = (query_side.T @ U1T).T
+        terms = T[:, :dv * d].reshape(-1, dv, d)
+        dQ[b, rows] = s * (np.einsum("cm,cml->cl", dO[rows], terms) - delta[rows, None] * T[:, dv * d:])
+        return U1T
+
+    return _summary(normalised_query_features, delta, dO, v.Q, layout.wide, v.table, plan.chunk_rows)

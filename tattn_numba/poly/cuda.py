@@ -53,14 +53,17 @@ def _operands(inputs: AttentionInputs) -> tuple:
     return tuple(_device.cast(x, np.float64) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2))
 
 
-def input_statistics(Q, K1, K2, V1, V2) -> InputStatistics:
+def input_statistics(Q, K1, K2, V1, V2, key_batch: np.ndarray) -> InputStatistics:
     """:class:`~.plan.InputStatistics` of float64 device arrays, computed on the device.
 
     Column extrema by :func:`tattn_numba._device.column_extrema`, the key rows' largest
     fourth-power sums and the query rows' weighted ℓ1 and squared ℓ2 sums by one thread per row;
     only these O(B·(n + d + dv)) numbers are copied to the host. Time O((n + m1 + m2)·(d + dv)).
+    The key and value statistics are computed per key/value entry and read per batch entry
+    through ``key_batch`` (B,).
     """
-    extrema = [_device.column_extrema(x) for x in (Q, K1, K2, V1, V2)]
+    extrema = [_device.column_extrema(Q)] + [tuple(x[key_batch] for x in _device.column_extrema(y))
+                                             for y in (K1, K2, V1, V2)]
     (lo1, hi1), (lo2, hi2) = extrema[1], extrema[2]
     k12 = np.maximum(hi1, -lo1) * np.maximum(hi2, -lo2)
     B, n, _ = Q.shape
@@ -69,9 +72,9 @@ def input_statistics(Q, K1, K2, V1, V2) -> InputStatistics:
     _device.launch(kernels._query_row_sums, B * n, Q, _device.to_device(k12), weighted_l1, squares)
     fourth_powers = []
     for K in (K1, K2):
-        largest = _device.device_full((B,), 0.0)
-        _device.launch(kernels._max_row_fourth_powers, B * K.shape[1], K, largest)
-        fourth_powers.append(np.sqrt(np.sqrt(_device.to_host(largest))))
+        largest = _device.device_full((K.shape[0],), 0.0)
+        _device.launch(kernels._max_row_fourth_powers, K.shape[0] * K.shape[1], K, largest)
+        fourth_powers.append(np.sqrt(np.sqrt(_device.to_host(largest)))[key_batch])
     return InputStatistics(
         *(bound for pair in extrema for bound in pair),
         K1_max_4norm=fourth_powers[0], K2_max_4norm=fourth_powers[1],
@@ -101,17 +104,20 @@ class _Balanced(NamedTuple):
         return self.table[0].shape[0]
 
 
-def _balance(operands: tuple, plan: PolyPlan, scale: float, statistics: InputStatistics) -> _Balanced:
+def _balance(operands: tuple, plan: PolyPlan, scale: float, statistics: InputStatistics,
+             key_batch: np.ndarray) -> _Balanced:
     """Build :class:`_Balanced` from the float64 operands; O((n + m1 + m2)·d) on the device."""
     Q, K1, K2, V1, V2 = operands
     B, n, d = Q.shape
     k1 = balancing_maxima(statistics.K1_min, statistics.K1_max)
     k2 = balancing_maxima(statistics.K2_min, statistics.K2_max)
+    first_use = np.unique(key_batch, return_index=True)[1]  # a batch entry of every key entry
     radius = np.asarray(plan.radius).reshape(B, n)
     row_factor = scale / np.where(radius > 0.0, radius, 1.0)
     ones = _device.device_full((max(n, K1.shape[1], K2.shape[1]),), 1.0)
     balanced = []
-    for X, rows, columns in ((Q, row_factor, k1 * k2), (K1, None, 1.0 / k1), (K2, None, 1.0 / k2)):
+    for X, rows, columns in ((Q, row_factor, k1 * k2), (K1, None, 1.0 / k1[first_use]),
+                             (K2, None, 1.0 / k2[first_use])):
         out = _device.device_empty(X.shape, np.float64)
         row_factors = _device.device_full(X.shape[:2], 1.0) if rows is None else _device.to_device(rows)
         _device.launch(kernels._scale_rows_and_columns, X.size, X, row_factors, _device.to_device(columns), out)
@@ -124,7 +130,7 @@ def _balance(operands: tuple, plan: PolyPlan, scale: float, statistics: InputSta
 
 class _Saved(NamedTuple):
     """What the forward hands to the backward: the balanced variables and, when the budget
-    allows (:func:`~.plan.keeps_key_summaries`), the wide key summaries per batch entry."""
+    allows (:func:`~.plan.keeps_key_summaries`), the wide key summaries per key/value entry."""
 
     balanced: _Balanced
     key_summaries: list | None
@@ -161,7 +167,7 @@ def _product(UT, summary):
 
 
 def _key_summary(v: _Balanced, b: int, Kt, K, V, width: int, chunk: int):
-    """U^T [1 | V | K | V⊙K] (r, width) of batch entry ``b``, streamed over row chunks."""
+    """U^T [1 | V | K | V⊙K] (r, width) of key/value entry ``b``, streamed over row chunks."""
     total = _device.device_empty((v.rank, width), np.float64)
     for index, rows in enumerate(chunks(K.shape[1], chunk)):
         gemm(_features(v, Kt[b, rows]), _columns(v.ones[rows], V[b, rows], K[b, rows], width), total,
@@ -170,7 +176,7 @@ def _key_summary(v: _Balanced, b: int, Kt, K, V, width: int, chunk: int):
 
 
 def _key_summaries(v: _Balanced, b: int, width: int, chunk: int) -> tuple:
-    """(U2^T [1 | V1 | K1 | V1⊙K1], U3^T [1 | V2 | K2 | V2⊙K2]) of batch entry ``b``, (r, width) each."""
+    """(U2^T [1 | V1 | K1 | V1⊙K1], U3^T [1 | V2 | K2 | V2⊙K2]) of key/value entry ``b``, (r, width) each."""
     return (_key_summary(v, b, v.K1t, v.K1, v.V1, width, chunk),
             _key_summary(v, b, v.K2t, v.K2, v.V2, width, chunk))
 
@@ -195,40 +201,54 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     ------
     ValueError
         As the CPU implementation: the degree is too low to certify, or a normaliser is not
-        positive.
+        positive; and for a sliding-window mask (the GPU scans are causal only).
     """
+    if inputs.mask.window is not None:
+        raise ValueError(
+            f"method='poly' on device='cuda' does not support sliding windows yet (got window={inputs.mask.window}): "
+            "its scans are causal only; use device='cpu' for the windowed surrogate, or method='exact'"
+        )
     operands = _operands(inputs)
-    statistics = input_statistics(*operands)
+    statistics = input_statistics(*operands, inputs.key_batch)
     plan = make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget,
                      statistics=statistics)
     check_certified(plan)
-    v = _balance(operands, plan, inputs.scale, statistics)
+    v = _balance(operands, plan, inputs.scale, statistics, inputs.key_batch)
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
     O = _device.device_empty((B, n, dv), np.float64)
     lse = _device.device_empty((B, n), np.float64)
     bad = _device.to_device(np.zeros(1, dtype=np.int64))
-    keep = keeps_key_summaries(for_backward, inputs.mask, B, plan, d, dv, memory_budget)
+    keep = keeps_key_summaries(for_backward, inputs.mask, inputs.K1.shape[0], plan, d, dv, memory_budget)
     layout = SummaryLayout(d, dv)
     width = layout.wide if keep else layout.narrow
-    saved = [] if keep else None
-    for b in range(B):
+    saved = {} if keep else None
+    for kb, group in _groups(inputs):
         if not inputs.mask.is_full:
-            _causal_forward(v, b, plan.chunk_rows, O, lse, bad)
+            for b in group:
+                _causal_forward(v, b, kb, plan.chunk_rows, O, lse, bad)
             continue
-        left, right = _key_summaries(v, b, width, plan.chunk_rows)
+        left, right = _key_summaries(v, kb, width, plan.chunk_rows)
         if keep:
-            saved.append((left, right))
+            saved[kb] = (left, right)
         summary = _hadamard(left, right, list(range(layout.narrow)))
-        for rows in chunks(n, plan.chunk_rows):
-            out = _product(_features(v, v.Qt[b, rows], v.coefficients[b, rows]), summary)
-            _device.launch(kernels._normalise, out.shape[0], out, O[b, rows], lse[b, rows], bad)
+        for b in group:
+            for rows in chunks(n, plan.chunk_rows):
+                out = _product(_features(v, v.Qt[b, rows], v.coefficients[b, rows]), summary)
+                _device.launch(kernels._normalise, out.shape[0], out, O[b, rows], lse[b, rows], bad)
     _raise_if_bad(bad, plan)
     return O, lse, plan, (_Saved(v, saved) if for_backward else None)
 
 
-def _causal_forward(v: _Balanced, b: int, chunk: int, O, lse, bad) -> None:
-    """Causal forward of batch entry ``b``: prefix states P2, P3 (1 + dv, r), one block per column."""
+def _groups(inputs: AttentionInputs):
+    """``(kb, batch entries using key/value entry kb)`` for every key/value entry."""
+    for kb in range(inputs.K1.shape[0]):
+        yield kb, np.flatnonzero(inputs.key_batch == kb)
+
+
+def _causal_forward(v: _Balanced, b: int, kb: int, chunk: int, O, lse, bad) -> None:
+    """Causal forward of batch entry ``b`` (keys of entry ``kb``): prefix states P2, P3
+    (1 + dv, r), one block per column."""
     n, d = v.Q.shape[1:]
     threads = config.CUDA_THREADS_PER_BLOCK
     k = SummaryLayout(d, v.V1.shape[2]).narrow
@@ -238,8 +258,8 @@ def _causal_forward(v: _Balanced, b: int, chunk: int, O, lse, bad) -> None:
         out = _device.device_empty((rows.stop - rows.start, k), np.float64)
         kernels._causal_forward_scan[k, threads](
             _features(v, v.Qt[b, rows], v.coefficients[b, rows]),
-            _features(v, v.K1t[b, rows]), _columns(v.ones[rows], v.V1[b, rows], v.K1[b, rows], k),
-            _features(v, v.K2t[b, rows]), _columns(v.ones[rows], v.V2[b, rows], v.K2[b, rows], k),
+            _features(v, v.K1t[kb, rows]), _columns(v.ones[rows], v.V1[kb, rows], v.K1[kb, rows], k),
+            _features(v, v.K2t[kb, rows]), _columns(v.ones[rows], v.V2[kb, rows], v.K2[kb, rows], k),
             P2, P3, partial, out, True,
         )
         _device.launch(kernels._normalise, out.shape[0], out, O[b, rows], lse[b, rows], bad)
@@ -265,33 +285,53 @@ def backward(inputs: AttentionInputs, O, lse, plan: PolyPlan, saved, dO):
     layout = SummaryLayout(d, dv)
     width = layout.wide
     S, K, A = layout.indices()
-    for b in range(B):
+    for kb, group in _groups(inputs):
         if not inputs.mask.is_full:
-            _causal_backward(v, b, dO, delta, s, chunk, grads)
+            _causal_backward_group(v, group, kb, dO, delta, s, chunk, grads)
             continue
-        left, right = saved.key_summaries[b] if saved.key_summaries is not None else _key_summaries(v, b, width, chunk)
+        left, right = saved.key_summaries[kb] if saved.key_summaries is not None else _key_summaries(v, kb, width, chunk)
         query_side = _hadamard(left, right, [0] + A + K)
         summary_q = _device.device_empty((v.rank, width), np.float64)
-        for index, rows in enumerate(chunks(n, chunk)):
-            U1T = _features(v, v.Qt[b, rows], v.coefficients[b, rows])
-            T = _product(U1T, query_side)
-            w = _device.device_empty((T.shape[0],), np.float64)
-            _device.launch(kernels._query_gradient_rows, T.shape[0], T, dO[b, rows], delta[b, rows], s, w,
-                           dQ[b, rows], bad)
-            _device.launch(kernels._divide_columns, U1T.size, U1T, w)
-            gemm(U1T, _columns(delta[b, rows], dO[b, rows], v.Q[b, rows], width), summary_q, accumulate=index > 0)
+        accumulate = False
+        for b in group:  # the query summaries of the group add up: one key pass per key/value entry
+            for rows in chunks(n, chunk):
+                U1T = _features(v, v.Qt[b, rows], v.coefficients[b, rows])
+                T = _product(U1T, query_side)
+                w = _device.device_empty((T.shape[0],), np.float64)
+                _device.launch(kernels._query_gradient_rows, T.shape[0], T, dO[b, rows], delta[b, rows], s, w,
+                               dQ[b, rows], bad)
+                _device.launch(kernels._divide_columns, U1T.size, U1T, w)
+                gemm(U1T, _columns(delta[b, rows], dO[b, rows], v.Q[b, rows], width), summary_q, accumulate=accumulate)
+                accumulate = True
         for Kt, V, other, dK, dV in ((v.K1t, v.V1, right, dK1, dV1), (v.K2t, v.V2, left, dK2, dV2)):
             key_side = _hadamard(other, summary_q, S + A + K)
             for rows in chunks(Kt.shape[1], chunk):
-                T = _product(_features(v, Kt[b, rows]), key_side)
-                _device.launch(kernels._key_gradient_rows, T.shape[0], T, V[b, rows], s, dV[b, rows], dK[b, rows])
+                T = _product(_features(v, Kt[kb, rows]), key_side)
+                _device.launch(kernels._key_gradient_rows, T.shape[0], T, V[kb, rows], s, dV[kb, rows], dK[kb, rows])
     _raise_if_bad(bad, plan)
     return dQ, dK1, dK2, dV1, dV2
 
 
-def _causal_backward(v: _Balanced, b: int, dO, delta, scale: float, chunk: int, grads) -> None:
-    """Causal gradient of batch entry ``b`` (see :mod:`.causal`): a prefix pass that stores the
-    wide states P2, P3 at every chunk end, then the chunks in reverse, each from its stored state."""
+def _causal_backward_group(v: _Balanced, group: np.ndarray, kb: int, dO, delta, scale: float, chunk: int,
+                           grads) -> None:
+    """Causal gradients of the batch entries ``group`` that share key/value entry ``kb``: each
+    entry's key and value gradients go to a slot of its own, summed into entry ``kb`` after."""
+    dQ, *key_grads = grads
+    if len(group) == 1:
+        _causal_backward(v, group[0], kb, dO, delta, scale, chunk, dQ, *(g[kb] for g in key_grads))
+        return
+    slots = [_device.device_empty((len(group),) + tuple(g.shape[1:]), np.float64) for g in key_grads]
+    for slot, b in enumerate(group):
+        _causal_backward(v, b, kb, dO, delta, scale, chunk, dQ, *(x[slot] for x in slots))
+    for g, x in zip(key_grads, slots):
+        g[kb].copy_to_device(_device.sum_batches(x, np.zeros(len(group), dtype=np.int64), 1)[0])
+
+
+def _causal_backward(v: _Balanced, b: int, kb: int, dO, delta, scale: float, chunk: int, dQ, dK1, dK2, dV1,
+                     dV2) -> None:
+    """Causal gradient of batch entry ``b`` with key/value entry ``kb`` (see :mod:`.causal`): a
+    prefix pass that stores the wide states P2, P3 at every chunk end, then the chunks in
+    reverse, each from its stored state. Writes dQ[b] and the key/value gradients (m, ·) given."""
     n, d = v.Q.shape[1:]
     dv = v.V1.shape[2]
     r = v.rank
@@ -300,8 +340,8 @@ def _causal_backward(v: _Balanced, b: int, dO, delta, scale: float, chunk: int, 
     pieces = list(chunks(n, chunk))
 
     def key_rows(rows):
-        return (_features(v, v.K1t[b, rows]), _columns(v.ones[rows], v.V1[b, rows], v.K1[b, rows], width),
-                _features(v, v.K2t[b, rows]), _columns(v.ones[rows], v.V2[b, rows], v.K2[b, rows], width))
+        return (_features(v, v.K1t[kb, rows]), _columns(v.ones[rows], v.V1[kb, rows], v.K1[kb, rows], width),
+                _features(v, v.K2t[kb, rows]), _columns(v.ones[rows], v.V2[kb, rows], v.K2[kb, rows], width))
 
     P2 = _device.device_full((len(pieces), width, r), 0.0)
     P3 = _device.device_full((len(pieces), width, r), 0.0)
@@ -321,6 +361,6 @@ def _causal_backward(v: _Balanced, b: int, dO, delta, scale: float, chunk: int, 
         U2T, c2, U3T, c3 = key_rows(rows)
         kernels._causal_backward_scan[1, threads](
             _features(v, v.Qt[b, rows], v.coefficients[b, rows]), U2T, c2, U3T, c3,
-            v.Q[b, rows], dO[b, rows], delta[b, rows], v.V1[b, rows], v.V2[b, rows], scale,
-            P2[index], P3[index], *suffix_sums, partial, *(g[b, rows] for g in grads),
+            v.Q[b, rows], dO[b, rows], delta[b, rows], v.V1[kb, rows], v.V2[kb, rows], scale,
+            P2[index], P3[index], *suffix_sums, partial, dQ[b, rows], *(g[rows] for g in (dK1, dK2, dV1, dV2)),
         )

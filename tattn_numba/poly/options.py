@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import config
-from .exp_approx import MAX_DEGREE
 from .exp_approx import _check_degree as check_degree
 from .exp_approx import _check_family as check_family
 

@@ -30,6 +30,7 @@ from . import exp_approx
 from ._blocks import SummaryLayout
 from .features import rank
 from .options import PolyOptions, check_memory_budget
+from .causal import window_widths as _causal_window
 from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, unit_roundoff
 
 __all__ = [
@@ -205,20 +206,21 @@ class InputStatistics(NamedTuple):
 
 
 def input_statistics(inputs: AttentionInputs) -> InputStatistics:
-    """:class:`InputStatistics` of host inputs; O((n + m1 + m2)·(d + dv)) per batch entry."""
+    """:class:`InputStatistics` of host inputs; O((n + m1 + m2)·(d + dv)) per key/value entry.
+
+    The key and value statistics are computed once per key/value entry (Bk) and read per batch
+    entry through ``inputs.key_batch``, so grouped heads share them."""
     Q = np.asarray(inputs.Q, dtype=np.float64)
-    extrema = [column_extrema(x) for x in (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2)]
+    kb = inputs.key_batch
+    extrema = [column_extrema(inputs.Q)] + [tuple(x[kb] for x in column_extrema(y))
+                                            for y in (inputs.K1, inputs.K2, inputs.V1, inputs.V2)]
     with np.errstate(over="ignore", invalid="ignore"):  # overflowing radii are refused by make_plan
-        return _statistics(Q, inputs, extrema)
-
-
-def _statistics(Q, inputs, extrema) -> InputStatistics:
-    k12 = np.maximum(extrema[1][1], -extrema[1][0]) * np.maximum(extrema[2][1], -extrema[2][0])  # (B, d), zeros kept
-    return InputStatistics(
-        *(bound for pair in extrema for bound in pair),
-        K1_max_4norm=_max_row_4norm(inputs.K1), K2_max_4norm=_max_row_4norm(inputs.K2),
-        Q_weighted_l1=np.einsum("bnl,bl->bn", np.abs(Q), k12), Q_l2=np.sqrt(np.einsum("bnl,bnl->bn", Q, Q)),
-    )
+        k12 = np.maximum(extrema[1][1], -extrema[1][0]) * np.maximum(extrema[2][1], -extrema[2][0])  # (B, d)
+        return InputStatistics(
+            *(bound for pair in extrema for bound in pair),
+            K1_max_4norm=_max_row_4norm(inputs.K1)[kb], K2_max_4norm=_max_row_4norm(inputs.K2)[kb],
+            Q_weighted_l1=np.einsum("bnl,bl->bn", np.abs(Q), k12), Q_l2=np.sqrt(np.einsum("bnl,bnl->bn", Q, Q)),
+        )
 
 
 def row_radii(inputs: AttentionInputs, statistics: InputStatistics | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +327,7 @@ MEMORY_SLACK = 1.01
 
 
 def _memory_phases(r: int, d: int, dv: int, rows: int, *, n: int, m1: int, m2: int, batch: int, causal: bool,
-                   degree: int, itemsize: int, keep_summaries: bool) -> dict:
+                   degree: int, itemsize: int, keep_summaries: bool, window: int = 0) -> dict:
     """Peak bytes of each phase of the CPU surrogate (see :func:`memory_estimate`), float64
     unless said otherwise; ``kept`` is what the forward leaves alive for the backward."""
     f8, B = 8, batch
@@ -349,8 +351,10 @@ def _memory_phases(r: int, d: int, dv: int, rows: int, *, n: int, m1: int, m2: i
     # next entry's are built: a phase of its own when B > 1.
     balanced = f8 * (widen * (n * d + (m1 + m2) * (d + dv)) + (n + m1 + m2) * d + 2 * longest)
     if causal:  # n == m1 == m2
-        # a chunk: U1, U2, U3 row-major (rows × r) and [1 | V] columns, one transposed block in flight
-        chunk = 3 * r * cn + k * cn + max(r * cn, 2 * k * cn)
+        # a chunk: U1, U2, U3 row-major (rows × r) and [1 | V] columns, one transposed block in flight;
+        # with a window the key rows of the chunk reach max(w1, w2) − 1 rows further back
+        ck = min(n, cn + window) if window else cn
+        chunk = 3 * r * ck + k * ck + max(r * ck, 2 * k * ck)
         work = max(n * k + 2 * n + 2 * k * r + chunk, n * k + n * dv + 2 * n)
         left_over = n * k  # the previous entry's [w | w·Õ]
     else:
@@ -365,7 +369,18 @@ def _memory_phases(r: int, d: int, dv: int, rows: int, *, n: int, m1: int, m2: i
 
     grads = f8 * B * (n * d + (m1 + m2) * (d + dv))  # the five float64 gradients
     dO = f8 * B * n * dv  # dO in float64
-    if causal:
+    if causal and window:
+        # windowed scans (poly/causal.py): three wide state pairs (lead and two trailing scans), no
+        # stored checkpoints; a chunk's query rows reach max(w) rows, its key rows 2·max(w) rows beyond it
+        states = 6 * W * r
+        suffix = (2 * dv + 2 * dv * d + 2 * d + 1) * r
+        own = n * (3 * d + 2 * dv)
+        ck = min(n, cn + 2 * window)
+        chunk = 3 * r * ck + W * ck + max(r * ck, 2 * W * ck)
+        scans = 2 * n + suffix + states + own + chunk
+        work = max(f8 * scans + grads * (B - 1) // B, grads + f8 * own)
+        left_over = f8 * n * dv + grads * (B - 1) // B
+    elif causal:
         pieces = -(-n // cn)
         states = (pieces + 1) * 2 * W * r  # P2, P3 with the wide columns, and a stored pair per chunk
         suffix = (2 * dv + 2 * dv * d + 2 * d + 1) * r
@@ -393,7 +408,7 @@ def _memory_phases(r: int, d: int, dv: int, rows: int, *, n: int, m1: int, m2: i
 
 def memory_estimate(r: int, d: int, dv: int, rows: int, *, n: int = 1, m1: int = 1, m2: int = 1, batch: int = 1,
                     causal: bool = False, degree: int | None = None, itemsize: int = 8,
-                    keep_summaries: bool = False) -> int:
+                    keep_summaries: bool = False, window: int = 0) -> int:
     """Peak extra bytes of the CPU surrogate's forward followed by its backward
     (``attention_grad``), counting every allocation that grows with the problem, phase by phase.
 
@@ -405,12 +420,14 @@ def memory_estimate(r: int, d: int, dv: int, rows: int, *, n: int = 1, m1: int =
     the chunks of features U1, U2, U3 with their value columns and products; the r×(1 + dv + d +
     dv·d) key summaries; with the causal mask, the two prefix states stored per chunk of rows
     (2·⌈n / rows⌉·r·(1 + dv + d + dv·d) floats) and the entry's own gradients; the float64 dO and
-    the five gradients and their casts. The forward alone needs at most this.
+    the five gradients and their casts. The forward alone needs at most this. ``window`` is
+    max(w1, w2) (clipped to n) for a causal sliding window narrower than n, else 0: the windowed
+    scans keep no checkpoints but build the features of up to chunk + 2·window rows per chunk.
     """
     if degree is None:
         degree = next(g for g in range(r + 1) if rank(d, g) >= r)
     phases = _memory_phases(r, d, dv, rows, n=n, m1=m1, m2=m2, batch=batch, causal=causal, degree=degree,
-                            itemsize=itemsize, keep_summaries=keep_summaries)
+                            itemsize=itemsize, keep_summaries=keep_summaries, window=window)
     return int(MEMORY_SLACK * max(phases["forward"], phases["kept"] + phases["backward"]))
 
 
@@ -443,7 +460,7 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
         raise ValueError("the pair products V1[j1]·V2[j2] overflow float64 (their range is not finite); "
                          "rescale V1 and V2")
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
-    certify = _Certifier(inputs, stats, family, radius, ranges)
+    certify = _Certifier(inputs, stats, family, radius, ranges, budget)
     if degree is None:
         degree, certificate = _degree_for_tolerance(tol, certify)
     else:
@@ -483,8 +500,9 @@ class _Certifier:
     κ·range/2 + rounding (:mod:`.rounding`), all (B, n[, dv])."""
 
     def __init__(self, inputs: AttentionInputs, stats: InputStatistics, family: str, radius: np.ndarray,
-                 ranges: np.ndarray):
+                 ranges: np.ndarray, budget: int):
         self.family, self.radius, self.ranges = family, radius, ranges
+        self.inputs, self.budget = inputs, budget
         self.n, self.d = inputs.Q.shape[1:]
         self.m1, self.m2 = inputs.K1.shape[1], inputs.K2.shape[1]
         self.mask, self.dtype = inputs.mask, inputs.dtype
@@ -493,8 +511,10 @@ class _Certifier:
     def __call__(self, degree: int) -> _Certificate:
         coefficients, epsilon = per_row_fits(self.family, degree, self.radius)
         kappa = kappa_for_epsilon(epsilon)
+        # the windowed scans restart per chunk: their rounding depends on the chunk the plan will use
+        chunk = _chunk_for(self.inputs, degree, self.budget) if _causal_window(self.mask, self.n) else None
         rounding = row_rounding(coefficients, self.radius, epsilon, degree=degree, rank=rank(self.d, degree),
-                                n=self.n, m1=self.m1, m2=self.m2, mask=self.mask)
+                                n=self.n, m1=self.m1, m2=self.m2, mask=self.mask, chunk=chunk)
         rounding_bound = output_rounding(rounding, self.values, self.dtype)
         return _Certificate(coefficients, epsilon, kappa,
                             BOUND_SLACK * (polynomial_output_bound(kappa, self.ranges) + rounding_bound),
@@ -578,9 +598,7 @@ def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: b
     dv = inputs.V1.shape[2]
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     r = rank(d, degree)
-    scanned = _scanned(inputs.mask)
-    shape = dict(n=n, m1=m1, m2=m2, batch=B, causal=scanned, degree=int(degree),
-                 itemsize=np.dtype(inputs.dtype).itemsize, keep_summaries=_keeps_summaries(scanned, B, r, d, dv, budget))
+    shape = _estimate_shape(inputs, degree, budget)
     rows = chunk_rows(r, d, dv, budget, **shape)
     nbytes = memory_estimate(r, d, dv, rows, **shape)
     if nbytes > budget:
@@ -596,6 +614,25 @@ def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: b
             f"of {allowed}; raise memory_budget (or TATTN_NUMBA_MEMORY_BUDGET) or split the batch"
         )
     return rows, nbytes
+
+
+def _estimate_shape(inputs: AttentionInputs, degree: int, budget: int) -> dict:
+    """The keywords of :func:`memory_estimate` (and :func:`chunk_rows`) for ``inputs`` at ``degree``."""
+    B, n, d = inputs.Q.shape
+    dv = inputs.V1.shape[2]
+    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+    r = rank(d, degree)
+    scanned = _scanned(inputs.mask)
+    widths = _causal_window(inputs.mask, n)
+    return dict(n=n, m1=m1, m2=m2, batch=B, causal=scanned, degree=int(degree),
+                itemsize=np.dtype(inputs.dtype).itemsize, keep_summaries=_keeps_summaries(scanned, B, r, d, dv, budget),
+                window=0 if widths is None else max(widths))
+
+
+def _chunk_for(inputs: AttentionInputs, degree: int, budget: int) -> int:
+    """The chunk rows :func:`_budgeted_chunk` picks for ``degree`` (without its refusal)."""
+    B, n, d = inputs.Q.shape
+    return chunk_rows(rank(d, degree), d, inputs.V1.shape[2], budget, **_estimate_shape(inputs, degree, budget))
 
 
 def _keeps_summaries(causal: bool, batch: int, r: int, d: int, dv: int, budget: int) -> bool:
@@ -680,17 +717,18 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
     dv = inputs.V1.shape[2]
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     Q = inputs.Q.astype(np.float64)
-    V1, V2 = inputs.V1.astype(np.float64), inputs.V2.astype(np.float64)
+    kb = inputs.key_batch
+    V1, V2 = inputs.V1.astype(np.float64)[kb], inputs.V2.astype(np.float64)[kb]
     s = inputs.scale
     kappa = np.asarray(plan.kappa).reshape(B, n)
-    k1, k2 = column_abs_max(inputs.K1), column_abs_max(inputs.K2)
+    k1, k2 = column_abs_max(inputs.K1)[kb], column_abs_max(inputs.K2)[kb]
     v1, v2 = column_abs_max(V1), column_abs_max(V2)
     abs_dO = np.abs(dO)
     # the output bound without the cast: what δ̂ = rowsum(dO ∘ Õ) inherits in float64
     coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)
     radius, epsilon = np.asarray(plan.radius).reshape(B, n), np.asarray(plan.epsilon).reshape(B, n)
     rounding = row_rounding(coefficients, radius, epsilon, degree=plan.degree, rank=plan.rank,
-                            n=n, m1=m1, m2=m2, mask=inputs.mask, lse=lse)
+                            n=n, m1=m1, m2=m2, mask=inputs.mask, lse=lse, chunk=plan.chunk_rows)
     values = v1 * v2
     beta = BOUND_SLACK * (polynomial_output_bound(kappa, value_ranges(V1, V2))
                           + output_rounding(rounding, values, np.float64))

@@ -25,7 +25,7 @@ from ..mask import Mask
 
 __all__ = [
     "UNIT_ROUNDOFF", "unit_roundoff", "gamma", "forward_roundings", "backward_roundings", "coefficient_mass",
-    "backward_spans", "RowRounding", "row_rounding", "output_rounding", "gradient_rounding",
+    "backward_spans", "forward_spans", "touched_queries", "RowRounding", "row_rounding", "output_rounding", "gradient_rounding",
 ]
 
 #: u of float64, the precision every stage of the surrogate computes in.
@@ -73,15 +73,85 @@ def coefficient_mass(coefficients: np.ndarray) -> np.ndarray:
     return np.sum(np.abs(coefficients), axis=-1) / (1.0 - float(gamma(terms)))
 
 
+def _window(mask: Mask, n: int):
+    """(w1, w2) clipped to n when the surrogate runs the windowed scans of :mod:`.causal` for
+    ``mask`` (a window narrower than n on some side), else None."""
+    causal, w1, w2 = mask.kernel_args(n, n)
+    if not causal or (w1 >= n and w2 >= n):
+        return None
+    return int(w1), int(w2)
+
+
+def _chunk_bounds(n: int, chunk: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """First and last row of every row's chunk, (n,) each; one chunk when ``chunk`` is None."""
+    rows = np.arange(n)
+    if chunk is None:
+        return np.zeros(n, dtype=np.int64), np.full(n, n - 1, dtype=np.int64)
+    start = rows // chunk * chunk
+    return start, np.minimum(start + chunk, n) - 1
+
+
+def forward_spans(mask: Mask, n: int, m1: int, m2: int, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """How many key-row terms enter the forward's computed key state of row i, counting a row
+    that is added and later subtracted twice: the pair counts, except for the windowed scans
+    of :mod:`.causal`, whose state of key set k restarts exactly from the window every w_k rows
+    (counted from each chunk's first row c0) at a row t and then adds row i and subtracts row
+    i − w_k: (i + 1 − lo(t)) + (lo(i) − lo(t)) <= 3·w_k − 2, lo(x) = max(0, x + 1 − w_k)
+    (for w_k = n, lo = 0 and this is i + 1, the carried prefix). ``chunk`` None: one chunk."""
+    widths = _window(mask, n)
+    if widths is None:
+        return mask.pair_counts(n, m1, m2)
+    rows = np.arange(n)
+    start, _ = _chunk_bounds(n, chunk)
+    spans = []
+    for w in widths:
+        t = start + (rows - start) // w * w
+        lo_i, lo_t = np.maximum(0, rows + 1 - w), np.maximum(0, t + 1 - w)
+        spans.append(((rows + 1 - lo_t) + (lo_i - lo_t)).astype(np.float64))
+    return tuple(spans)
+
+
 def backward_spans(mask: Mask, n: int, m1: int, m2: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """How many key rows enter the computed key state of row i in the backward, counting the
     rows that are added and later downdated twice: the pair counts of ``mask`` when the
     backward sums over whole key sets (the full mask); with the prefix scans of the causal
-    mask, 2·(c(i) + 1), c(i) the last row of i's chunk (its checkpoint)."""
+    mask, 2·(c(i) + 1), c(i) the last row of i's chunk (its checkpoint). With the windowed
+    scans, every reverse scan that visits row i started at a row <= top(i) = min(n, e(i) +
+    max(w1, w2)) − 1 (e(i) the last row of i's chunk) and restarts set k exactly every w_k
+    rows, so its state was last rebuilt at a row t <= min(top(i), i + w_k − 1) and stepped
+    down to i: (t + 1 − lo(i)) + (t − i) <= 3·w_k − 2."""
     if mask.is_full:
         return mask.pair_counts(n, m1, m2)
-    chunk_end = np.minimum((np.arange(n) // chunk + 1) * chunk, n).astype(np.float64)
-    return 2.0 * chunk_end, 2.0 * chunk_end
+    widths = _window(mask, n)
+    if widths is None:
+        chunk_end = np.minimum((np.arange(n) // chunk + 1) * chunk, n).astype(np.float64)
+        return 2.0 * chunk_end, 2.0 * chunk_end
+    rows = np.arange(n)
+    _, end = _chunk_bounds(n, chunk)
+    top = np.minimum(n, end + max(widths)) - 1
+    spans = []
+    for w in widths:
+        t = np.minimum(top, rows + w - 1)
+        spans.append(((t + 1 - np.maximum(0, rows + 1 - w)) + (t - rows)).astype(np.float64))
+    return tuple(spans)
+
+
+def touched_queries(mask: Mask, n: int, m1: int, m2: int, chunk: int) -> tuple[tuple[np.ndarray, ...], ...]:
+    """``((start1, stop1, again1), (start2, stop2, again2))``, int64 arrays (m,): the query rows
+    whose terms enter the backward's computed sum for key row j are [start, stop), those in
+    [again, stop) twice (added, then subtracted again). Without a window narrower than n this
+    is :meth:`Mask.query_ranges` (again = stop); with the windowed scans, key row j of the chunk
+    ending at e sums the query rows [j, min(n, e + w)) and subtracts [j + w, min(n, e + w))."""
+    widths = _window(mask, n)
+    if widths is None:
+        return tuple((start, stop, stop) for start, stop in mask.query_ranges(n, m1, m2))
+    rows = np.arange(n, dtype=np.int64)
+    _, end = _chunk_bounds(n, chunk)
+    sides = []
+    for w in widths:
+        stop = np.minimum(n, end + w)
+        sides.append((rows, stop, np.minimum(rows + w, stop)))
+    return tuple(sides)
 
 
 class RowRounding(NamedTuple):
@@ -106,16 +176,20 @@ def _relative(error: np.ndarray, lower: np.ndarray) -> np.ndarray:
 
 
 def row_rounding(coefficients: np.ndarray, radius: np.ndarray, epsilon: np.ndarray, *, degree: int, rank: int,
-                 n: int, m1: int, m2: int, mask: Mask, lse: np.ndarray | None = None) -> RowRounding:
+                 n: int, m1: int, m2: int, mask: Mask, lse: np.ndarray | None = None,
+                 chunk: int | None = None) -> RowRounding:
     """The :class:`RowRounding` of a plan's per-row fits (``coefficients`` (B, n, g + 1),
     ``radius`` and ``epsilon`` (B, n)). Every logit of row i lies in [−R_i, R_i], so the exact
     normaliser is at least (1 − ε_i)·|I1||I2|·e^{−R_i}. With ``lse`` (B, n), the forward's
     log ŵ_i, the computed normaliser gives a second lower bound, ŵ_i − e_i (e_i its certified
-    rounding), usually larger by about e^{R_i}: the larger of the two is used."""
+    rounding), usually larger by about e^{R_i}: the larger of the two is used. The rounding counts
+    the key terms of the computed states (:func:`forward_spans`, with the plan's ``chunk``; the
+    pair counts except for sliding windows, whose running sums also subtract)."""
     count1, count2 = mask.pair_counts(n, m1, m2)
     pairs = count1 * count2
+    span1, span2 = forward_spans(mask, n, m1, m2, chunk)
     mass = coefficient_mass(coefficients)
-    error = gamma(forward_roundings(degree, rank, m1, m2)) * mass * pairs
+    error = gamma(forward_roundings(degree, rank, m1, m2)) * mass * (span1 * span2)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         lower = np.clip(1.0 - epsilon, 0.0, None) * pairs * np.exp(-radius)
         if lse is not None:
@@ -143,15 +217,17 @@ def output_rounding(rounding: RowRounding, value_bound: np.ndarray, output_dtype
         return ratio + (UNIT_ROUNDOFF + u_out * (1.0 + UNIT_ROUNDOFF)) * (v + ratio)
 
 
-def _over_queries(x: np.ndarray, queries: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Σ over the query rows start[j] <= i < stop[j] that see key row j of x[b, i, :], shape
-    (B, rows, k), with ``queries = (start, stop)`` from :meth:`tattn_numba.mask.Mask.query_ranges`:
-    S[start] − S[stop] with the suffix sums S[i] = Σ_{i' >= i} x[i'] (S[n] = 0) of the
-    non-negative x, plus the rounding of S[start] (γ_{n+1}·S[start]) so that the difference
-    stays an upper bound."""
-    start, stop = queries
+def _over_queries(x: np.ndarray, queries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Σ over the query rows start[j] <= i < stop[j] of x[b, i, :], plus the rows
+    again[j] <= i < stop[j] once more, shape (B, rows, k), with ``queries = (start, stop, again)``
+    from :func:`touched_queries`: S[start] + S[again] − 2·S[stop] with the suffix sums
+    S[i] = Σ_{i' >= i} x[i'] (S[n] = 0) of the non-negative x, plus the rounding of the positive
+    parts (γ_{n+1}·(S[start] + S[again])) so that the difference stays an upper bound."""
+    start, stop, again = queries
     suffix = np.concatenate([np.cumsum(x[:, ::-1], axis=1)[:, ::-1], np.zeros_like(x[:, :1])], axis=1)
-    return suffix[:, start] * (1.0 + float(gamma(x.shape[1] + 1))) - suffix[:, stop]
+    once = suffix[:, start] * (1.0 + float(gamma(x.shape[1] + 1))) - suffix[:, stop]
+    twice = suffix[:, again] * (1.0 + float(gamma(x.shape[1] + 1))) - suffix[:, stop]
+    return once + np.where((again < stop)[None, :, None], np.maximum(twice, 0.0), 0.0)
 
 
 def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,
@@ -172,7 +248,9 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
         ω2_i = η_i·μ2_i + (1 + η_i)·γ_K·P̄_i·S2,      |ΔdK1[j,l]| <= s·k2_l·Σ_{i sees j} ω2_i·dZ_mass_i·|Q[i,l]|
                                                      |ΔdV1[j,m]| <= v2_m·Σ_{i sees j} ω2_i·|dO[i,m]|
 
-    (dK2, dV2 with the roles of 1 and 2 swapped); the cast adds u_out times the magnitude
+    (dK2, dV2 with the roles of 1 and 2 swapped; "i sees j" counts the query rows whose terms
+    the computed sum touches, twice those added and subtracted again: :func:`touched_queries`);
+    the cast adds u_out times the magnitude
     bounds s·dZ_mass·k1·k2 (μ-weighted for the key gradients) plus these.
     """
     B, n, d = Q_abs.shape
@@ -180,7 +258,7 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
     u_out = unit_roundoff(output_dtype) if np.dtype(output_dtype) != np.float64 else 0.0
     count1, count2 = mask.pair_counts(n, m1, m2)
     span1, span2 = backward_spans(mask, n, m1, m2, chunk)
-    queries1, queries2 = mask.query_ranges(n, m1, m2)
+    queries1, queries2 = touched_queries(mask, n, m1, m2, chunk)
     g = float(gamma(backward_roundings(degree, rank, n, m1, m2, d, dv)))
     weight = rounding.weight
     with np.errstate(invalid="ignore", over="ignore"):

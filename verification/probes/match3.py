@@ -168,10 +168,7 @@ if torch is not None:
 
 def _tensor_operands(model, x):
     """The five per-head operands the TensorAttention layer hands the core for input ``x``."""
-    layer = model.attn
-    e = model.embed(x)
-    return [layer._heads(W(e)).detach().double().numpy()
-            for W in (layer.W_Q, layer.W_K1, layer.W_K2, layer.W_V1, layer.W_V2)]
+    return [op.detach().double().numpy() for op in model.attn.operands(model.embed(x))]
 
 
 def _global_radius(ops, head_dim) -> float:

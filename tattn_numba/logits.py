@@ -37,9 +37,10 @@ on any device through its array operations (``logits=`` of :func:`tattn_numba.at
 
 Notes
 -----
-* Scale. :func:`lift` does not touch the scale, and the kernels' default ``scale=None`` would
-  mean ``1/d'`` of the *lifted* width. The determinant form's default should stay ``1/d`` of the
-  *original* ``d``: the caller decides and passes ``scale=`` explicitly.
+* The public entry points apply the form themselves: ``attention(..., logits="determinant")``
+  lifts after validation, keeps the default scale at ``1/d`` of the *original* d and pulls the
+  gradients back. Calling the kernels on :func:`lift`'s output directly (as in the example) needs
+  ``scale=`` explicitly, since ``scale=None`` would mean ``1/d'`` of the lifted width.
 * Surrogate. With ``method="poly"`` the surrogate sees the lifted problem: its rank and its radius
   (the operand norms it bounds) are those of width ``d'``. Each chunk coordinate appears twice in
   every lifted operand, so the chunk part's squared row norms double.

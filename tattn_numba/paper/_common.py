@@ -7,7 +7,6 @@ with the caller's dtype, in which the public functions return their results.
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import numpy as np

@@ -137,6 +137,12 @@ def _cases() -> list[Case]:
         # U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale, P2, P3, GS2, GS3, Y1, Y2, Z1, Z2,
         # partial, dQ, dK1, dK2, dV1, dV2
         "_causal_backward_scan": f"void({', '.join([f2] * 7)}, {f1}, {f2}, {f2}, float64, {', '.join([f2] * 14)})",
+        # c0, w1, w2 (int64), carry1, carry2, base (int64), U1T, U2T, c2, U3T, c3, P2, P3, partial, out
+        "_window_forward_scan": f"void(int64, int64, int64, boolean, boolean, int64, {', '.join([f2] * 9)})",
+        # c0, e, top, w1, w2, base (int64), U1T, U2T, c2, U3T, c3, Q[b], dO[b], delta[b], V1[kb], V2[kb],
+        # scale, states (6, width, r), GS2, GS3, Y1, Y2, Z1, Z2, partial, dQ[b], dK1, dK2, dV1, dV2
+        "_window_backward_chunk": (f"void({', '.join(['int64'] * 6)}, {', '.join([f2] * 7)}, {f1}, {f2}, {f2}, "
+                                   f"float64, {f3}, {', '.join([f2] * 12)})"),
     }
     for name, sig in poly_sigs.items():
         cases.append(Case(f"poly._cuda_kernels.{name}", f"{poly}:{name}", None, sig))

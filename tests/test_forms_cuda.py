@@ -132,12 +132,18 @@ def test_poly_grouped_determinant_on_cuda(causal):
     forward_backward(X, form_kwargs(causal=causal, logits="determinant"), "poly", np.float64)
 
 
-def test_poly_window_on_cuda_is_refused_clearly():
-    """The GPU scans are causal only this round: a window is a ValueError naming it, never a
-    silently causal result."""
+def test_poly_window_on_cuda_matches_reference_and_cpu():
+    """The windowed surrogate on the GPU (grouped heads, determinant logits): every result within
+    the surrogate's accuracy of the dense reference, and equal to the CPU's windowed surrogate up
+    to round-off (the same sums, tests/test_poly_window_cuda.py)."""
     X = make_inputs(np.random.default_rng(74), (1, 2), (1, 1), 3, 3, 3, 4, 2, "poly")
-    with pytest.raises(ValueError, match=r"window=\(2, 3\)"):
-        ta.attention(*X[:5], window=(2, 3), logits="determinant", **method_kwargs("poly", "cuda"))
+    kw = form_kwargs(window=(2, 3), logits="determinant")
+    O, grads = forward_backward(X, kw, "poly", np.float64)
+    mk = method_kwargs("poly", "cpu")
+    O_cpu, state_cpu = ta.attention_forward(*X[:5], **kw, **mk)
+    np.testing.assert_allclose(O, O_cpu, rtol=1e-12, atol=1e-14)
+    for name, g, g_cpu in zip(NAMES, grads, ta.attention_backward(state_cpu, X[5])):
+        np.testing.assert_allclose(g, g_cpu, rtol=1e-11, atol=1e-13, err_msg=f"{name}: cuda vs cpu")
 
 
 def test_bad_forms_on_cuda():

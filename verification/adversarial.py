@@ -46,7 +46,8 @@ import numpy as np
 import tattn_numba as ta
 from tattn_numba import paper
 
-__all__ = [
+# The per-kind generators (lower_edge, …) are created by the globals().update below.
+__all__ = [  # noqa: F822
     "KINDS", "GRADIENTS", "QUANTITIES", "PAPER_QUANTITIES", "build", "sample_params", "generate",
     "lower_edge", "upper_edge", "half_half", "near_constant_values", "constant_values", "large_offset",
     "single_pair", "single_key1", "single_key2", "constant_keys", "float32_tight", "causal",
@@ -287,20 +288,7 @@ def _named(kind):
 
 # One module-level generator per kind of ``build`` case (``adversarial.lower_edge(seed)``, …);
 # "paper" cases go through build_paper, and the name ``paper`` is the imported module.
-# one public generator per kind (written out so that readers and linters see the names)
-lower_edge = _named("lower_edge")
-upper_edge = _named("upper_edge")
-half_half = _named("half_half")
-near_constant_values = _named("near_constant_values")
-constant_values = _named("constant_values")
-large_offset = _named("large_offset")
-single_pair = _named("single_pair")
-single_key1 = _named("single_key1")
-single_key2 = _named("single_key2")
-constant_keys = _named("constant_keys")
-float32_tight = _named("float32_tight")
-causal = _named("causal")
-random_entries = _named("random_entries")
+globals().update({kind: _named(kind) for kind in KINDS if kind != "paper"})
 
 
 def describe(params: dict) -> str:

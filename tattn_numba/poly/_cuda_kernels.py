@@ -256,6 +256,96 @@ def _causal_forward_scan(U1T, U2T, c2, U3T, c3, P2, P3, partial, out, with_outpu
             cuda.syncthreads()
 
 
+@cuda.jit(device=True)
+def _partial_layout(d, dv, first):
+    """Offsets of the backward scans: the K and V⊙K blocks of a state ([1 | V | K | V⊙K]), the
+    width dv·d + d of a gradient's terms, and where the dQ, value and key terms start in
+    ``partial`` (after ``first`` rows of normalisers)."""
+    wide = dv * d + d
+    return 1 + dv, 1 + dv + d, wide, first, first + wide, first + wide + 2 * dv
+
+
+@cuda.jit(device=True)
+def _query_terms(un, a, i, L2, L3, Q, dO, delta, sign, do1, do2, GS2, GS3, Y1, Y2, Z1, Z2):
+    """Feature α of query row ``i``'s terms (``un`` = U1[i, α] / w_i, states L2, L3), ``sign``
+    times, into the accumulators of key set 1 (GS3, Y1, Z1; ``do1``) and key set 2 (GS2, Y2, Z2;
+    ``do2``): the CPU's ``causal._query_row``, entry by entry in its order (prefix or window states)."""
+    d = Q.shape[1]
+    dv = dO.shape[1]
+    S = 1
+    K = 1 + dv
+    A = 1 + dv + d
+    for m in range(dv):
+        g = sign * dO[i, m]
+        if do2:
+            GS2[m, a] += g * un * L2[S + m, a]
+        if do1:
+            GS3[m, a] += g * un * L3[S + m, a]
+        for l in range(d):
+            gq = g * Q[i, l]
+            if do1:
+                Y1[m * d + l, a] += gq * un * L3[A + m * d + l, a]
+            if do2:
+                Y2[m * d + l, a] += gq * un * L2[A + m * d + l, a]
+    for l in range(d):
+        dq = sign * delta[i] * Q[i, l]
+        if do1:
+            Z1[l, a] += dq * un * L3[K + l, a]
+        if do2:
+            Z2[l, a] += dq * un * L2[K + l, a]
+
+
+@cuda.jit(device=True)
+def _key_partials(partial, t, a, u2, u3, GS2, GS3, Y1, Y2, Z1, Z2, value_terms, key_terms, wide):
+    """Feature α's share of key row j's dV1, dV2, dK1, dK2 sums into ``partial[:, t]`` (``u2``,
+    ``u3`` its features U2[j, α], U3[j, α])."""
+    dv = GS2.shape[0]
+    d = Z1.shape[0]
+    for m in range(dv):
+        partial[value_terms + m, t] += u2 * GS3[m, a]
+        partial[value_terms + dv + m, t] += u3 * GS2[m, a]
+        for l in range(d):
+            partial[key_terms + m * d + l, t] += u2 * Y1[m * d + l, a]
+            partial[key_terms + wide + m * d + l, t] += u3 * Y2[m * d + l, a]
+    for l in range(d):
+        partial[key_terms + dv * d + l, t] += u2 * Z1[l, a]
+        partial[key_terms + wide + dv * d + l, t] += u3 * Z2[l, a]
+
+
+@cuda.jit(device=True)
+def _write_row_gradients(partial, i, t, threads, dO, delta, V1, V2, scale, query_terms, value_terms, key_terms,
+                         wide, dQ, dK1, dK2, dV1, dV2):
+    """Query row i's dQ and key row i's dV1, dV2, dK1, dK2 from the block's tree-summed
+    ``partial[:, 0]`` (the dQ terms at ``query_terms``, the value terms at ``value_terms``, the
+    two key sides ``wide`` apart from ``key_terms``); the block's threads share the 3d + 2dv outputs."""
+    d = dQ.shape[1]
+    dv = dO.shape[1]
+    for o in range(t, 3 * d + 2 * dv, threads):
+        if o < d:
+            total = 0.0
+            for m in range(dv):
+                total += dO[i, m] * partial[query_terms + m * d + o, 0]
+            dQ[i, o] = scale * (total - delta[i] * partial[query_terms + dv * d + o, 0])
+        elif o < d + 2 * dv:
+            m = o - d
+            if m < dv:
+                dV1[i, m] = partial[value_terms + m, 0]
+            else:
+                dV2[i, m - dv] = partial[value_terms + m, 0]
+        else:
+            side = (o - d - 2 * dv) // d
+            l = o - d - 2 * dv - side * d
+            first = key_terms + side * wide
+            total = 0.0
+            for m in range(dv):
+                total += (V1[i, m] if side == 0 else V2[i, m]) * partial[first + m * d + l, 0]
+            value = scale * (total - partial[first + dv * d + l, 0])
+            if side == 0:
+                dK1[i, l] = value
+            else:
+                dK2[i, l] = value
+
+
 @cuda.jit
 def _causal_backward_scan(U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale, P2, P3,
                           GS2, GS3, Y1, Y2, Z1, Z2, partial, dQ, dK1, dK2, dV1, dV2):
@@ -283,13 +373,7 @@ def _causal_backward_scan(U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale, P2
     dv = dO.shape[1]
     r = P2.shape[1]
     width = P2.shape[0]
-    S = 1
-    K = 1 + dv
-    A = 1 + dv + d
-    wide = dv * d + d
-    query_terms = 1
-    value_terms = query_terms + wide
-    key_terms = value_terms + 2 * dv
+    K, A, wide, query_terms, value_terms, key_terms = _partial_layout(d, dv, 1)
     count = partial.shape[0] - 1
     for i in range(U2T.shape[1] - 1, -1, -1):
         total = 0.0
@@ -308,53 +392,202 @@ def _causal_backward_scan(U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale, P2
                 for m in range(dv):
                     partial[query_terms + m * d + l, t] += un * P2[A + m * d + l, a] * P3[A + m * d + l, a]
                 partial[query_terms + dv * d + l, t] += un * P2[K + l, a] * P3[K + l, a]
-            for m in range(dv):
-                g = dO[i, m]
-                GS2[m, a] += g * un * P2[S + m, a]
-                GS3[m, a] += g * un * P3[S + m, a]
-                for l in range(d):
-                    gq = g * Q[i, l]
-                    Y1[m * d + l, a] += gq * un * P3[A + m * d + l, a]
-                    Y2[m * d + l, a] += gq * un * P2[A + m * d + l, a]
-            for l in range(d):
-                dq = delta[i] * Q[i, l]
-                Z1[l, a] += dq * un * P3[K + l, a]
-                Z2[l, a] += dq * un * P2[K + l, a]
-            for m in range(dv):
-                partial[value_terms + m, t] += u2 * GS3[m, a]
-                partial[value_terms + dv + m, t] += u3 * GS2[m, a]
-                for l in range(d):
-                    partial[key_terms + m * d + l, t] += u2 * Y1[m * d + l, a]
-                    partial[key_terms + wide + m * d + l, t] += u3 * Y2[m * d + l, a]
-            for l in range(d):
-                partial[key_terms + dv * d + l, t] += u2 * Z1[l, a]
-                partial[key_terms + wide + dv * d + l, t] += u3 * Z2[l, a]
+            _query_terms(un, a, i, P2, P3, Q, dO, delta, 1.0, True, True, GS2, GS3, Y1, Y2, Z1, Z2)
+            _key_partials(partial, t, a, u2, u3, GS2, GS3, Y1, Y2, Z1, Z2, value_terms, key_terms, wide)
             for k in range(width):
                 P2[k, a] += -c2[i, k] * u2
                 P3[k, a] += -c3[i, k] * u3
         _block_tree_sum(partial, 1, count)
-        for o in range(t, 3 * d + 2 * dv, threads):
-            if o < d:
-                total = 0.0
-                for m in range(dv):
-                    total += dO[i, m] * partial[query_terms + m * d + o, 0]
-                dQ[i, o] = scale * (total - delta[i] * partial[query_terms + dv * d + o, 0])
-            elif o < d + 2 * dv:
-                m = o - d
-                if m < dv:
-                    dV1[i, m] = partial[value_terms + m, 0]
-                else:
-                    dV2[i, m - dv] = partial[value_terms + m, 0]
-            else:
-                side = (o - d - 2 * dv) // d
-                l = o - d - 2 * dv - side * d
-                base = key_terms + side * wide
-                total = 0.0
-                for m in range(dv):
-                    total += (V1[i, m] if side == 0 else V2[i, m]) * partial[base + m * d + l, 0]
-                value = scale * (total - partial[base + dv * d + l, 0])
-                if side == 0:
-                    dK1[i, l] = value
-                else:
-                    dK2[i, l] = value
+        _write_row_gradients(partial, i, t, threads, dO, delta, V1, V2, scale, query_terms, value_terms, key_terms,
+                             wide, dQ, dK1, dK2, dV1, dV2)
+        cuda.syncthreads()
+
+
+# --------------------------------------------------------------------------------------------
+# Causal sliding windows (w1, w2): the CPU's windowed scans (:mod:`.causal`, the comment above
+# ``window_widths``), with the same running window states, the same exact restarts every w rows
+# and, per state entry, the same sequence of added and subtracted terms. Each thread owns the
+# features α of its stride in every state and accumulator, so per entry the GPU performs the
+# CPU's operations in the CPU's order; only the sums over α (normalisers, outputs, gradients)
+# are tree sums instead of left-to-right loops, which changes no term count of the rounding
+# certificate (an r-term sum either way).
+
+
+@cuda.jit(device=True)
+def _window_set_visit(P, k, a, UT, c, i, w, steps, base, up):
+    """Entry (k, α) of one key set's window state at row ``i`` (absolute), ``steps`` rows after
+    the scan's first row (the CPU's ``causal._set_visit`` for one entry): every w steps it
+    restarts exactly from zero over the window rows in increasing order; otherwise it moves by
+    one row from row i − 1 (``up``) or i + 1, adding the entering key row, then subtracting the
+    leaving one. ``UT`` (r, rows) and ``c`` (rows, width) start at row ``base``."""
+    if steps % w == 0:
+        P[k, a] = 0.0
+        for j in range(max(0, i + 1 - w), i + 1):
+            P[k, a] += c[j - base, k] * UT[a, j - base]
+    elif up:
+        P[k, a] += c[i - base, k] * UT[a, i - base]
+        if i - w >= 0:
+            P[k, a] += -c[i - w - base, k] * UT[a, i - w - base]
+    else:
+        P[k, a] += -c[i + 1 - base, k] * UT[a, i + 1 - base]
+        if i + 1 - w >= 0:
+            P[k, a] += c[i + 1 - w - base, k] * UT[a, i + 1 - w - base]
+
+
+@cuda.jit(device=True)
+def _window_visit_down(P2, P3, a, U2T, c2, U3T, c3, i, origin, w1, w2, base):
+    """Feature α of both wide window states at row ``i`` of a reverse scan that started at row
+    ``origin`` >= i (the CPU's ``causal._visit_down``, every summary column)."""
+    for k in range(P2.shape[0]):
+        _window_set_visit(P2, k, a, U2T, c2, i, w1, origin - i, base, False)
+        _window_set_visit(P3, k, a, U3T, c3, i, w2, origin - i, base, False)
+
+
+@cuda.jit
+def _window_forward_scan(c0, w1, w2, carry1, carry2, base, U1T, U2T, c2, U3T, c3, P2, P3, partial, out):
+    """Windowed forward over the chunk of rows c0 .. c0 + rows − 1; block k owns summary column k
+    (the CPU's ``causal._window_forward_scan``, and :func:`_causal_forward_scan`'s layout).
+
+    For each row i in order, per feature α (threads stride over them): the window states
+    ``P2[k, α]``, ``P3[k, α]`` move to row i (:func:`_window_set_visit`, restarting every w rows
+    from the chunk's first row; a key set with ``carry`` keeps its prefix from the previous
+    chunk), then ``out[i − c0, k] = Σ_α U1[i, α]·P2[k, α]·P3[k, α]`` by a tree sum.
+
+    U1T (r, rows); U2T, U3T (r, key rows) and c2, c3 (key rows, k) start at key row ``base``;
+    P2, P3 (k, r), carried across chunks; partial (k, blockDim.x) scratch; out (rows, k).
+    Time O(rows·r·k·(1 + max w / w) / threads + rows·log(threads)) per block.
+    """
+    k = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    r = P2.shape[1]
+    for s in range(U1T.shape[1]):
+        i = c0 + s
+        steps1 = s + (1 if carry1 and c0 > 0 else 0)
+        steps2 = s + (1 if carry2 and c0 > 0 else 0)
+        total = 0.0
+        for a in range(t, r, threads):
+            _window_set_visit(P2, k, a, U2T, c2, i, w1, steps1, base, True)
+            _window_set_visit(P3, k, a, U3T, c3, i, w2, steps2, base, True)
+            total += U1T[a, s] * P2[k, a] * P3[k, a]
+        partial[k, t] = total
+        _block_tree_sum(partial, k, 1)
+        if t == 0:
+            out[s, k] = partial[k, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit
+def _window_backward_chunk(c0, e, top, w1, w2, base, U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale,
+                           states, GS2, GS3, Y1, Y2, Z1, Z2, partial, dQ, dK1, dK2, dV1, dV2):
+    """Windowed gradients of the rows c0 .. e of one chunk, one block (the CPU's
+    ``causal._window_backward_chunk``, row for row; see the comment above ``window_widths``).
+
+    The lead scan walks the query rows from ``top`` down to c0 with its window states; at a row
+    j <= e two trailing scans (key set 1, key set 2), each with its own window states, recompute
+    query row j + w1 (j + w2), which leaves key row j's query interval, and subtract its terms;
+    then key row j's gradients are read from the accumulators. Per step, threads stride over the
+    features α:
+
+    1. the three states move to their rows (:func:`_window_visit_down`) and the normalisers
+       w = Σ_α U1·P2[0]·P3[0] of the lead and the active trailing rows meet in one tree sum;
+    2. per α, in the CPU's order: the lead row's dQ partials and terms (+), trailing row 1's
+       terms (−, key set 1 only), trailing row 2's terms (−, key set 2 only), then key row j's
+       dV, dK partials;
+    3. one tree sum of the dQ, dV, dK partials; threads split the outputs (rows j = i <= e only).
+
+    U1T (r, top − c0 + 1) holds the query rows c0 .. top; U2T, U3T (r, ·) and c2, c3 (·, width)
+    the key rows base .. top; Q, dO, delta, V1, V2 and the gradients are whole (n rows).
+    ``states`` (6, width, r): lead P2, P3, trail-1 P2, P3, trail-2 P2, P3. The accumulators GS2,
+    GS3 (dv × r), Y1, Y2 (dv·d × r), Z1, Z2 (d × r) are zeroed here (every chunk restarts them).
+    ``partial`` is (3 + 3·(dv·d + d) + 2·dv, blockDim.x) scratch. Time O((top − c0 + 1)·r·d·dv
+    / threads + (e − c0 + 1)·d·dv·log(threads)), plus O(width·max w) per state restart.
+    """
+    t = cuda.threadIdx.x
+    threads = cuda.blockDim.x
+    n = Q.shape[0]
+    d = Q.shape[1]
+    dv = dO.shape[1]
+    r = U1T.shape[0]
+    K, A, wide, query_terms, value_terms, key_terms = _partial_layout(d, dv, 3)
+    count = partial.shape[0] - query_terms
+    L2 = states[0]
+    L3 = states[1]
+    A2 = states[2]
+    A3 = states[3]
+    B2 = states[4]
+    B3 = states[5]
+    for a in range(t, r, threads):
+        for m in range(dv):
+            GS2[m, a] = 0.0
+            GS3[m, a] = 0.0
+        for q in range(dv * d):
+            Y1[q, a] = 0.0
+            Y2[q, a] = 0.0
+        for l in range(d):
+            Z1[l, a] = 0.0
+            Z2[l, a] = 0.0
+    o1 = -1  # the first rows of the trailing scans (-1: not started); the same in every thread
+    o2 = -1
+    for i in range(top, c0 - 1, -1):
+        do1 = i <= e + w1 - 1
+        do2 = i <= e + w2 - 1
+        key = i <= e
+        row1 = i + w1
+        row2 = i + w2
+        trail1 = key and i < e and row1 <= n - 1
+        trail2 = key and i < e and row2 <= n - 1
+        if trail1 and o1 < 0:
+            o1 = row1
+        if trail2 and o2 < 0:
+            o2 = row2
+        # 1. states and normalisers
+        total = 0.0
+        total1 = 0.0
+        total2 = 0.0
+        for a in range(t, r, threads):
+            _window_visit_down(L2, L3, a, U2T, c2, U3T, c3, i, top, w1, w2, base)
+            total += U1T[a, i - c0] * L2[0, a] * L3[0, a]
+            if trail1:
+                _window_visit_down(A2, A3, a, U2T, c2, U3T, c3, row1, o1, w1, w2, base)
+                total1 += U1T[a, row1 - c0] * A2[0, a] * A3[0, a]
+            if trail2:
+                _window_visit_down(B2, B3, a, U2T, c2, U3T, c3, row2, o2, w1, w2, base)
+                total2 += U1T[a, row2 - c0] * B2[0, a] * B3[0, a]
+        partial[0, t] = total
+        partial[1, t] = total1
+        partial[2, t] = total2
+        _block_tree_sum(partial, 0, 3)
+        w = partial[0, 0]
+        wa = partial[1, 0]
+        wb = partial[2, 0]
+        if key:
+            for q in range(query_terms, partial.shape[0]):
+                partial[q, t] = 0.0
+        # 2. accumulators and partial sums, per feature
+        for a in range(t, r, threads):
+            un = U1T[a, i - c0] / w
+            if key:
+                for l in range(d):
+                    for m in range(dv):
+                        partial[query_terms + m * d + l, t] += un * L2[A + m * d + l, a] * L3[A + m * d + l, a]
+                    partial[query_terms + dv * d + l, t] += un * L2[K + l, a] * L3[K + l, a]
+            _query_terms(un, a, i, L2, L3, Q, dO, delta, 1.0, do1, do2, GS2, GS3, Y1, Y2, Z1, Z2)
+            if trail1:
+                _query_terms(U1T[a, row1 - c0] / wa, a, row1, A2, A3, Q, dO, delta, -1.0, True, False,
+                                    GS2, GS3, Y1, Y2, Z1, Z2)
+            if trail2:
+                _query_terms(U1T[a, row2 - c0] / wb, a, row2, B2, B3, Q, dO, delta, -1.0, False, True,
+                                    GS2, GS3, Y1, Y2, Z1, Z2)
+            if key:
+                u2 = U2T[a, i - base]
+                u3 = U3T[a, i - base]
+                _key_partials(partial, t, a, u2, u3, GS2, GS3, Y1, Y2, Z1, Z2, value_terms, key_terms, wide)
+        if not key:
+            cuda.syncthreads()  # partial[0:3, 0] is read above; the next row writes it
+            continue
+        # 3. the outputs of query row i and key row i
+        _block_tree_sum(partial, query_terms, count)
+        _write_row_gradients(partial, i, t, threads, dO, delta, V1, V2, scale, query_terms, value_terms, key_terms,
+                             wide, dQ, dK1, dK2, dV1, dV2)
         cuda.syncthreads()

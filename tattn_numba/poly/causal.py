@@ -77,6 +77,13 @@ def _forward_scan(U1, U2, c2, U3, c3, P2, P3, out):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _add_product(acc, factor, x, y):
+    """``acc[a] += factor · x[a] · y[a]`` over the r features."""
+    for a in range(acc.shape[0]):
+        acc[a] += factor * x[a] * y[a]
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _query_row(u1, i, P2, P3, Q, dO, delta, scale, sign, do1, do2, write_dQ, dQ,
                GS2, GS3, Y1, Y2, Z1, Z2, un):
     """Query row ``i`` with its key states P2, P3 (prefix or window): writes dQ[i] (``write_dQ``) and adds
@@ -99,31 +106,22 @@ def _query_row(u1, i, P2, P3, Q, dO, delta, scale, sign, do1, do2, write_dQ, dQ,
             dQ[i, l] = scale * (total - delta[i] * _triple(un, P2[K + l], P3[K + l]))
     for m in range(dv):
         g = sign * dO[i, m]
-        gs2, gs3, p2, p3 = GS2[m], GS3[m], P2[S + m], P3[S + m]
         if do2:
-            for a in range(r):
-                gs2[a] += g * un[a] * p2[a]
+            _add_product(GS2[m], g, un, P2[S + m])
         if do1:
-            for a in range(r):
-                gs3[a] += g * un[a] * p3[a]
+            _add_product(GS3[m], g, un, P3[S + m])
         for l in range(d):
             gq = g * Q[i, l]
-            y1, y2, pa2, pa3 = Y1[m * d + l], Y2[m * d + l], P2[A + m * d + l], P3[A + m * d + l]
             if do1:
-                for a in range(r):
-                    y1[a] += gq * un[a] * pa3[a]
+                _add_product(Y1[m * d + l], gq, un, P3[A + m * d + l])
             if do2:
-                for a in range(r):
-                    y2[a] += gq * un[a] * pa2[a]
+                _add_product(Y2[m * d + l], gq, un, P2[A + m * d + l])
     for l in range(d):
         dq = sign * delta[i] * Q[i, l]
-        z1, z2, pb2, pb3 = Z1[l], Z2[l], P2[K + l], P3[K + l]
         if do1:
-            for a in range(r):
-                z1[a] += dq * un[a] * pb3[a]
+            _add_product(Z1[l], dq, un, P3[K + l])
         if do2:
-            for a in range(r):
-                z2[a] += dq * un[a] * pb2[a]
+            _add_product(Z2[l], dq, un, P2[K + l])
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -177,14 +175,18 @@ def _columns(c, X, Y, width):
     return np.ascontiguousarray(outT.T)
 
 
-def forward(v, chunk: int) -> np.ndarray:
-    """Causal surrogate forward for one batch entry: returns (n, 1 + dv) = [w | w·Õ]."""
+def _forward_buffers(v) -> tuple:
+    """(n, width, P2, P3, out, ones) of a forward scan: zero states (1 + dv, r), the output
+    (n, 1 + dv) and a column of ones."""
     n, d = v.Q.shape
     width = SummaryLayout(d, v.V1.shape[1]).narrow
     r = v.table.parent.shape[0]
-    P2, P3 = np.zeros((width, r)), np.zeros((width, r))
-    out = np.empty((n, width))
-    ones = np.ones(n)
+    return n, width, np.zeros((width, r)), np.zeros((width, r)), np.empty((n, width)), np.ones(n)
+
+
+def forward(v, chunk: int) -> np.ndarray:
+    """Causal surrogate forward for one batch entry: returns (n, 1 + dv) = [w | w·Õ]."""
+    n, width, P2, P3, out, ones = _forward_buffers(v)
     for rows in chunks(n, chunk):
         _forward_scan(
             _row_major(query_features(v.Qt[rows], v.coefficients[rows], v.table)),
@@ -195,14 +197,18 @@ def forward(v, chunk: int) -> np.ndarray:
     return out
 
 
-def backward(v, Ohat, dO, scale: float, chunk: int) -> tuple:
-    """Causal surrogate gradient for one batch entry: (dQ, dK1, dK2, dV1, dV2), float64."""
+def _backward_setup(v, Ohat, dO) -> tuple:
+    """(n, d, dv, r, width, ones, delta) of a backward scan: the sizes, the wide summary width
+    1 + dv + d + dv·d, a column of ones and δ = rowsum(dO ∘ Õ)."""
     n, d = v.Q.shape
     dv = v.V1.shape[1]
-    r = v.table.parent.shape[0]
-    width = SummaryLayout(d, dv).wide
-    ones = np.ones(n)
-    delta = np.einsum("nm,nm->n", dO, Ohat)
+    return (n, d, dv, v.table.parent.shape[0], SummaryLayout(d, dv).wide, np.ones(n),
+            np.einsum("nm,nm->n", dO, Ohat))
+
+
+def backward(v, Ohat, dO, scale: float, chunk: int) -> tuple:
+    """Causal surrogate gradient for one batch entry: (dQ, dK1, dK2, dV1, dV2), float64."""
+    n, d, dv, r, width, ones, delta = _backward_setup(v, Ohat, dO)
     pieces = list(chunks(n, chunk))
 
     def key_rows(rows):
@@ -326,29 +332,23 @@ def _window_backward_chunk(c0, e, top, w1, w2, base, U1, U2, c2, U3, c3, Q, dO, 
     Y2[:] = 0.0
     Z1[:] = 0.0
     Z2[:] = 0.0
-    L2, L3, A2, A3, B2, B3 = states[0], states[1], states[2], states[3], states[4], states[5]
-    o1 = -1  # the first rows of the trailing scans (-1: not started)
-    o2 = -1
+    L2, L3 = states[0], states[1]
+    origin = np.full(2, -1)  # the first rows of the two trailing scans (-1: not started)
     for i in range(top, c0 - 1, -1):
         _visit_down(L2, L3, U2, c2, U3, c3, i, top, w1, w2, base)
         _query_row(U1[i - c0], i, L2, L3, Q, dO, delta, scale, 1.0, i <= e + w1 - 1, i <= e + w2 - 1, i <= e,
                    dQ, GS2, GS3, Y1, Y2, Z1, Z2, un)
         if i <= e:
             j = i
-            if j < e:
-                row = j + w1  # leaves the query interval [j, j + w1) of key set 1
+            for side in range(2 if j < e else 0):
+                # row j + w leaves the query interval [j, j + w) of key set 1 (side 0), then of set 2
+                row = j + (w1 if side == 0 else w2)
                 if row <= n - 1:
-                    if o1 < 0:
-                        o1 = row
-                    _visit_down(A2, A3, U2, c2, U3, c3, row, o1, w1, w2, base)
-                    _query_row(U1[row - c0], row, A2, A3, Q, dO, delta, scale, -1.0, True, False, False,
-                               dQ, GS2, GS3, Y1, Y2, Z1, Z2, un)
-                row = j + w2
-                if row <= n - 1:
-                    if o2 < 0:
-                        o2 = row
-                    _visit_down(B2, B3, U2, c2, U3, c3, row, o2, w1, w2, base)
-                    _query_row(U1[row - c0], row, B2, B3, Q, dO, delta, scale, -1.0, False, True, False,
+                    if origin[side] < 0:
+                        origin[side] = row
+                    P2, P3 = states[2 + 2 * side], states[3 + 2 * side]
+                    _visit_down(P2, P3, U2, c2, U3, c3, row, origin[side], w1, w2, base)
+                    _query_row(U1[row - c0], row, P2, P3, Q, dO, delta, scale, -1.0, side == 0, side == 1, False,
                                dQ, GS2, GS3, Y1, Y2, Z1, Z2, un)
             _key_row(U2[j - base], U3[j - base], j, V1, V2, scale, GS2, GS3, Y1, Y2, Z1, Z2, dK1, dK2, dV1, dV2)
 
@@ -361,12 +361,7 @@ def window_top(e: int, n: int, widths: tuple[int, int]) -> int:
 def window_forward(v, chunk: int, widths: tuple[int, int]) -> np.ndarray:
     """Windowed forward for one batch entry: returns (n, 1 + dv) = [w | w·Õ]."""
     w1, w2 = widths
-    n, d = v.Q.shape
-    width = SummaryLayout(d, v.V1.shape[1]).narrow
-    r = v.table.parent.shape[0]
-    P2, P3 = np.zeros((width, r)), np.zeros((width, r))
-    out = np.empty((n, width))
-    ones = np.ones(n)
+    n, width, P2, P3, out, ones = _forward_buffers(v)
     carry1, carry2 = w1 >= n, w2 >= n
     reach = max(w for w in widths if w < n)  # key rows before the chunk a restart reads
     for rows in chunks(n, chunk):
@@ -385,12 +380,7 @@ def window_forward(v, chunk: int, widths: tuple[int, int]) -> np.ndarray:
 def window_backward(v, Ohat, dO, scale: float, chunk: int, widths: tuple[int, int]) -> tuple:
     """Windowed surrogate gradient for one batch entry: (dQ, dK1, dK2, dV1, dV2), float64."""
     w1, w2 = widths
-    n, d = v.Q.shape
-    dv = v.V1.shape[1]
-    r = v.table.parent.shape[0]
-    width = SummaryLayout(d, dv).wide
-    ones = np.ones(n)
-    delta = np.einsum("nm,nm->n", dO, Ohat)
+    n, d, dv, r, width, ones, delta = _backward_setup(v, Ohat, dO)
     states = np.zeros((6, width, r))
     GS2, GS3 = np.zeros((dv, r)), np.zeros((dv, r))
     Y1, Y2 = np.zeros((dv * d, r)), np.zeros((dv * d, r))

@@ -10,7 +10,10 @@ for the gradient), with every array on the device and computed in float64:
 * rows streamed in chunks of ``plan.chunk_rows``, so extra memory is O(chunk·r + r·d·dv);
 * the causal mask by the chunked scans of :mod:`._cuda_kernels` (a prefix scan per summary
   column forward; backward, a prefix pass storing the state at every chunk end, then a reverse
-  pass that downdates it row by row while carrying suffix sums, as :mod:`.causal` does).
+  pass that downdates it row by row while carrying suffix sums, as :mod:`.causal` does);
+* causal sliding windows narrower than n by the windowed scans of :mod:`._cuda_kernels`, the
+  CPU's running window sums with exact restarts every w rows (:mod:`.causal`, the comment above
+  ``window_widths``), performing per state and accumulator entry the CPU's sums in its order.
 
 The plan (the certificate) is built on the host from :class:`~.plan.InputStatistics` computed
 on the device: O(B·(n + d + dv)) numbers cross to the host, never the inputs.
@@ -31,6 +34,7 @@ from .._validation import AttentionInputs
 from . import _cuda_kernels as kernels
 from ._blocks import SummaryLayout, chunks
 from ._cuda_gemm import gemm
+from .causal import window_top, window_widths
 from .features import multi_index_table
 from .options import NAMES
 from .plan import (
@@ -201,13 +205,8 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     ------
     ValueError
         As the CPU implementation: the degree is too low to certify, or a normaliser is not
-        positive; and for a sliding-window mask (the GPU scans are causal only).
+        positive.
     """
-    if inputs.mask.window is not None:
-        raise ValueError(
-            f"method='poly' on device='cuda' does not support sliding windows yet (got window={inputs.mask.window}): "
-            "its scans are causal only; use device='cpu' for the windowed surrogate, or method='exact'"
-        )
     operands = _operands(inputs)
     statistics = input_statistics(*operands, inputs.key_batch)
     plan = make_plan(inputs, tol=tol, degree=degree, family=family, memory_budget=memory_budget,
@@ -225,8 +224,12 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     saved = {} if keep else None
     for kb, group in _groups(inputs):
         if not inputs.mask.is_full:
+            widths = window_widths(inputs.mask, n)
             for b in group:
-                _causal_forward(v, b, kb, plan.chunk_rows, O, lse, bad)
+                if widths is None:
+                    _causal_forward(v, b, kb, plan.chunk_rows, O, lse, bad)
+                else:
+                    _window_forward(v, b, kb, plan.chunk_rows, widths, O, lse, bad)
             continue
         left, right = _key_summaries(v, kb, width, plan.chunk_rows)
         if keep:
@@ -270,7 +273,8 @@ def backward(inputs: AttentionInputs, O, lse, plan: PolyPlan, saved, dO):
     results as :func:`tattn_numba.poly.cpu.backward`.
 
     Time O((n + m1 + m2)·r·d·dv) per batch entry; extra memory O(chunk·(r + d·dv) + r·d·dv), and
-    with the causal mask one r×(1 + dv + d + dv·d) state per chunk of rows.
+    with the causal mask one r×(1 + dv + d + dv·d) state per chunk of rows, with a window six such
+    states and the features of up to chunk + 2·max(w) rows.
     """
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
@@ -287,7 +291,7 @@ def backward(inputs: AttentionInputs, O, lse, plan: PolyPlan, saved, dO):
     S, K, A = layout.indices()
     for kb, group in _groups(inputs):
         if not inputs.mask.is_full:
-            _causal_backward_group(v, group, kb, dO, delta, s, chunk, grads)
+            _causal_backward_group(v, group, kb, dO, delta, s, chunk, grads, window_widths(inputs.mask, n))
             continue
         left, right = saved.key_summaries[kb] if saved.key_summaries is not None else _key_summaries(v, kb, width, chunk)
         query_side = _hadamard(left, right, [0] + A + K)
@@ -313,16 +317,24 @@ def backward(inputs: AttentionInputs, O, lse, plan: PolyPlan, saved, dO):
 
 
 def _causal_backward_group(v: _Balanced, group: np.ndarray, kb: int, dO, delta, scale: float, chunk: int,
-                           grads) -> None:
-    """Causal gradients of the batch entries ``group`` that share key/value entry ``kb``: each
-    entry's key and value gradients go to a slot of its own, summed into entry ``kb`` after."""
+                           grads, widths: tuple[int, int] | None = None) -> None:
+    """Causal (``widths`` None) or windowed gradients of the batch entries ``group`` that share
+    key/value entry ``kb``: each entry's key and value gradients go to a slot of its own, summed
+    into entry ``kb`` after."""
     dQ, *key_grads = grads
+
+    def entry(b, targets):
+        if widths is None:
+            _causal_backward(v, b, kb, dO, delta, scale, chunk, dQ, *targets)
+        else:
+            _window_backward(v, b, kb, dO, delta, scale, chunk, widths, dQ, *targets)
+
     if len(group) == 1:
-        _causal_backward(v, group[0], kb, dO, delta, scale, chunk, dQ, *(g[kb] for g in key_grads))
+        entry(group[0], [g[kb] for g in key_grads])
         return
     slots = [_device.device_empty((len(group),) + tuple(g.shape[1:]), np.float64) for g in key_grads]
     for slot, b in enumerate(group):
-        _causal_backward(v, b, kb, dO, delta, scale, chunk, dQ, *(x[slot] for x in slots))
+        entry(b, [x[slot] for x in slots])
     for g, x in zip(key_grads, slots):
         g[kb].copy_to_device(_device.sum_batches(x, np.zeros(len(group), dtype=np.int64), 1)[0])
 
@@ -363,4 +375,61 @@ def _causal_backward(v: _Balanced, b: int, kb: int, dO, delta, scale: float, chu
             _features(v, v.Qt[b, rows], v.coefficients[b, rows]), U2T, c2, U3T, c3,
             v.Q[b, rows], dO[b, rows], delta[b, rows], v.V1[kb, rows], v.V2[kb, rows], scale,
             P2[index], P3[index], *suffix_sums, partial, dQ[b, rows], *(g[rows] for g in (dK1, dK2, dV1, dV2)),
+        )
+
+
+def _window_forward(v: _Balanced, b: int, kb: int, chunk: int, widths: tuple[int, int], O, lse, bad) -> None:
+    """Windowed forward of batch entry ``b`` (keys of entry ``kb``; the CPU's
+    ``causal.window_forward``): window states P2, P3 (1 + dv, r), one block per column; each chunk
+    also reads the key rows before it that a restart sums (up to max w − 1 of them)."""
+    w1, w2 = widths
+    n, d = v.Q.shape[1:]
+    threads = config.CUDA_THREADS_PER_BLOCK
+    k = SummaryLayout(d, v.V1.shape[2]).narrow
+    P2, P3 = _device.device_full((k, v.rank), 0.0), _device.device_full((k, v.rank), 0.0)
+    partial = _device.device_empty((k, threads), np.float64)
+    carry1, carry2 = w1 >= n, w2 >= n
+    reach = max(w for w in widths if w < n)  # key rows before the chunk a restart reads
+    for rows in chunks(n, chunk):
+        c0 = rows.start
+        keys = slice(max(0, c0 + 1 - reach), rows.stop)
+        out = _device.device_empty((rows.stop - rows.start, k), np.float64)
+        kernels._window_forward_scan[k, threads](
+            c0, w1, w2, carry1, carry2, keys.start,
+            _features(v, v.Qt[b, rows], v.coefficients[b, rows]),
+            _features(v, v.K1t[kb, keys]), _columns(v.ones[keys], v.V1[kb, keys], v.K1[kb, keys], k),
+            _features(v, v.K2t[kb, keys]), _columns(v.ones[keys], v.V2[kb, keys], v.K2[kb, keys], k),
+            P2, P3, partial, out,
+        )
+        _device.launch(kernels._normalise, out.shape[0], out, O[b, rows], lse[b, rows], bad)
+
+
+def _window_backward(v: _Balanced, b: int, kb: int, dO, delta, scale: float, chunk: int, widths: tuple[int, int],
+                     dQ, dK1, dK2, dV1, dV2) -> None:
+    """Windowed gradient of batch entry ``b`` with key/value entry ``kb`` (the CPU's
+    ``causal.window_backward``): per chunk [c0, e], one block walks the query rows c0 .. top
+    (:func:`~.causal.window_top`) with a lead scan and two trailing scans. Writes dQ[b] and the
+    key/value gradients (n, ·) given. Extra memory: six wide r-states, the accumulators and the
+    features of up to chunk + 2·max(w) rows."""
+    w1, w2 = widths
+    n, d = v.Q.shape[1:]
+    dv = v.V1.shape[2]
+    r = v.rank
+    threads = config.CUDA_THREADS_PER_BLOCK
+    width = SummaryLayout(d, dv).wide
+    states = _device.device_full((6, width, r), 0.0)
+    suffix_shapes = ((dv, r), (dv, r), (dv * d, r), (dv * d, r), (d, r), (d, r))
+    sums = [_device.device_full(shape, 0.0) for shape in suffix_shapes]
+    partial = _device.device_empty((3 + 3 * (dv * d + d) + 2 * dv, threads), np.float64)
+    for rows in chunks(n, chunk):
+        c0, e = rows.start, rows.stop - 1
+        top = window_top(e, n, widths)
+        queries = slice(c0, top + 1)
+        keys = slice(max(0, c0 + 1 - max(w1, w2)), top + 1)
+        kernels._window_backward_chunk[1, threads](
+            c0, e, top, w1, w2, keys.start,
+            _features(v, v.Qt[b, queries], v.coefficients[b, queries]),
+            _features(v, v.K1t[kb, keys]), _columns(v.ones[keys], v.V1[kb, keys], v.K1[kb, keys], width),
+            _features(v, v.K2t[kb, keys]), _columns(v.ones[keys], v.V2[kb, keys], v.K2[kb, keys], width),
+            v.Q[b], dO[b], delta[b], v.V1[kb], v.V2[kb], scale, states, *sums, partial, dQ[b], dK1, dK2, dV1, dV2,
         )

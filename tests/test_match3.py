@@ -60,10 +60,14 @@ def test_radius_cap_is_certified():
     assert relative_error_bound("chebyshev", 6, cap) <= 0.05 < relative_error_bound("chebyshev", 6, 1.05 * cap)
 
 
+#: The tiny preset with enough steps to show learning (the report's tiny preset is a 150-step smoke run).
+LEARNING = {**match3.PRESETS["tiny"], "steps": 600, "eval_size": 256, "eval_every": 200}
+
+
 @pytest.fixture(scope="module")
 def tiny_results():
     pytest.importorskip("torch", reason="torch is the [torch] extra (pip install tattn-numba[torch])")
-    return match3.run(match3.PRESETS["tiny"], InProcessExecutor())
+    return match3.run(LEARNING, InProcessExecutor())
 
 
 def test_tiny_run_protocol_and_learning(tiny_results, tmp_path):

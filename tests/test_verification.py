@@ -83,21 +83,25 @@ def test_existing_report_is_not_overwritten_without_force(tiny_report, capsys):
     assert (out / "results.json").read_text() == before
 
 
-def test_dask_local_cluster_runs_the_tiny_report(tiny_report, tmp_path):
-    """Scale-out: the whole tiny report through a Dask cluster (local, in-process workers) runs
-    without code changes and gives the same accuracy numbers as in-process."""
+def test_dask_local_cluster_runs_the_tiny_probes(tiny_report):
+    """Scale-out: every probe's tiny sweep through a Dask cluster (local, in-process workers)
+    runs without code changes and gives the same accuracy numbers as in-process. Match3 is left
+    out (its torch training points are the report's slowest, 40 s here, and go through the same
+    executor.submit as the others)."""
     distributed = pytest.importorskip("distributed", reason="dask.distributed is the [dask] extra")
     _, local_out = tiny_report
+    settings = configs.get("tiny")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         executor = make_executor(scheduler=cluster.scheduler_address)
         try:
-            remote = run_report("tiny", tmp_path / "dask", executor, progress=False)
+            remote = {name: module.run(settings[name], executor) for name, module in configs.PROBES
+                      if name != "match3"}
         finally:
             executor._client.close()
     local = json.loads((local_out / "results.json").read_text())
-    assert remote["failures"] == []
-    assert json.loads(json.dumps(remote["probes"]["accuracy"])) == local["probes"]["accuracy"]
+    assert all(result["failures"] == [] for result in remote.values())
+    assert json.loads(json.dumps(remote["accuracy"])) == local["probes"]["accuracy"]
 
 
 def test_process_pool_after_numba_has_run():

@@ -63,7 +63,7 @@ SKIPPED = "torch is not installed (pip install tattn-numba[torch])"
 _COMMON = {"embed_dim": 16, "num_heads": 2, "head_dim": 4, "fourier": 3, "hidden": 32, "lr": 0.01,
            "target_rate": 0.5, "poly_degree": 6, "cap_epsilon": 0.05, "seed": 0}
 PRESETS = {
-    "tiny": {**_COMMON, "Ns": [6], "steps": 600, "batch": 32, "eval_size": 256, "eval_every": 200},
+    "tiny": {**_COMMON, "Ns": [6], "steps": 150, "batch": 32, "eval_size": 128, "eval_every": 50},
     "quick": {**_COMMON, "Ns": [6, 8, 12, 16], "steps": 1000, "batch": 32, "eval_size": 512, "eval_every": 100},
     "full": {**_COMMON, "Ns": [8, 12, 16, 24, 32], "steps": 3000, "batch": 64, "eval_size": 2048,
              "eval_every": 100},

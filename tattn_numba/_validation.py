@@ -286,9 +286,11 @@ def _format_power(log10_value: float) -> str:
     return f"{mantissa:.3g}e{exponent:+03d}"
 
 
-def check_logit_range(scale: float, q_max: np.ndarray, k1_max: np.ndarray, k2_max: np.ndarray) -> None:
+def check_logit_range(scale: float, q_max: np.ndarray, k1_max: np.ndarray, k2_max: np.ndarray,
+                      key_batch: np.ndarray | None = None) -> None:
     """Reject inputs whose logits, or the exact kernels' intermediate products, could overflow
-    float64, from the column maxima (B, d) of |Q|, |K1|, |K2|.
+    float64, from the column maxima (B, d) of |Q| and (Bk, d) of |K1|, |K2|; batch entry b
+    attends with key entry ``key_batch[b]`` (entry b itself when ``key_batch`` is None).
 
     The logits obey |logit| <= scale·Σ_l max|Q_l|·max|K1_l|·max|K2_l|; the kernels also form
     scale·Q_i ∘ K1_j1 and scale·Q_i ∘ K2_j2 elementwise, bounded by scale·max|Q_l|·max|K1_l| (and
@@ -296,6 +298,8 @@ def check_logit_range(scale: float, q_max: np.ndarray, k1_max: np.ndarray, k2_ma
     with K2 ≈ 1e-300 has logits ≈ 1e20), and a bound beyond float64 is printed as a power of ten
     instead of ``inf``. Anything above 1e300 raises ``ValueError`` with the bound.
     """
+    if key_batch is not None:
+        k1_max, k2_max = k1_max[key_batch], k2_max[key_batch]
     log10 = np.log(10.0)
     log_scale = np.log(scale)
     logit = (log_scale + _log_sum_of_products(q_max, k1_max, k2_max)).max() / log10

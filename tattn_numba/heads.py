@@ -72,6 +72,12 @@ class HeadLayout:
         """How many output entries use each key/value entry (1 without sharing)."""
         return len(self.key_batch) // self.key_entries
 
+    def groups(self):
+        """``(kb, members)`` for every key/value entry kb: the batch entries (int64 array) that
+        attend with it, the group that shares its keys, values and their summaries."""
+        for kb in range(self.key_entries):
+            yield kb, np.flatnonzero(self.key_batch == kb)
+
     def describe(self) -> str:
         """``"H=8 query heads over Hk=2 key/value heads"`` style text for messages and reports."""
         if not self.shares_keys:

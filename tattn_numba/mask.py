@@ -105,6 +105,15 @@ class Mask:
             return self.causal, int(m1), int(m2)
         return True, min(self.window[0], int(m1)), min(self.window[1], int(m2))
 
+    def narrow_window(self, n: int) -> tuple[int, int] | None:
+        """``(w1, w2)`` clipped to n when the mask is a window narrower than n on some side (the
+        surrogate then runs its windowed scans), else None (full, or the plain causal mask for
+        self-attention of length n)."""
+        causal, w1, w2 = self.kernel_args(n, n)
+        if not causal or (w1 >= n and w2 >= n):
+            return None
+        return int(w1), int(w2)
+
     def key_ranges(self, n: int, m1: int, m2: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
         """``((lo1, hi1), (lo2, hi2))``, int64 arrays (n,): every row's box."""
         causal, width1, width2 = self.kernel_args(m1, m2)

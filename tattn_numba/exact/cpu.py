@@ -500,7 +500,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
     # column maxima of |x| without an |x| temporary
     q_max, k1_max, k2_max = (np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
                              for x in (inputs.Q, inputs.K1, inputs.K2))
-    check_logit_range(inputs.scale, q_max, k1_max[inputs.key_batch], k2_max[inputs.key_batch])
+    check_logit_range(inputs.scale, q_max, k1_max, k2_max, inputs.key_batch)
     Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
     K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
     V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)

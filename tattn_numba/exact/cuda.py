@@ -284,7 +284,7 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
 def _check_logit_range(inputs: AttentionInputs) -> None:
     q_max, k1_max, k2_max = (np.maximum(hi, -lo) for lo, hi in
                              (_device.column_extrema(x) for x in (inputs.Q, inputs.K1, inputs.K2)))
-    check_logit_range(inputs.scale, q_max, k1_max[inputs.key_batch], k2_max[inputs.key_batch])
+    check_logit_range(inputs.scale, q_max, k1_max, k2_max, inputs.key_batch)
 
 
 def _configured(kernel_factory, inputs: AttentionInputs):

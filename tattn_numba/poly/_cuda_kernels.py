@@ -404,8 +404,8 @@ def _causal_backward_scan(U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale, P2
 
 
 # --------------------------------------------------------------------------------------------
-# Causal sliding windows (w1, w2): the CPU's windowed scans (:mod:`.causal`, the comment above
-# ``window_widths``), with the same running window states, the same exact restarts every w rows
+# Causal sliding windows (w1, w2): the CPU's windowed scans (:mod:`.causal`, its section comment on
+# causal sliding windows), with the same running window states, the same exact restarts every w rows
 # and, per state entry, the same sequence of added and subtracted terms. Each thread owns the
 # features α of its stride in every state and accumulator, so per entry the GPU performs the
 # CPU's operations in the CPU's order; only the sums over α (normalisers, outputs, gradients)
@@ -481,7 +481,7 @@ def _window_forward_scan(c0, w1, w2, carry1, carry2, base, U1T, U2T, c2, U3T, c3
 def _window_backward_chunk(c0, e, top, w1, w2, base, U1T, U2T, c2, U3T, c3, Q, dO, delta, V1, V2, scale,
                            states, GS2, GS3, Y1, Y2, Z1, Z2, partial, dQ, dK1, dK2, dV1, dV2):
     """Windowed gradients of the rows c0 .. e of one chunk, one block (the CPU's
-    ``causal._window_backward_chunk``, row for row; see the comment above ``window_widths``).
+    ``causal._window_backward_chunk``, row for row; see its section comment).
 
     The lead scan walks the query rows from ``top`` down to c0 with its window states; at a row
     j <= e two trailing scans (key set 1, key set 2), each with its own window states, recompute

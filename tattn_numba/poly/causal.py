@@ -262,15 +262,6 @@ def backward(v, Ohat, dO, scale: float, chunk: int) -> tuple:
 # --------------------------------------------------------------------------------------------
 
 
-def window_widths(mask, n: int) -> tuple[int, int] | None:
-    """(w1, w2) clipped to n when ``mask`` is a window narrower than n on some side, else None
-    (the plain causal scans)."""
-    causal, w1, w2 = mask.kernel_args(n, n)
-    if not causal or (w1 >= n and w2 >= n):
-        return None
-    return int(w1), int(w2)
-
-
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _set_state(P, U, c, i, w, base):
     """Exact window sum of one key set for row ``i`` (absolute), from zero; ``U``, ``c`` start at

@@ -113,12 +113,12 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     Bk = inputs.K1.shape[0]
     keep = keeps_key_summaries(for_backward, inputs.mask, Bk, plan, d, dv, memory_budget)
     saved = {} if keep else None
-    for kb, group in _groups(inputs):
+    for kb, group in inputs.heads.groups():
         summary = None
         for b in group:
             v = _Balanced(inputs, plan, b)
             if not inputs.mask.is_full:
-                widths = _causal.window_widths(inputs.mask, n)
+                widths = inputs.mask.narrow_window(n)
                 out = (_causal.forward(v, plan.chunk_rows) if widths is None
                        else _causal.window_forward(v, plan.chunk_rows, widths))
                 check_normaliser(out[:, 0], plan)
@@ -139,13 +139,6 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     return O, lse, plan, saved
 
 
-def _groups(inputs: AttentionInputs):
-    """``(kb, batch entries using key/value entry kb)`` for every key/value entry."""
-    key_batch = inputs.key_batch
-    for kb in range(inputs.K1.shape[0]):
-        yield kb, np.flatnonzero(key_batch == kb)
-
-
 def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: PolyPlan, saved, dO: np.ndarray):
     """Surrogate gradient (the formulas of SPEC §2 with Ã for A), float64 (dQ, dK1, dK2, dV1, dV2).
 
@@ -159,9 +152,9 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     dQ = np.empty(inputs.Q.shape)
     dK1, dK2, dV1, dV2 = (np.zeros(x.shape) for x in (inputs.K1, inputs.K2, inputs.V1, inputs.V2))
     dO = dO.astype(np.float64)
-    for kb, group in _groups(inputs):
+    for kb, group in inputs.heads.groups():
         if not inputs.mask.is_full:
-            widths = _causal.window_widths(inputs.mask, n)
+            widths = inputs.mask.narrow_window(n)
             for b in group:  # each query entry scans the shared keys; their gradients add up
                 v = _Balanced(inputs, plan, b)
                 row_grads = (_causal.backward(v, O[b], dO[b], s, chunk) if widths is None

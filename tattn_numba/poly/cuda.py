@@ -12,8 +12,8 @@ for the gradient), with every array on the device and computed in float64:
   column forward; backward, a prefix pass storing the state at every chunk end, then a reverse
   pass that downdates it row by row while carrying suffix sums, as :mod:`.causal` does);
 * causal sliding windows narrower than n by the windowed scans of :mod:`._cuda_kernels`, the
-  CPU's running window sums with exact restarts every w rows (:mod:`.causal`, the comment above
-  ``window_widths``), performing per state and accumulator entry the CPU's sums in its order.
+  CPU's running window sums with exact restarts every w rows (:mod:`.causal`, its section comment
+  on causal sliding windows), performing per state and accumulator entry the CPU's sums in its order.
 
 The plan (the certificate) is built on the host from :class:`~.plan.InputStatistics` computed
 on the device: O(B·(n + d + dv)) numbers cross to the host, never the inputs.
@@ -34,7 +34,7 @@ from .._validation import AttentionInputs
 from . import _cuda_kernels as kernels
 from ._blocks import SummaryLayout, chunks
 from ._cuda_gemm import gemm
-from .causal import window_top, window_widths
+from .causal import window_top
 from .features import multi_index_table
 from .options import NAMES
 from .plan import (
@@ -222,9 +222,9 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     layout = SummaryLayout(d, dv)
     width = layout.wide if keep else layout.narrow
     saved = {} if keep else None
-    for kb, group in _groups(inputs):
+    for kb, group in inputs.heads.groups():
         if not inputs.mask.is_full:
-            widths = window_widths(inputs.mask, n)
+            widths = inputs.mask.narrow_window(n)
             for b in group:
                 if widths is None:
                     _causal_forward(v, b, kb, plan.chunk_rows, O, lse, bad)
@@ -241,12 +241,6 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
                 _device.launch(kernels._normalise, out.shape[0], out, O[b, rows], lse[b, rows], bad)
     _raise_if_bad(bad, plan)
     return O, lse, plan, (_Saved(v, saved) if for_backward else None)
-
-
-def _groups(inputs: AttentionInputs):
-    """``(kb, batch entries using key/value entry kb)`` for every key/value entry."""
-    for kb in range(inputs.K1.shape[0]):
-        yield kb, np.flatnonzero(inputs.key_batch == kb)
 
 
 def _causal_forward(v: _Balanced, b: int, kb: int, chunk: int, O, lse, bad) -> None:
@@ -289,9 +283,9 @@ def backward(inputs: AttentionInputs, O, lse, plan: PolyPlan, saved, dO):
     layout = SummaryLayout(d, dv)
     width = layout.wide
     S, K, A = layout.indices()
-    for kb, group in _groups(inputs):
+    for kb, group in inputs.heads.groups():
         if not inputs.mask.is_full:
-            _causal_backward_group(v, group, kb, dO, delta, s, chunk, grads, window_widths(inputs.mask, n))
+            _causal_backward_group(v, group, kb, dO, delta, s, chunk, grads, inputs.mask.narrow_window(n))
             continue
         left, right = saved.key_summaries[kb] if saved.key_summaries is not None else _key_summaries(v, kb, width, chunk)
         query_side = _hadamard(left, right, [0] + A + K)

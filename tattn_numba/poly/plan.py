@@ -30,7 +30,6 @@ from . import exp_approx
 from ._blocks import SummaryLayout
 from .features import rank
 from .options import PolyOptions, check_memory_budget
-from .causal import window_widths as _causal_window
 from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, unit_roundoff
 
 __all__ = [
@@ -512,7 +511,7 @@ class _Certifier:
         coefficients, epsilon = per_row_fits(self.family, degree, self.radius)
         kappa = kappa_for_epsilon(epsilon)
         # the windowed scans restart per chunk: their rounding depends on the chunk the plan will use
-        chunk = _chunk_for(self.inputs, degree, self.budget) if _causal_window(self.mask, self.n) else None
+        chunk = _chunk_for(self.inputs, degree, self.budget) if self.mask.narrow_window(self.n) else None
         rounding = row_rounding(coefficients, self.radius, epsilon, degree=degree, rank=rank(self.d, degree),
                                 n=self.n, m1=self.m1, m2=self.m2, mask=self.mask, chunk=chunk)
         rounding_bound = output_rounding(rounding, self.values, self.dtype)
@@ -623,7 +622,7 @@ def _estimate_shape(inputs: AttentionInputs, degree: int, budget: int) -> dict:
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     r = rank(d, degree)
     scanned = _scanned(inputs.mask)
-    widths = _causal_window(inputs.mask, n)
+    widths = inputs.mask.narrow_window(n)
     return dict(n=n, m1=m1, m2=m2, batch=B, causal=scanned, degree=int(degree),
                 itemsize=np.dtype(inputs.dtype).itemsize, keep_summaries=_keeps_summaries(scanned, B, r, d, dv, budget),
                 window=0 if widths is None else max(widths))

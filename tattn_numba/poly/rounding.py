@@ -73,15 +73,6 @@ def coefficient_mass(coefficients: np.ndarray) -> np.ndarray:
     return np.sum(np.abs(coefficients), axis=-1) / (1.0 - float(gamma(terms)))
 
 
-def _window(mask: Mask, n: int):
-    """(w1, w2) clipped to n when the surrogate runs the windowed scans of :mod:`.causal` for
-    ``mask`` (a window narrower than n on some side), else None."""
-    causal, w1, w2 = mask.kernel_args(n, n)
-    if not causal or (w1 >= n and w2 >= n):
-        return None
-    return int(w1), int(w2)
-
-
 def _chunk_bounds(n: int, chunk: int | None) -> tuple[np.ndarray, np.ndarray]:
     """First and last row of every row's chunk, (n,) each; one chunk when ``chunk`` is None."""
     rows = np.arange(n)
@@ -98,7 +89,7 @@ def forward_spans(mask: Mask, n: int, m1: int, m2: int, chunk: int | None = None
     (counted from each chunk's first row c0) at a row t and then adds row i and subtracts row
     i − w_k: (i + 1 − lo(t)) + (lo(i) − lo(t)) <= 3·w_k − 2, lo(x) = max(0, x + 1 − w_k)
     (for w_k = n, lo = 0 and this is i + 1, the carried prefix). ``chunk`` None: one chunk."""
-    widths = _window(mask, n)
+    widths = mask.narrow_window(n)
     if widths is None:
         return mask.pair_counts(n, m1, m2)
     rows = np.arange(n)
@@ -122,7 +113,7 @@ def backward_spans(mask: Mask, n: int, m1: int, m2: int, chunk: int) -> tuple[np
     down to i: (t + 1 − lo(i)) + (t − i) <= 3·w_k − 2."""
     if mask.is_full:
         return mask.pair_counts(n, m1, m2)
-    widths = _window(mask, n)
+    widths = mask.narrow_window(n)
     if widths is None:
         chunk_end = np.minimum((np.arange(n) // chunk + 1) * chunk, n).astype(np.float64)
         return 2.0 * chunk_end, 2.0 * chunk_end
@@ -142,7 +133,7 @@ def touched_queries(mask: Mask, n: int, m1: int, m2: int, chunk: int) -> tuple[t
     [again, stop) twice (added, then subtracted again). Without a window narrower than n this
     is :meth:`Mask.query_ranges` (again = stop); with the windowed scans, key row j of the chunk
     ending at e sums the query rows [j, min(n, e + w)) and subtracts [j + w, min(n, e + w))."""
-    widths = _window(mask, n)
+    widths = mask.narrow_window(n)
     if widths is None:
         return tuple((start, stop, stop) for start, stop in mask.query_ranges(n, m1, m2))
     rows = np.arange(n, dtype=np.int64)

@@ -25,7 +25,7 @@ def test_exp_matches_libm_on_its_range():
     """Max relative error against np.exp on [-708, 0] below 4 ulp (measured 2.3e-16)."""
     x = np.concatenate([-np.geomspace(1e-12, 708.0, 200_001), [0.0, -0.5, -np.log(2) / 2, -708.0]])
     buf = x.copy()
-    total = cpu._exp_shifted(buf, buf.size, 0.0)
+    total = cpu._exp_shifted(buf, buf.size, 1.0, 0.0)
     rel = np.abs(buf / np.exp(x) - 1.0)
     assert rel.max() < 4 * np.finfo(np.float64).eps, rel.max()
     assert total == pytest.approx(np.exp(x).sum(), rel=1e-13)
@@ -34,7 +34,7 @@ def test_exp_matches_libm_on_its_range():
 def test_exp_shift_is_subtracted_first():
     x = np.linspace(990.0, 1000.0, 1001)
     buf = x.copy()
-    cpu._exp_shifted(buf, buf.size, 1000.0)
+    cpu._exp_shifted(buf, buf.size, 1.0, 1000.0)
     np.testing.assert_allclose(buf, np.exp(x - 1000.0), rtol=4 * np.finfo(np.float64).eps)
 
 
@@ -42,13 +42,13 @@ def test_exp_below_floor_is_tiny_not_garbage():
     """Arguments below -708 are clamped: the result stays a tiny positive number, never wraps."""
     x = np.array([-709.0, -745.0, -1e4, -1e300])
     buf = x.copy()
-    cpu._exp_shifted(buf, buf.size, 0.0)
+    cpu._exp_shifted(buf, buf.size, 1.0, 0.0)
     assert np.all(buf > 0.0) and np.all(buf <= 3.4e-308)
 
 
 def test_exp_touches_only_count_entries():
     buf = np.full(10, -1.0)
-    cpu._exp_shifted(buf, 3, 0.0)
+    cpu._exp_shifted(buf, 3, 1.0, 0.0)
     np.testing.assert_allclose(buf[:3], np.exp(-1.0), rtol=1e-15)
     assert np.all(buf[3:] == -1.0)
 

@@ -114,13 +114,18 @@ def test_bad_budget_is_refused_naming_it(budget, error):
 
 def test_exact_estimate_counts_float64_copies_of_float32_inputs():
     """Regression: float32 inputs' float64 working copies were missing from the estimate (the
-    exact forward grew RSS by 1.5 GiB under a 48 MiB budget)."""
+    exact forward grew RSS by 1.5 GiB under a 48 MiB budget). float32 inputs are computed in
+    float32 now, without copies, unless their products could overflow float32 (then float64,
+    ``compute_itemsize=8``): the copies are counted exactly then."""
     B, n, m1, m2, d, dv = 1, 10_000, 300, 200, 16, 8
     e32 = exact_cpu.memory_estimate(B, n, m1, m2, d, dv, 4, 2)
+    e32_widened = exact_cpu.memory_estimate(B, n, m1, m2, d, dv, 4, 2, compute_itemsize=8)
     e64 = exact_cpu.memory_estimate(B, n, m1, m2, d, dv, 8, 2)
     copies = 8 * B * (n * d + m2 * (d + dv))  # Q, K2, V2 widened for the forward
-    assert e32.forward >= copies + 8 * B * (n * dv + n + m1 * (d + dv))
-    assert e32.forward - e64.forward >= copies - 8 * B * n * dv  # (float64's handed-out copy of O)
+    transposed = B * m1 * (d + dv)  # K1, V1 transposed, in the working precision
+    assert e32_widened.forward >= copies + 8 * B * (n * dv + n) + 8 * transposed
+    assert e32_widened.forward - e32.forward >= copies - 8 * B * n * dv  # (the handed-out copy of O)
+    assert e32.forward < e64.forward
     # the backward's per-thread accumulators scale with the thread count
     e4 = exact_cpu.memory_estimate(B, n, m1, m2, d, dv, 8, 2, backward_workers=4)
     assert e4.backward - e64.backward >= int(2 * 8 * B * (m1 + m2) * (d + dv))

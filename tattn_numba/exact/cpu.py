@@ -10,8 +10,12 @@ Three tiers (as in STUMPY): ``_forward_kernel``/``_backward_kernel`` take only a
 scalars; ``forward``/``backward`` allocate, transpose and reduce; the public functions in
 :mod:`tattn_numba.attention` validate.
 
-All arithmetic is float64 (float32 inputs are widened once, O((n + m1 + m2)·(d + dv))),
-so the softmax sums never lose precision; results are returned in the input dtype.
+Precision (:func:`precision`): each input dtype is computed in its own precision. For float32
+inputs the logit tiles, the exponentials, the value and gradient contractions inside a tile are
+float32 (twice the SIMD width of float64); the online-softmax maximum and sum, the output
+accumulator, δ and the gradient accumulators are float64, and the exponential's argument is
+formed in float64 before one rounding. float32 inputs whose products could overflow float32 are
+computed in float64 instead. The error contract is FlashAttention's (docs/exact_kernels.md).
 
 Exponentials dominate the cost and Numba's SVML path is unavailable, so
 :func:`_exp_shifted` is a range-reduced, auto-vectorising exp (see its docstring).
@@ -30,7 +34,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+from numba.np.numpy_support import as_dtype
 
 from .. import config
 from .._validation import AttentionInputs, check_logit_range, check_memory
@@ -48,6 +53,13 @@ _EXP_FLOOR = -708.0
 _C0, _C1, _C2, _C3, _C4, _C5, _C6 = 1.0, 1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720
 _C7, _C8, _C9, _C10 = 1 / 5040, 1 / 40320, 1 / 362880, 1 / 3628800
 _C11, _C12 = 1 / 39916800, 1 / 479001600
+# The float32 exp: ln 2 = 355/512 + _LN2_LO32 (k·_LN2_HI32 exact in float32 for |k| < 2**15),
+# Taylor coefficients to degree 7, all float32 scalars so that Numba keeps the arithmetic in
+# float32. e^-87 ≈ 1.6e-38 is a normal float32; below it the float32 exp returns 0.
+_LOG2E32, _HALF32 = np.float32(_LOG2E), np.float32(0.5)
+_LN2_HI32, _LN2_LO32 = np.float32(0.693359375), np.float32(-2.12194440e-4)
+_EXP_FLOOR32, _ZERO32 = np.float32(-87.0), np.float32(0.0)
+_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7 = (np.float32(1 / math.factorial(k)) for k in range(8))
 
 # The exp must not be compiled with ``reassoc``: LLVM would merge the two-constant range
 # reduction (x − k·ln2_hi) − k·ln2_lo into x − k·ln2 and lose ~1e-13 of relative accuracy.
@@ -65,11 +77,36 @@ def _float64_from_bits(typingctx, bits):
     return signature, codegen
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32 as the float32 with the same bits (an LLVM ``bitcast``, free)."""
+    signature = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return signature, codegen
+
+
+def _typed(like, x):
+    """``x`` converted to the element type of the array ``like`` (jitted code only)."""
+
+
+@overload(_typed, inline="always")
+def _typed_for(like, x):
+    cast = as_dtype(like.dtype).type
+
+    def convert(like, x):
+        return cast(x)
+
+    return convert
+
+
 @numba.njit(fastmath=_EXP_FASTMATH, cache=config.CACHE)
-def _exp_in_place(buf, count, shift):
-    """``buf[:count] = exp(buf[:count] − shift)``, vectorised (see :func:`_exp_shifted`)."""
+def _exp_in_place64(buf, count, scale, shift):
+    """float64 ``buf[:count] = exp(scale·buf[:count] − shift)``, vectorised (see :func:`_exp_shifted`)."""
     for j in range(count):
-        x = max(buf[j] - shift, _EXP_FLOOR)
+        x = max(buf[j] * scale - shift, _EXP_FLOOR)
         k = np.floor(x * _LOG2E + 0.5)
         r = (x - k * _LN2_HI) - k * _LN2_LO
         p = _C12
@@ -88,27 +125,68 @@ def _exp_in_place(buf, count, shift):
         buf[j] = p * _float64_from_bits((np.int64(k) + 1023) << 52)
 
 
-@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _exp_shifted(buf, count, shift):
-    """In place ``buf[:count] = exp(buf[:count] − shift)``; return the sum of the results.
+@numba.njit(fastmath=_EXP_FASTMATH, cache=config.CACHE)
+def _exp_in_place32(buf, count, scale, shift):
+    """float32 ``buf[:count] = exp(scale·buf[:count] − shift)``, vectorised (see :func:`_exp_shifted`).
 
-    Range reduction x = k·ln2 + r with |r| <= ln2/2, a degree-12 Taylor polynomial for e^r
-    (truncation error r^13/13! < 1.7e-16), times 2^k built from its exponent bits
-    (``2.0**k`` would not vectorise). Arguments are clamped at ``_EXP_FLOOR`` so the exponent
-    never underflows. Maximum relative error 2.3e-16 against libm on [−708, 0] (tested); for
-    x < −708 the result is ≤ 3.4e-308 instead of e^x. The exp pass is compiled without
-    ``reassoc`` (which would fold the two-constant range reduction into one and lose ~1e-13),
-    the sum with it (so it vectorises): about 0.9 ns per element on one core here for both,
-    against 5.7 ns for ``math.exp``.
+    The argument is formed in float64 and rounded once: its rounding error eps32·|x| then
+    costs at most eps32·|x|·e^x <= eps32/e of an exponentiated weight, however large the logits
+    and the shift. Every later step is float32 (the constants are float32 scalars)."""
+    for j in range(count):
+        y = np.float32(np.float64(buf[j]) * scale - shift)
+        x = max(y, _EXP_FLOOR32)
+        k = np.floor(x * _LOG2E32 + _HALF32)
+        r = (x - k * _LN2_HI32) - k * _LN2_LO32
+        p = _T7
+        p = p * r + _T6
+        p = p * r + _T5
+        p = p * r + _T4
+        p = p * r + _T3
+        p = p * r + _T2
+        p = p * r + _T1
+        p = p * r + _T0
+        e = p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+        buf[j] = e if y >= _EXP_FLOOR32 else _ZERO32
+
+
+def _exp_in_place(buf, count, scale, shift):
+    """``buf[:count] = exp(scale·buf[:count] − shift)`` in the precision of ``buf`` (jitted code only)."""
+
+
+@overload(_exp_in_place, inline="always")
+def _exp_in_place_for(buf, count, scale, shift):
+    if buf.dtype == types.float32:
+        return lambda buf, count, scale, shift: _exp_in_place32(buf, count, scale, shift)
+    return lambda buf, count, scale, shift: _exp_in_place64(buf, count, scale, shift)
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _exp_shifted(buf, count, scale, shift):
+    """In place ``buf[:count] = exp(scale·buf[:count] − shift)``; return the float64 sum of the results.
+
+    Range reduction x = k·ln2 + r with |r| <= ln2/2 (ln 2 split in two constants so that
+    k·ln2_hi is exact), a Taylor polynomial for e^r, times 2^k built from its exponent bits
+    (``2.0**k`` would not vectorise). float64 buffers: degree 12 (truncation r^13/13! < 1.7e-16),
+    arguments clamped at −708, maximum relative error 2.3e-16 against libm (tested). float32
+    buffers: every step in float32, degree 7 (truncation r^8/8! < 5.2e-9, a tenth of the float32
+    unit roundoff), arguments below −87 give 0 (absolute error < e^−87 ≈ 1.6e-38), maximum
+    relative error 0.61 ulp against the rounded float64 exp (tested), the argument
+    ``scale·buf − shift`` formed in float64 and rounded once. The exp pass is compiled
+    without ``reassoc`` (which would fold the two-constant range reduction into one and lose
+    accuracy), the sum with it (so it vectorises); the sum is float64 for both buffer types.
+    Timings per element are in docs/exact_kernels.md.
 
     Parameters
     ----------
-    buf : ndarray of float64, shape (>= count,)
+    buf : ndarray of float64 or float32, shape (>= count,)
     count : int
+    scale : float
+        The logit scale: the kernels keep their tiles unscaled (one rounding fewer in float32).
     shift : float
-        Subtracted first; callers pass the running row maximum so arguments are <= 0.
+        Subtracted after scaling, in float64; callers pass the running row maximum (forward) or the
+        row's log-sum-exp (backward) so arguments are <= 0.
     """
-    _exp_in_place(buf, count, shift)
+    _exp_in_place(buf, count, scale, shift)
     total = 0.0
     for j in range(count):
         total += buf[j]
@@ -189,7 +267,7 @@ def _mm_nt(X, ldx, Y, ldy, out, ldo, rows, outcols, inner):
             y1 = Y[(k + 1) * ldy: (k + 1) * ldy + inner]
             y2 = Y[(k + 2) * ldy: (k + 2) * ldy + inner]
             y3 = Y[(k + 3) * ldy: (k + 3) * ldy + inner]
-            s0 = s1 = s2 = s3 = 0.0
+            s0 = s1 = s2 = s3 = _typed(out, 0)
             for j in range(inner):
                 s0 += x[j] * y0[j]
                 s1 += x[j] * y1[j]
@@ -202,7 +280,7 @@ def _mm_nt(X, ldx, Y, ldy, out, ldo, rows, outcols, inner):
             k += 4
         while k < outcols:
             y0 = Y[k * ldy: k * ldy + inner]
-            s0 = 0.0
+            s0 = _typed(out, 0)
             for j in range(inner):
                 s0 += x[j] * y0[j]
             out[a * ldo + k] = s0
@@ -221,10 +299,11 @@ def _load_rows(src, b, r0, nrows, ncols, dst, transpose):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _scaled_rows(x, b, i, yT, kb, j0, count, factor, out):
-    """``out[l, jj] = factor · x[b, i, l] · yT[kb, l, j0 + jj]``: a query row times a key block."""
+def _row_times_block(x, b, i, yT, kb, j0, count, factor, out):
+    """``out[l, jj] = factor · x[b, i, l] · yT[kb, l, j0 + jj]``: a query row times a key block
+    (the product formed in float64 and rounded once to ``out``'s precision)."""
     for l in range(x.shape[2]):
-        q = factor * x[b, i, l]
+        q = factor * np.float64(x[b, i, l])
         o = l * count
         for jj in range(count):
             out[o + jj] = q * yT[kb, l, j0 + jj]
@@ -244,25 +323,28 @@ def _task_box(task, n, m1, m2, mask, key_batch):
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _forward_kernel(Q, K1T, K2, V1T, V2, key_batch, scale, mask, tile1, tile2, workers, O, lse):
-    """Streaming forward (SPEC §1). All float64.
+def _forward_kernel(Q, K1T, K2, V1T, V2, key_batch, scale, folded, mask, tile1, tile2, workers, O, lse):
+    """Streaming forward (SPEC §1), in the precision of the inputs (float32 or float64).
 
     Q (B,n,d), K1T (Bk,d,m1), K2 (Bk,m2,d), V1T (Bk,dv,m1), V2 (Bk,m2,dv) in, ``key_batch`` (B,)
     the key entry of each batch entry; O (B,n,dv) and lse (B,n) out; ``mask`` is
-    :meth:`tattn_numba.mask.Mask.kernel_args`. Task (b, i) loops
+    :meth:`tattn_numba.mask.Mask.kernel_args`; ``folded`` puts the scale into the query row
+    instead of the exponent (:class:`Precision`). Task (b, i) loops
     over blocks of ``tile1`` rows of K1 and ``tile2`` rows of K2 inside its mask box; per
-    block it forms the logit tile S[j2, j1] = K2 · (scale·Q_i ∘ K1)^T, updates the
-    running maximum, exponentiates in place and accumulates T[m, j1] += V2^T · P; each
-    finished K1 block is folded into the output row with V1.
+    block it forms the unscaled logit tile S[j2, j1] = K2 · (Q_i ∘ K1)^T, updates the
+    running maximum of scale·S, exponentiates in place and accumulates T[m, j1] += V2^T · P;
+    each finished K1 block is folded into the output row with V1. The running maximum and sum,
+    the output accumulator and the fold are float64 whatever the input precision.
     """
     B, n, d = Q.shape
     m1, m2, dv = K1T.shape[2], K2.shape[1], V2.shape[2]
+    row_factor, logit_scale = (scale, 1.0) if folded else (1.0, scale)
     for w in numba.prange(workers):
-        a_t = np.empty(d * tile1)
-        s_t = np.empty(tile2 * tile1)
-        t_t = np.empty(dv * tile1)
-        k2_blk = np.empty(tile2 * d)
-        v2t_blk = np.empty(dv * tile2)
+        a_t = np.empty(d * tile1, Q.dtype)
+        s_t = np.empty(tile2 * tile1, Q.dtype)
+        t_t = np.empty(dv * tile1, Q.dtype)
+        k2_blk = np.empty(tile2 * d, Q.dtype)
+        v2t_blk = np.empty(dv * tile2, Q.dtype)
         acc = np.empty(dv)
         for task in range(w, B * n, workers):
             b, kb, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask, key_batch)
@@ -271,14 +353,14 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, key_batch, scale, mask, tile1, tile2, w
             acc[:] = 0.0
             for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
-                _scaled_rows(Q, b, i, K1T, kb, j0, c1, scale, a_t)
+                _row_times_block(Q, b, i, K1T, kb, j0, c1, row_factor, a_t)
                 t_t[: dv * c1] = 0.0
                 for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
                     _load_rows(K2, kb, k0, c2, d, k2_blk, False)
                     _load_rows(V2, kb, k0, c2, dv, v2t_blk, True)
                     _mm(k2_blk, d, a_t, c1, s_t, c1, c2, d, c1, False)
-                    tile_max = _tile_max(s_t, c2 * c1)
+                    tile_max = logit_scale * _tile_max(s_t, c2 * c1)
                     if tile_max > row_max:
                         corr = math.exp(row_max - tile_max)
                         row_sum *= corr
@@ -287,7 +369,7 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, key_batch, scale, mask, tile1, tile2, w
                         for jj in range(dv * c1):
                             t_t[jj] *= corr
                         row_max = tile_max
-                    row_sum += _exp_shifted(s_t, c2 * c1, row_max)
+                    row_sum += _exp_shifted(s_t, c2 * c1, logit_scale, row_max)
                     _mm(v2t_blk, c2, s_t, c1, t_t, c1, dv, c2, c1, True)
                 for m in range(dv):
                     total = 0.0
@@ -301,40 +383,43 @@ def _forward_kernel(Q, K1T, K2, V1T, V2, key_batch, scale, mask, tile1, tile2, w
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _backward_kernel(Q, K1T, K2, V1T, V2, key_batch, dO, lse, delta, scale, mask, tile1, tile2, workers,
+def _backward_kernel(Q, K1T, K2, V1T, V2, key_batch, dO, lse, delta, scale, folded, mask, tile1, tile2, workers,
                      dQ, dK1T, dK2, dV1T, dV2):
     """Streaming backward (SPEC §2) from the forward's ``lse``; ``delta = rowsum(dO ∘ O)``.
 
     Per task (b, i) and block: P = exp(S − lse_i), dS = V2 · (dO_i ∘ V1)^T,
     dZ = P ∘ (dS − δ_i); then U = K2^T dZ and PV = V2^T P feed dQ, dK1 and dV1, and
-    dK2 += dZ A^T, dV2 += P G^T with A = scale·Q_i ∘ K1, G = dO_i ∘ V1. dQ (B,n,d) is written
+    dK2 += scale·dZ A^T, dV2 += P G^T with A = Q_i ∘ K1 (scale·Q_i ∘ K1 when ``folded``),
+    G = dO_i ∘ V1, all in the precision of the arrays; the sums over a task's K1 block are
+    added into float64. dQ (B,n,d) is written
     directly (a row belongs to one task); dK1T (W,Bk,d,m1), dK2 (W,Bk,m2,d), dV1T (W,Bk,dv,m1),
     dV2 (W,Bk,m2,dv) are per-worker accumulators, summed by the caller; batch entry b adds into
     key entry ``key_batch[b]`` (grouped heads sum over their group there).
     """
     B, n, d = Q.shape
     m1, m2, dv = K1T.shape[2], K2.shape[1], V2.shape[2]
+    row_factor, logit_scale = (scale, 1.0) if folded else (1.0, scale)
     for w in numba.prange(workers):
-        a_t = np.empty(d * tile1)
-        g_t = np.empty(dv * tile1)
-        p_t = np.empty(tile2 * tile1)
-        dz_t = np.empty(tile2 * tile1)
-        u_t = np.empty(d * tile1)
-        pv_t = np.empty(dv * tile1)
-        k2_blk = np.empty(tile2 * d)
-        k2t_blk = np.empty(d * tile2)
-        v2_blk = np.empty(tile2 * dv)
-        v2t_blk = np.empty(dv * tile2)
-        dk2_blk = np.empty(tile2 * d)
-        dv2_blk = np.empty(tile2 * dv)
+        a_t = np.empty(d * tile1, Q.dtype)
+        g_t = np.empty(dv * tile1, Q.dtype)
+        p_t = np.empty(tile2 * tile1, Q.dtype)
+        dz_t = np.empty(tile2 * tile1, Q.dtype)
+        u_t = np.empty(d * tile1, Q.dtype)
+        pv_t = np.empty(dv * tile1, Q.dtype)
+        k2_blk = np.empty(tile2 * d, Q.dtype)
+        k2t_blk = np.empty(d * tile2, Q.dtype)
+        v2_blk = np.empty(tile2 * dv, Q.dtype)
+        v2t_blk = np.empty(dv * tile2, Q.dtype)
+        dk2_blk = np.empty(tile2 * d, Q.dtype)
+        dv2_blk = np.empty(tile2 * dv, Q.dtype)
         for task in range(w, B * n, workers):
             b, kb, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask, key_batch)
             shift = lse[b, i]
-            di = delta[b, i]
+            di = _typed(p_t, delta[b, i])
             for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
-                _scaled_rows(Q, b, i, K1T, kb, j0, c1, scale, a_t)
-                _scaled_rows(dO, b, i, V1T, kb, j0, c1, 1.0, g_t)
+                _row_times_block(Q, b, i, K1T, kb, j0, c1, row_factor, a_t)
+                _row_times_block(dO, b, i, V1T, kb, j0, c1, 1.0, g_t)
                 for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
                     _load_rows(K2, kb, k0, c2, d, k2_blk, False)
@@ -342,7 +427,7 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, key_batch, dO, lse, delta, scale, mask
                     _load_rows(V2, kb, k0, c2, dv, v2_blk, False)
                     _load_rows(V2, kb, k0, c2, dv, v2t_blk, True)
                     _mm(k2_blk, d, a_t, c1, p_t, c1, c2, d, c1, False)
-                    _exp_shifted(p_t, c2 * c1, shift)
+                    _exp_shifted(p_t, c2 * c1, logit_scale, shift)
                     _mm(v2_blk, dv, g_t, c1, dz_t, c1, c2, dv, c1, False)
                     for jj in range(c2 * c1):
                         dz_t[jj] = p_t[jj] * (dz_t[jj] - di)
@@ -353,7 +438,7 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, key_batch, dO, lse, delta, scale, mask
                     _mm_nt(p_t, c1, g_t, c1, dv2_blk, dv, c2, dv, c1)
                     for cc in range(c2):
                         for l in range(d):
-                            dK2[w, kb, k0 + cc, l] += dk2_blk[cc * d + l]
+                            dK2[w, kb, k0 + cc, l] += logit_scale * dk2_blk[cc * d + l]
                         for m in range(dv):
                             dV2[w, kb, k0 + cc, m] += dv2_blk[cc * dv + m]
                 for l in range(d):
@@ -370,8 +455,71 @@ def _backward_kernel(Q, K1T, K2, V1T, V2, key_batch, dO, lse, delta, scale, mask
                         dV1T[w, kb, m, j0 + jj] += gm * pv_t[m * c1 + jj]
 
 
-def _transposed(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float64)
+def _transposed(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=dtype)
+
+
+#: Largest bound on the kernels' float32 intermediates (logit term sums, Q ∘ K products, dO·V1·V2
+#: sums) for which float32 inputs are computed in float32: far below float32's 3.4e38, so tile
+#: sums of thousands of terms cannot overflow.
+FLOAT32_COMPUTE_LIMIT = 2.0**64
+#: The same for float64 computation (as :func:`tattn_numba._validation.check_logit_range`).
+FLOAT64_COMPUTE_LIMIT = 1e300
+
+
+class Precision(NamedTuple):
+    """How the exact CPU kernels compute (:func:`precision`).
+
+    dtype
+        The kernels' working precision: the inputs' own, except float32 inputs whose
+        intermediates could overflow float32 (then float64, on float64 working copies).
+    folded
+        Whether the logit scale multiplies the query row before the products (needed when the
+        unscaled products Q ∘ K could overflow the working precision although the scaled ones
+        cannot; with small scales) instead of multiplying the logit tile inside the exponential
+        (the default: one rounding fewer).
+    """
+
+    dtype: np.dtype
+    folded: bool
+
+
+def _column_abs_max(x: np.ndarray) -> np.ndarray:
+    """Column maxima of |x| over axis 1, float64, without an |x| temporary."""
+    return np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
+
+
+def _product_bound(key_batch: np.ndarray, q_max: np.ndarray, *key_maxima: np.ndarray) -> float:
+    """max over batch entries of Σ_l q_max[b, l]·Π key_max[key_batch[b], l], and of its largest
+    term and of each q_max·key_max product (the kernels form both), in float64 (finite: the
+    maxima are at most 1.8e308 and the largest product is checked to 1e300 before)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        keys = [k[key_batch] for k in key_maxima]
+        total = q_max * np.prod(keys, axis=0)
+        partial = max(float((q_max * k).max()) for k in keys)
+        return max(float(total.sum(axis=1).max()), partial)
+
+
+def precision(inputs: AttentionInputs, dO: np.ndarray | None = None) -> Precision:
+    """The working precision of the exact CPU kernels for ``inputs`` (and the backward's ``dO``).
+
+    float32 inputs are computed in float32 when every intermediate is bounded by
+    :data:`FLOAT32_COMPUTE_LIMIT`: the unscaled logit term sums Σ_l |Q_l|·|K1_l|·|K2_l| (or the
+    scaled ones, with the scale folded into Q), the products Q ∘ K1 and Q ∘ K2, and for the backward
+    Σ_m |dO_m|·|V1_m|·|V2_m|; otherwise in float64. Cost O((n + m1 + m2)·(d + dv)).
+    """
+    kb = inputs.key_batch
+    q, k1, k2 = (_column_abs_max(x) for x in (inputs.Q, inputs.K1, inputs.K2))
+    unscaled = _product_bound(kb, q, k1, k2)
+    if inputs.dtype == np.float32:
+        values = 0.0 if dO is None else _product_bound(kb, _column_abs_max(dO), _column_abs_max(inputs.V1),
+                                                       _column_abs_max(inputs.V2))
+        if values <= FLOAT32_COMPUTE_LIMIT:
+            if unscaled <= FLOAT32_COMPUTE_LIMIT:
+                return Precision(np.dtype(np.float32), False)
+            if inputs.scale * unscaled <= FLOAT32_COMPUTE_LIMIT:
+                return Precision(np.dtype(np.float32), True)
+    return Precision(np.dtype(np.float64), not unscaled <= FLOAT64_COMPUTE_LIMIT)
 
 
 class MemoryEstimate(NamedTuple):
@@ -404,12 +552,15 @@ MEMORY_SLACK = 1.01
 
 def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize: int, workers: int,
                     backward_workers: int | None = None, *, for_backward: bool = True,
-                    tile1: int | None = None, tile2: int | None = None, key_entries: int | None = None) -> MemoryEstimate:
+                    tile1: int | None = None, tile2: int | None = None, key_entries: int | None = None,
+                    compute_itemsize: int | None = None) -> MemoryEstimate:
     """Peak extra bytes of the exact CPU forward and backward, every problem-sized allocation
     counted, phase by phase (the largest phase is the peak).
 
-    Inputs of ``itemsize`` 4 (float32) are widened to float64 once per pass (Q, K2, V2, dO);
-    K1 and V1 are always copied transposed. Forward: those copies, O and lse, the per-thread
+    The kernels compute in the precision of ``compute_itemsize`` (the inputs' ``itemsize`` by
+    default; 8 for float32 inputs too large for float32 logits, :func:`compute_dtype`): inputs of
+    another itemsize get working copies once per pass (Q, K2, V2, dO); K1 and V1 are always copied
+    transposed, in the compute precision. O, lse, δ and the gradient accumulators are float64. Forward: those copies, O and lse, the per-thread
     tiles; then the cast of O to the input dtype (and its finiteness mask) and the copies of O
     and lse that ``attention_forward`` hands out. Backward: the copies, δ, dQ, the race-free
     per-thread accumulators (``backward_workers`` × Bk·(m1 + m2)·(d + dv) floats), their
@@ -422,23 +573,25 @@ def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize:
     tile2 = config.KEY_TILE_2 if tile2 is None else tile2
     backward_workers = workers if backward_workers is None else backward_workers
     f8 = 8
-    widen = 1 if itemsize != 8 else 0  # float32 inputs get float64 copies
+    c = itemsize if compute_itemsize is None else compute_itemsize
+    widen = 1 if c != itemsize else 0  # working copies in the compute precision
+    narrow = 1 if itemsize != 8 else 0  # float64 results cast to the input dtype
     out_o, out_lse = B * n * dv * f8, B * n * f8
-    transposed = Bk * m1 * (d + dv) * f8
+    transposed = Bk * m1 * (d + dv) * c
     # validation: np.isfinite(x).all() of each operand, one byte per entry
     masks = max(B * n * d, Bk * max(m1 * d, m2 * d, m1 * dv, m2 * dv))
-    tiles_forward = workers * (d * tile1 + tile2 * tile1 + dv * tile1 + tile2 * d + dv * tile2 + dv) * f8
-    kernel = widen * (B * n * d + Bk * (m2 * d + m2 * dv)) * f8 + transposed + out_o + out_lse + tiles_forward
-    cast = B * n * dv * (widen * itemsize + 1)  # O in the input dtype and its finiteness mask
+    tiles_forward = workers * ((d * tile1 + tile2 * tile1 + dv * tile1 + tile2 * d + dv * tile2) * c + dv * f8)
+    kernel = widen * (B * n * d + Bk * (m2 * d + m2 * dv)) * c + transposed + out_o + out_lse + tiles_forward
+    cast = B * n * dv * (narrow * itemsize + 1)  # O in the input dtype and its finiteness mask
     handed_out = B * n * dv * itemsize + out_lse if for_backward else 0  # attention_forward's private copies
     forward = max(masks, kernel, out_o + out_lse + max(cast, handed_out))
-    kept = out_o + out_lse + (B * n * dv * itemsize + out_lse if for_backward else widen * B * n * dv * itemsize)
+    kept = out_o + out_lse + (B * n * dv * itemsize + out_lse if for_backward else narrow * B * n * dv * itemsize)
 
     dq = B * n * d * f8
     acc = [backward_workers * Bk * size * f8 for size in (d * m1, m2 * d, dv * m1, m2 * dv)]
-    tiles_backward = backward_workers * f8 * (2 * d * tile1 + 2 * dv * tile1 + 2 * tile2 * tile1
+    tiles_backward = backward_workers * c * (2 * d * tile1 + 2 * dv * tile1 + 2 * tile2 * tile1
                                               + 3 * tile2 * d + 3 * tile2 * dv)
-    kernel = (widen * (B * (n * d + n * dv) + Bk * (m2 * d + m2 * dv)) * f8 + B * n * f8 + dq + sum(acc)
+    kernel = (widen * (B * (n * d + n * dv) + Bk * (m2 * d + m2 * dv)) * c + B * n * f8 + dq + sum(acc)
               + transposed + tiles_backward)
     # reductions after the kernel (copies freed): sum over threads, transposed copy, accumulator freed
     reduced = [Bk * m1 * d * f8, Bk * m2 * d * f8, Bk * m1 * dv * f8, Bk * m2 * dv * f8]
@@ -450,7 +603,7 @@ def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize:
     ]
     grads = dq + sum(reduced)
     elements = grads // f8
-    casts = grads + widen * elements * itemsize + max(B * n * d, Bk * max(m1 * d, m2 * d, m1 * dv, m2 * dv))
+    casts = grads + narrow * elements * itemsize + max(B * n * d, Bk * max(m1 * d, m2 * d, m1 * dv, m2 * dv))
     backward = max(B * n * dv, kernel, *reduce_peaks, casts)
     return MemoryEstimate(*(int(MEMORY_SLACK * x) for x in (forward, kept, backward)))
 
@@ -473,41 +626,44 @@ def _shape_text(inputs: AttentionInputs) -> str:
 
 
 def inputs_memory_estimate(inputs: AttentionInputs, *, for_backward: bool = True,
-                           backward_workers: int | None = None) -> MemoryEstimate:
+                           backward_workers: int | None = None, compute: np.dtype | None = None) -> MemoryEstimate:
     """:func:`memory_estimate` for validated inputs, with the thread counts the passes will use
-    (called from the forward; the backward passes its own ``backward_workers``)."""
+    (called from the forward; the backward passes its own ``backward_workers``) and the working
+    precision ``compute`` (:func:`precision` by default)."""
     B, n, d = inputs.Q.shape
     m1, m2, dv = inputs.K1.shape[1], inputs.K2.shape[1], inputs.V1.shape[2]
     if backward_workers is None:
         backward_workers = _backward_workers(2.0 * B * n * m1 * m2 * (d + dv))
+    compute = precision(inputs).dtype if compute is None else compute
     return memory_estimate(B, n, m1, m2, d, dv, np.dtype(inputs.dtype).itemsize, numba.get_num_threads(),
-                           backward_workers, for_backward=for_backward, key_entries=inputs.K1.shape[0])
+                           backward_workers, for_backward=for_backward, key_entries=inputs.K1.shape[0],
+                           compute_itemsize=np.dtype(compute).itemsize)
 
 
 def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.ndarray, np.ndarray, None, None]:
     """Exact forward. Returns O (B, n, dv) and lse (B, n), both float64, no certificate and
     nothing else to save (the backward needs only O and lse).
 
-    Time Θ(B·n·m1·m2·(d + dv)); extra memory O(B·(n + m1 + m2)·(d + dv)) for the float64
-    working copies plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per thread. Before allocating
-    anything it refuses (``ValueError``) when :func:`memory_estimate` (with ``for_backward``,
-    the forward and the backward together) passes ``config.MEMORY_BUDGET_BYTES``.
+    Computes in the inputs' precision (:func:`precision`; the softmax statistics and the output
+    accumulator are float64). Time Θ(B·n·m1·m2·(d + dv)); extra memory O(B·(n + m1 + m2)·(d + dv))
+    for the transposed copies of K1 and V1 plus O(tile1·tile2 + (tile1 + tile2)·(d + dv)) per
+    thread. Before allocating anything it refuses (``ValueError``) when :func:`memory_estimate`
+    (with ``for_backward``, the forward and the backward together) passes
+    ``config.MEMORY_BUDGET_BYTES``.
     """
-    estimate = inputs_memory_estimate(inputs, for_backward=for_backward)
+    check_logit_range(inputs.scale, *(_column_abs_max(x) for x in (inputs.Q, inputs.K1, inputs.K2)),
+                      inputs.key_batch)
+    compute = precision(inputs)
+    estimate = inputs_memory_estimate(inputs, for_backward=for_backward, compute=compute.dtype)
     check_memory(estimate.total if for_backward else estimate.forward,
                  f"the exact {'forward and backward' if for_backward else 'forward'} ({_shape_text(inputs)})",
                  config.MEMORY_BUDGET_BYTES)
-    # column maxima of |x| without an |x| temporary
-    q_max, k1_max, k2_max = (np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
-                             for x in (inputs.Q, inputs.K1, inputs.K2))
-    check_logit_range(inputs.scale, q_max, k1_max, k2_max, inputs.key_batch)
-    Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
-    K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
-    V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)
+    Q, K2, V2 = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2, inputs.V2))
     B, n, _ = Q.shape
     O = np.empty((B, n, V2.shape[2]))
     lse = np.empty((B, n))
-    _forward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.key_batch, inputs.scale,
+    _forward_kernel(Q, _transposed(inputs.K1, compute.dtype), K2, _transposed(inputs.V1, compute.dtype), V2,
+                    inputs.key_batch, inputs.scale, compute.folded,
                     inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1]), config.KEY_TILE_1,
                     config.KEY_TILE_2, numba.get_num_threads(), O, lse)
     return O, lse, None, None
@@ -518,7 +674,8 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     """Exact backward from the forward's float64 ``O`` and ``lse``.
 
     Returns float64 (dQ, dK1, dK2, dV1, dV2). δ = rowsum(dO ∘ O) uses the float64 output, so
-    float32 inputs do not pay for the rounding of O in their gradients.
+    float32 inputs do not pay for the rounding of O in their gradients; the kernels compute in
+    the inputs' precision (:func:`precision`) and accumulate the gradients in float64.
 
     Time Θ(B·n·m1·m2·(d + dv)) (three times the forward's contractions); extra memory
     O(workers·B·(m1 + m2)·(d + dv)) float64 for the race-free accumulators. Refuses
@@ -526,14 +683,12 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     ``config.MEMORY_BUDGET_BYTES``.
     """
     workers = numba.get_num_threads()
-    check_memory(inputs_memory_estimate(inputs, backward_workers=workers).backward,
+    compute = precision(inputs, dO)
+    check_memory(inputs_memory_estimate(inputs, backward_workers=workers, compute=compute.dtype).backward,
                  f"the exact backward ({_shape_text(inputs)}, {workers} thread{'s' if workers > 1 else ''} "
                  "with their own gradient accumulators)", config.MEMORY_BUDGET_BYTES)
-    Q = np.ascontiguousarray(inputs.Q, dtype=np.float64)
-    K2 = np.ascontiguousarray(inputs.K2, dtype=np.float64)
-    V2 = np.ascontiguousarray(inputs.V2, dtype=np.float64)
-    dO64 = np.ascontiguousarray(dO, dtype=np.float64)
-    delta = np.einsum("bnm,bnm->bn", dO64, O)
+    Q, K2, V2, dO = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2, inputs.V2, dO))
+    delta = np.einsum("bnm,bnm->bn", dO, O, dtype=np.float64)
     B, n, d = Q.shape
     Bk, m1, m2, dv = K2.shape[0], inputs.K1.shape[1], K2.shape[1], V2.shape[2]
     dQ = np.zeros((B, n, d))
@@ -541,11 +696,11 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     dK2 = np.zeros((workers, Bk, m2, d))
     dV1T = np.zeros((workers, Bk, dv, m1))
     dV2 = np.zeros((workers, Bk, m2, dv))
-    _backward_kernel(Q, _transposed(inputs.K1), K2, _transposed(inputs.V1), V2, inputs.key_batch, dO64,
-                     np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale,
-                     inputs.mask.kernel_args(m1, m2),
+    _backward_kernel(Q, _transposed(inputs.K1, compute.dtype), K2, _transposed(inputs.V1, compute.dtype), V2,
+                     inputs.key_batch, dO, np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale,
+                     compute.folded, inputs.mask.kernel_args(m1, m2),
                      config.KEY_TILE_1, config.KEY_TILE_2, workers, dQ, dK1T, dK2, dV1T, dV2)
-    del Q, K2, V2, dO64, delta  # free the working copies before the reductions
+    del Q, K2, V2, dO, delta  # free any working copies before the reductions
     dK1 = np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1))
     del dK1T
     dK2 = dK2.sum(axis=0)

@@ -38,7 +38,9 @@ def poly_plan(
         whose rank and radii are those of the lift). Grouped heads share the keys' statistics.
     dO : array_like, shape (..., n, dv), optional
         An upstream gradient: the plan then also carries a-priori certified bounds on the five
-        gradients' errors (``plan.gradient_bounds``), computed before any attention.
+        gradients' errors (``plan.gradient_bounds``), computed before any attention, shaped like
+        the gradients: for every form (grouped or broadcast heads, whose key and value, or query,
+        gradients are summed; determinant logits, pulled back through the lift), mask and dtype.
 
     Returns
     -------
@@ -52,11 +54,9 @@ def poly_plan(
     plan = make_plan(computed, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     if dO is None:
         return plan
-    _check_plain_form(inputs)
     upstream = check_upstream(dO, inputs).astype(np.float64)
-    bounds = gradient_bounds(inputs, plan, None, upstream)
-    return dataclasses.replace(plan, gradient_bounds=GradientBounds(
-        *(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds)))
+    bounds = gradient_bounds(inputs, computed, plan, None, upstream)
+    return dataclasses.replace(plan, gradient_bounds=_caller_shapes(inputs, bounds))
 
 
 def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
@@ -66,29 +66,38 @@ def poly_gradient_bounds(state: AttentionState, dO) -> GradientBounds:
     ``device="cuda"`` raises ``ValueError``; use :func:`poly_plan` with ``dO`` on host copies).
     Cost O((n + m1 + m2)·d·dv);
     the derivation is in :func:`tattn_numba.poly.plan.gradient_bounds` and docs/surrogate.md.
-    Returns arrays shaped like the gradients.
+
+    Parameters
+    ----------
+    state : AttentionState
+        From ``attention_forward(..., method="poly")``, any form: grouped or broadcast heads,
+        determinant logits, causal masks and windows, float32 or float64.
+    dO : array_like, shape (..., n, dv)
+        The upstream gradient given to :func:`tattn_numba.attention_backward`.
+
+    Returns
+    -------
+    GradientBounds
+        ``(dQ, dK1, dK2, dV1, dV2)`` shaped like the gradients (dQ like Q, the key and value
+        bounds like K1, K2, V1, V2, covering the sums over grouped or broadcast heads), float64.
     """
     if not isinstance(state, AttentionState) or not isinstance(state.certificate, PolyPlan):
         raise TypeError("state must come from attention_forward(..., method='poly')")
-    inputs, _, O, lse = saved_forward(state)
-    _check_plain_form(inputs)
+    inputs, computed, O, lse = saved_forward(state)
     if not isinstance(inputs.Q, np.ndarray):
         raise ValueError(
             f"poly_gradient_bounds works on host arrays and this state comes from device={state.device!r}; for "
             "a-priori bounds call poly_plan(Q, K1, K2, V1, V2, ..., dO=dO) on host copies of the inputs"
         )
     dO = check_upstream(dO, inputs)
-    bounds = gradient_bounds(inputs, state.certificate, O, dO.astype(np.float64), lse=np.asarray(lse, dtype=np.float64))
-    return GradientBounds(*(np.asarray(x).reshape(inputs.batch_shape + x.shape[1:]) for x in bounds))
+    bounds = gradient_bounds(inputs, computed, state.certificate, O, dO.astype(np.float64),
+                             lse=np.asarray(lse, dtype=np.float64))
+    return _caller_shapes(inputs, bounds)
 
 
-def _check_plain_form(inputs: AttentionInputs) -> None:
-    """The gradient bounds are derived for one key/value entry per batch entry and trilinear
-    logits; refuse the other forms (``ValueError``) instead of returning bounds that do not
-    cover the summed or pulled-back gradients."""
-    if inputs.heads.shares_keys or inputs.heads.expands_query or inputs.logits != "trilinear":
-        raise ValueError(
-            "gradient bounds are not derived yet for grouped or broadcast heads or determinant logits "
-            f"({inputs.heads.describe()}, logits={inputs.logits!r}); the forward's output certificate "
-            "(plan.output_bound) holds for them"
-        )
+def _caller_shapes(inputs: AttentionInputs, bounds: GradientBounds) -> GradientBounds:
+    """Batch-flattened bounds with the leading dimensions of the caller's gradients: Q's for
+    dQ, the keys' and values' for the other four."""
+    heads = inputs.heads
+    shapes = (heads.query_shape,) + (heads.key_shape,) * 4
+    return GradientBounds(*(np.asarray(x).reshape(shape + x.shape[1:]) for x, shape in zip(bounds, shapes)))

@@ -10,7 +10,9 @@ interval [−R_i, R_i], the normalised weights obey |P̃ − P| <= κ_i·P entry
     |Õ[i, m] − O[i, m]| <= κ_i · (max_{j1,j2} w_m − min_{j1,j2} w_m) / 2,   w = V1 ⊘ V2.
 
 Gradient bounds (derivation in docs/surrogate.md) push the same entrywise fact through the
-formulas of SPEC §2 with the triangle inequality, using that the marginals of P are at most 1.
+formulas of SPEC §2 with the triangle inequality, using that the marginals of P are at most 1,
+per batch entry of the kernels' (expanded, lifted) problem, then through the sums over grouped
+or broadcast heads and the pull-back of determinant logits.
 Both are exact-arithmetic statements; every bound adds the floating-point terms of
 :mod:`.rounding` (docs/math/rounding.rst), and ``tol`` counts them.
 """
@@ -25,12 +27,13 @@ import numpy as np
 
 from .. import config
 from .._validation import AttentionInputs, format_byte_pair
+from ..logits import lift_matrices
 from ..mask import Mask
 from . import exp_approx
 from ._blocks import SummaryLayout
 from .features import rank
 from .options import PolyOptions, check_memory_budget
-from .rounding import gamma, gradient_rounding, output_rounding, row_rounding, unit_roundoff
+from .rounding import gamma, gradient_magnitudes, gradient_rounding, output_rounding, row_rounding, unit_roundoff
 
 __all__ = [
     "PolyPlan", "GradientBounds", "InputStatistics", "input_statistics", "balancing_maxima", "epsilon_for_tolerance", "row_radii",
@@ -108,7 +111,8 @@ class PolyPlan:
 
 class GradientBounds(NamedTuple):
     """Certified entrywise bounds on |gradient(surrogate) − gradient(exact)|, shaped like the
-    gradients (batch-flattened inside the package, unflattened by the public layer)."""
+    gradients (batch-flattened inside the package, unflattened by the public layer: dQ with Q's
+    leading dimensions, the other four with the keys')."""
 
     dQ: np.ndarray
     dK1: np.ndarray
@@ -693,13 +697,20 @@ def _degree_for_tolerance(tol, certify: _Certifier) -> tuple[int, _Certificate]:
     raise ValueError(f"tol={tol!r} is unreachable: no degree up to {degree} certifies it together with rounding")
 
 
-def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None, dO: np.ndarray,
-                    lse: np.ndarray | None = None) -> GradientBounds:
+def gradient_bounds(inputs: AttentionInputs, computed: AttentionInputs, plan: PolyPlan, O: np.ndarray | None,
+                    dO: np.ndarray, lse: np.ndarray | None = None) -> GradientBounds:
     """Certified bounds on the surrogate gradients' entrywise error; O((n+m1+m2)·d·dv).
 
-    Two parts, each derived in docs/math/rounding.rst and docs/surrogate.md. The polynomial's
-    part: with |P̃ − P| <= κ_i·P (``plan.kappa``), the computed float64 output Õ (``O``, or None
-    before the forward has run) and the upstream ``dO`` (B, n, dv),
+    ``inputs`` are the validated caller inputs, ``computed`` the kernel inputs the surrogate ran
+    on (:func:`tattn_numba.attention.kernel_inputs`: Q expanded where it broadcasts, Q, K1, K2
+    lifted for ``logits="determinant"``) and ``plan`` its plan; ``O`` (the computed float64
+    output, or None before the forward has run), ``dO`` (B, n, dv) and ``lse`` (B, n) are batch
+    entries of ``computed``. Returns batch-flattened bounds shaped like the caller's gradients:
+    dQ (Bq, n, d), the key and value gradients (Bk, m, ·).
+
+    Per batch entry of the computed (trilinear) problem, two parts, each derived in
+    docs/math/rounding.rst and docs/surrogate.md. The polynomial's part: with |P̃ − P| <= κ_i·P
+    (``plan.kappa``), the computed float64 output Õ and the upstream ``dO``,
 
         Δδ_i   = Σ_m |dO[i,m]|·β[i,m] + γ_dv·Σ_m |dO[i,m]·Õ[i,m]|,  β the output bound in float64
         c_i    = κ_i·(D_i + |δ̂_i|) + Δδ_i,   D_i = Σ_m |dO[i,m]|·max|V1_m|·max|V2_m| >= |dS|
@@ -708,10 +719,79 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
         |ΔdQ[i,l]|  <= s·c_i·max|K1_l|·max|K2_l|
         |ΔdK1[j,l]| <= s·max|K2_l|·Σ_i c_i·|Q[i,l]|        (dK2 likewise with K1)
         |ΔdV1[j,m]| <= max|V2_m|·Σ_i κ_i·|dO[i,m]|          (dV2 likewise with V1)
-    The rounding part (the backward's float64 sums and the cast to the input dtype) is
-    :func:`.rounding.gradient_rounding`; with the forward's ``lse`` (B, n, host float64) it uses
-    the computed normalisers as well as the a-priori e^{−R} (:func:`.rounding.row_rounding`).
+    The rounding part (the backward's float64 sums) is :func:`.rounding.gradient_rounding`; with
+    the forward's ``lse`` it uses the computed normalisers as well as the a-priori e^{−R}
+    (:func:`.rounding.row_rounding`).
+
+    The other forms map these through what :func:`tattn_numba.attention.attention_backward` does
+    after the kernels, each step in float64, carrying an error bound E and a bound C on the
+    computed value's magnitude (the exact-arithmetic magnitudes of
+    :func:`.rounding.gradient_magnitudes` plus the rounding part):
+
+    * grouped or broadcast keys: the G entries sharing a key/value entry add their query summaries
+      (or key gradients) up; the entries' bounds add, with (G − 1)·⌈n/chunk⌉ more roundings per term;
+    * determinant logits: dX = dX'·M^T with M the ±1 lift, each coordinate the sum of c <= 2
+      lifted ones: E ← E'·|M|^T + γ_{c−1}·C'·|M|^T, C ← (1 + γ_{c−1})·C'·|M|^T;
+    * a broadcast Q: dQ summed over its G copies: E ← Σ E_b + γ_{G−1}·Σ C_b, C ← (1 + γ_{G−1})·Σ C_b;
+    * the cast to float32: E ← E + u_out·C + 2^-150 (half the subnormal spacing).
     """
+    heads = inputs.heads
+    if not (heads.shares_keys or heads.expands_query or inputs.logits != "trilinear"):
+        polynomial, rounded, _ = _entry_bounds(computed, plan, O, dO, lse, output_dtype=inputs.dtype)
+        return GradientBounds(*(BOUND_SLACK * (a + b) for a, b in zip(polynomial, rounded)))
+    n = computed.Q.shape[1]
+    extra = (heads.group - 1) * -(-n // plan.chunk_rows)
+    polynomial, rounded, magnitude = _entry_bounds(computed, plan, O, dO, lse, output_dtype=np.float64,
+                                                   key_roundings=extra, magnitudes=True)
+    error = [a + b for a, b in zip(polynomial, rounded)]
+    size = [a + b for a, b in zip(magnitude, rounded)]
+    Bk = heads.key_entries
+    for k in range(1, 5):  # the backward sums the key and value gradients of each group in float64
+        error[k], size[k] = _summed(error[k], heads.key_batch, Bk), _summed(size[k], heads.key_batch, Bk)
+    if inputs.logits != "trilinear":
+        for k, M in enumerate(lift_matrices(inputs.logits, inputs.Q.shape[2])):
+            error[k], size[k] = _pulled_back(error[k], size[k], M)
+    if heads.expands_query:
+        copies = np.bincount(heads.query_batch, minlength=heads.query_entries)
+        g = gamma(copies - 1)[:, None, None]
+        total = _summed(size[0], heads.query_batch, heads.query_entries)
+        error[0] = _summed(error[0], heads.query_batch, heads.query_entries) + g * total
+        size[0] = (1.0 + g) * total
+    dtype = np.dtype(inputs.dtype)
+    u_out, tiny = (0.0, 0.0) if dtype == np.float64 else (unit_roundoff(dtype), float(np.finfo(dtype).smallest_subnormal) / 2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return GradientBounds(*(BOUND_SLACK * (e + u_out * c + tiny) for e, c in zip(error, size)))
+
+
+def _summed(x: np.ndarray, index: np.ndarray, count: int) -> np.ndarray:
+    """``out[c] = Σ_{b: index[b] = c} x[b]`` (float64, (count, ...)) for non-negative bounds."""
+    out = np.zeros((count,) + x.shape[1:])
+    np.add.at(out, index, x)
+    return out
+
+
+def _pulled_back(error: np.ndarray, size: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Error and magnitude bounds (..., d) of dX = fl(dX'·M^T) from those of dX' (..., d'), M the
+    ±1 lift (d, d'), one non-zero per column: coordinate l sums the c_l lifted columns copied
+    from it (products with ±1 and 0 are exact), so it adds γ_{c_l − 1} of its magnitude."""
+    source = np.argmax(M != 0.0, axis=0)
+    pulled_error = np.zeros(error.shape[:-1] + (M.shape[0],))
+    pulled_size = np.zeros_like(pulled_error)
+    for column, l in enumerate(source):  # adds, never products: an infinite bound stays infinite
+        pulled_error[..., l] += error[..., column]
+        pulled_size[..., l] += size[..., column]
+    g = gamma(np.count_nonzero(M, axis=1) - 1)
+    return pulled_error + g * pulled_size, (1.0 + g) * pulled_size
+
+
+def _entry_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None, dO: np.ndarray,
+                  lse: np.ndarray | None, *, output_dtype, key_roundings: int = 0,
+                  magnitudes: bool = False) -> tuple[tuple, tuple, tuple | None]:
+    """Per batch entry of the trilinear problem ``inputs`` (the kernel inputs): the polynomial
+    part and the rounding part (cast to ``output_dtype`` included) of the gradient bounds of
+    :func:`gradient_bounds`, and with ``magnitudes`` the bounds on the exact-arithmetic
+    surrogate gradients (:func:`.rounding.gradient_magnitudes`), each (dQ, dK1, dK2, dV1, dV2)
+    with the key and value gradients per batch entry (B, m, ·), not yet summed over groups."""
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
@@ -743,9 +823,8 @@ def gradient_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | Non
     kd = np.einsum("bn,bnm->bm", kappa, abs_dO)
     dV1 = np.broadcast_to((v2 * kd)[:, None, :], V1.shape)
     dV2 = np.broadcast_to((v1 * kd)[:, None, :], V2.shape)
-    rounded = gradient_rounding(
-        rounding, scale=s, Q_abs=np.abs(Q), dO_abs=abs_dO, dZ_mass=D + delta + d_delta, k1=k1, k2=k2, v1=v1, v2=v2,
-        m1=m1, m2=m2, mask=inputs.mask, chunk=plan.chunk_rows, degree=plan.degree, rank=plan.rank,
-        output_dtype=inputs.dtype,
-    )
-    return GradientBounds(*(BOUND_SLACK * (a + b) for a, b in zip((dQ, dK1, dK2, dV1, dV2), rounded)))
+    terms = dict(scale=s, Q_abs=np.abs(Q), dO_abs=abs_dO, dZ_mass=D + delta + d_delta, k1=k1, k2=k2, v1=v1, v2=v2,
+                 m1=m1, m2=m2, mask=inputs.mask)
+    rounded = gradient_rounding(rounding, **terms, chunk=plan.chunk_rows, degree=plan.degree, rank=plan.rank,
+                                output_dtype=output_dtype, key_roundings=key_roundings)
+    return (dQ, dK1, dK2, dV1, dV2), rounded, gradient_magnitudes(rounding, **terms) if magnitudes else None

@@ -26,6 +26,7 @@ from ..mask import Mask
 __all__ = [
     "UNIT_ROUNDOFF", "unit_roundoff", "gamma", "forward_roundings", "backward_roundings", "coefficient_mass",
     "backward_spans", "forward_spans", "touched_queries", "RowRounding", "row_rounding", "output_rounding", "gradient_rounding",
+    "gradient_magnitudes",
 ]
 
 #: u of float64, the precision every stage of the surrogate computes in.
@@ -224,7 +225,7 @@ def _over_queries(x: np.ndarray, queries: tuple[np.ndarray, np.ndarray, np.ndarr
 def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,
                       dZ_mass: np.ndarray, k1: np.ndarray, k2: np.ndarray, v1: np.ndarray, v2: np.ndarray,
                       m1: int, m2: int, mask: Mask, chunk: int, degree: int, rank: int,
-                      output_dtype) -> tuple[np.ndarray, ...]:
+                      output_dtype, key_roundings: int = 0) -> tuple[np.ndarray, ...]:
     """Bounds on |computed gradient − exact-arithmetic surrogate gradient| (dQ, dK1, dK2, dV1, dV2),
     including the cast to ``output_dtype``.
 
@@ -243,6 +244,12 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
     the computed sum touches, twice those added and subtracted again: :func:`touched_queries`);
     the cast adds u_out times the magnitude
     bounds s·dZ_mass·k1·k2 (μ-weighted for the key gradients) plus these.
+
+    ``key_roundings`` more roundings are allowed on every term of the key and value gradients
+    (γ_K in ω1, ω2 becomes γ_{K + key_roundings}): when G query entries share the keys, their
+    query summaries (or, with the prefix scans, their key gradients) are added up in float64,
+    so a term passes through up to (G − 1)·⌈n/chunk⌉ more additions (the chunked accumulation of
+    the summaries on the GPU), and the bounds of the G entries, summed, bound the group's sum.
     """
     B, n, d = Q_abs.shape
     dv = dO_abs.shape[2]
@@ -250,14 +257,15 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
     count1, count2 = mask.pair_counts(n, m1, m2)
     span1, span2 = backward_spans(mask, n, m1, m2, chunk)
     queries1, queries2 = touched_queries(mask, n, m1, m2, chunk)
-    g = float(gamma(backward_roundings(degree, rank, n, m1, m2, d, dv)))
+    K = backward_roundings(degree, rank, n, m1, m2, d, dv)
+    g, g_key = float(gamma(K)), float(gamma(K + key_roundings))
     weight = rounding.weight
     with np.errstate(invalid="ignore", over="ignore"):
         eta = _relative(g * rounding.mass * span1 * span2, rounding.lower)
         omega0 = eta + (1.0 + eta) * g * weight * span1 * span2
         mu2, mu1 = np.minimum(1.0, weight * count2), np.minimum(1.0, weight * count1)
-        omega2 = eta * mu2 + (1.0 + eta) * g * weight * span2
-        omega1 = eta * mu1 + (1.0 + eta) * g * weight * span1
+        omega2 = eta * mu2 + (1.0 + eta) * g_key * weight * span2
+        omega1 = eta * mu1 + (1.0 + eta) * g_key * weight * span1
         query = (omega0 + u_out * (1.0 + omega0)) * dZ_mass
         key2 = omega2 + u_out * (mu2 + omega2)
         key1 = omega1 + u_out * (mu1 + omega1)
@@ -266,4 +274,33 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
         dK2 = scale * k1[:, None, :] * _over_queries((key1 * dZ_mass)[:, :, None] * Q_abs, queries2)
         dV1 = v2[:, None, :] * _over_queries(key2[:, :, None] * dO_abs, queries1)
         dV2 = v1[:, None, :] * _over_queries(key1[:, :, None] * dO_abs, queries2)
+    return tuple(np.where(np.isnan(x), np.inf, x) for x in (dQ, dK1, dK2, dV1, dV2))
+
+
+def gradient_magnitudes(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,
+                        dZ_mass: np.ndarray, k1: np.ndarray, k2: np.ndarray, v1: np.ndarray, v2: np.ndarray,
+                        m1: int, m2: int, mask: Mask) -> tuple[np.ndarray, ...]:
+    """Bounds on |exact-arithmetic surrogate gradient| (dQ, dK1, dK2, dV1, dV2), entrywise: the
+    magnitudes that a later float64 sum (over grouped or broadcast heads), the pull-back of a
+    lifted logit form and the cast to the caller's dtype round relative to.
+
+    Arguments as for :func:`gradient_rounding`. The surrogate weights P̃ are non-negative (a
+    certified polynomial is positive on the row's interval) and sum to 1 over a row, a marginal
+    Σ_j2 P̃[i, j1, j2] is at most μ2_i = min(1, P̄_i·|I2(i)|), and |dZ̃| <= P̃·dZ_mass, so
+
+        |dQ[i,l]|  <= s·dZ_mass_i·k1_l·k2_l
+        |dK1[j,l]| <= s·k2_l·Σ_{i sees j} μ2_i·dZ_mass_i·|Q[i,l]|,   |dV1[j,m]| <= v2_m·Σ_{i sees j} μ2_i·|dO[i,m]|
+
+    (dK2, dV2 with 1 and 2 swapped; "i sees j" from :meth:`Mask.query_ranges`).
+    """
+    n = Q_abs.shape[1]
+    count1, count2 = mask.pair_counts(n, m1, m2)
+    (start1, stop1), (start2, stop2) = mask.query_ranges(n, m1, m2)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mu2, mu1 = np.minimum(1.0, rounding.weight * count2), np.minimum(1.0, rounding.weight * count1)
+        dQ = scale * dZ_mass[:, :, None] * (k1 * k2)[:, None, :]
+        dK1 = scale * k2[:, None, :] * _over_queries((mu2 * dZ_mass)[:, :, None] * Q_abs, (start1, stop1, stop1))
+        dK2 = scale * k1[:, None, :] * _over_queries((mu1 * dZ_mass)[:, :, None] * Q_abs, (start2, stop2, stop2))
+        dV1 = v2[:, None, :] * _over_queries(mu2[:, :, None] * dO_abs, (start1, stop1, stop1))
+        dV2 = v1[:, None, :] * _over_queries(mu1[:, :, None] * dO_abs, (start2, stop2, stop2))
     return tuple(np.where(np.isnan(x), np.inf, x) for x in (dQ, dK1, dK2, dV1, dV2))

@@ -8,11 +8,11 @@ Run on a machine with an NVIDIA GPU (one command)::
 What it measures (inputs already on the GPU, entries uniform in [−1, 1], every time the minimum
 of ``--repeat`` runs after a warm-up, each ended by ``cuda.synchronize()``):
 
-* the card's float64 matrix-product rate: cuBLAS through CuPy or PyTorch when one of them is
+* the card's float64 and float32 matrix-product rates: cuBLAS through CuPy or PyTorch when one of them is
   installed with CUDA, and always the package's own tiled GEMM (:mod:`tattn_numba.poly._cuda_gemm`),
   on 4096 × 4096 products (2·4096³ flops each);
 * the exact kernel (d = dv = ``--d``, n = m1 = m2 over ``--exact-sizes``, float32 and float64
-  inputs; the arithmetic is float64 in both): forward and forward+backward seconds and the
+  inputs, each computed in its own precision): forward and forward+backward seconds and the
   executed TFLOP/s, counting 2·(d + dv) flops per (i, j1, j2) for the forward and 8·(d + dv)
   for the backward's two passes (logits, dS, Σ P·V and Σ dZ·K per pair and pass);
 * the surrogate (``--poly-d``, ``--degree``) over ``--poly-sizes``: forward+backward seconds,
@@ -138,23 +138,27 @@ def _markdown(result: dict, command: str) -> str:
             lines.append(f"| {blas['library']} {key} | {blas[key]:.3g} |")
     if not blas:
         lines.append("| cuBLAS | not measured (neither CuPy nor a CUDA PyTorch installed) |")
-    reference = blas.get("float64", result["own_gemm_tflops"])
+    references = {"float64": blas.get("float64", result["own_gemm_tflops"]), "float32": blas.get("float32")}
     lines += [
         "",
-        f"## Exact kernel (d = dv = {result['exact_d']}, n = m1 = m2; float64 arithmetic for both input dtypes)",
+        f"## Exact kernel (d = dv = {result['exact_d']}, n = m1 = m2; each input dtype computed in its own precision)",
         "",
-        f"Executed flops: 2·(d + dv) per (i, j1, j2) forward, 8·(d + dv) backward (two passes). "
-        f"Share: of the float64 matrix-product rate, {reference:.3g} TFLOP/s "
-        f"({'cuBLAS' if 'float64' in blas else 'the tiled GEMM'}).",
+        "Executed flops: 2·(d + dv) per (i, j1, j2) forward, 8·(d + dv) backward (two passes). "
+        "Share: of the matrix-product rate of the same dtype (cuBLAS; for float64 without cuBLAS the "
+        "tiled GEMM; for float32 without cuBLAS not measured).",
         "",
         "| inputs | n | forward s | TFLOP/s | share | forward+backward s | TFLOP/s | share |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def share(tflops, dtype):
+        return "—" if references[dtype] is None else f"{tflops / references[dtype]:.1%}"
+
     for row in result["exact"]:
         lines.append(
             f"| {row['dtype']} | {row['n']} | {row['forward_s']:.4g} | {row['forward_tflops']:.3g} | "
-            f"{row['forward_tflops'] / reference:.1%} | {row['forward_backward_s']:.4g} | "
-            f"{row['forward_backward_tflops']:.3g} | {row['forward_backward_tflops'] / reference:.1%} |"
+            f"{share(row['forward_tflops'], row['dtype'])} | {row['forward_backward_s']:.4g} | "
+            f"{row['forward_backward_tflops']:.3g} | {share(row['forward_backward_tflops'], row['dtype'])} |"
         )
     lines += [
         "",

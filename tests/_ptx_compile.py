@@ -94,14 +94,17 @@ def _cases() -> list[Case]:
     # the gradients float64; scale a Python float, causal and write_dq Python bools, the mask
     # widths Python ints (Mask.kernel_args), key_batch a device copy of HeadLayout.key_batch. Launch shape
     # from _launch_shape(d, dv) with the default config (128 threads, 4 query rows, key tile 64),
-    # so e.g. (d, dv) = (16, 16) -> (128, 4, 32, 64) and (64, 64) -> (128, 4, 32, 32).
-    # The factories take (d, dv, threads, query_tile, lanes, key_tile); main() checks that these
-    # equal _launch_shape(d, dv).
+    # so e.g. (d, dv) = (16, 16) -> (128, 4, 32, 64) and (64, 64) -> (128, 4, 32, 32) in float64, (128, 4, 32, 64) in float32.
+    # The factories take (d, dv, compute, threads, query_tile, lanes, key_tile), compute the working
+    # precision: float32 inputs run the float32 kernels (or the float64 ones when their products
+    # could overflow float32), float64 inputs the float64 ones; main() checks that the launch shape
+    # equals _launch_shape(d, dv, itemsize of compute).
     for d, dv in ((16, 16), (64, 64), (3, 2)):
-        args = (d, dv, 128, 4, 32, min(64, 32 * 1024 // (8 * (d + dv))))
-        for dt in ("float32", "float64"):
+        for dt, compute in (("float32", "float32"), ("float32", "float64"), ("float64", "float64")):
+            itemsize = 4 if compute == "float32" else 8
+            args = (d, dv, compute, 128, 4, 32, min(64, 32 * 1024 // (itemsize * (d + dv))))
             x3 = f"{dt}[:, :, ::1]"
-            tag = f"d={d},dv={dv},{dt}"
+            tag = f"d={d},dv={dv},{dt},compute={compute}"
             small = (d, dv) == (16, 16)
             cases.append(Case(f"exact.cuda._forward_kernel[{tag}]", f"{exact}:_forward_kernel", args,
                               f"void({x3}, {x3}, {x3}, {x3}, {x3}, {i1}, float64, boolean, int64, int64, {f3}, {f2})", small))
@@ -287,11 +290,12 @@ def main() -> int:
             modname, attr = case.target.split(":")
             obj = getattr(modules[modname], attr)
             if case.target.startswith("tattn_numba.exact.cuda:_") and case.factory_args is not None:
-                d, dv = case.factory_args[:2]
-                expected = tuple(modules[modname]._launch_shape(d, dv))
-                if tuple(case.factory_args[2:]) != expected:
-                    raise AssertionError(f"the case's launch shape {case.factory_args[2:]} is not "
-                                         f"_launch_shape({d}, {dv}) = {expected}: update tests/_ptx_compile.py")
+                d, dv, compute = case.factory_args[:3]
+                itemsize = 4 if compute == "float32" else 8
+                expected = tuple(modules[modname]._launch_shape(d, dv, itemsize))
+                if tuple(case.factory_args[3:]) != expected:
+                    raise AssertionError(f"the case's launch shape {case.factory_args[3:]} is not "
+                                         f"_launch_shape({d}, {dv}, {itemsize}) = {expected}: update tests/_ptx_compile.py")
             kernel = obj(*case.factory_args) if case.factory_args is not None else obj
             covered_targets.add(case.target)
             covered_names.update(f"{modname}:{name}" for name in kernel.py_func.__code__.co_names)

@@ -161,3 +161,45 @@ def test_float32_path_is_not_float64_in_disguise():
     g64 = ta.attention_grad(*(x.astype(np.float64) for x in X))
     for a, b in zip(g64, dense_attention_grad(*X)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+# --- the same on the GPU kernels (tiny shapes: the simulator runs every thread in Python) -------
+
+def _cuda_or_skip():
+    from tattn_numba import _cuda
+
+    pytest.importorskip("numba_cuda")
+    try:
+        _cuda.require()
+    except _cuda.CUDAUnavailableError as exc:  # pragma: no cover - only with NUMBA_ENABLE_CUDASIM=0 and no GPU
+        pytest.skip(f"CUDA unusable here: {exc}")
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_flash_attention_rule_on_hostile_inputs_cuda(kind, causal):
+    _cuda_or_skip()
+    rng = np.random.default_rng(100 + KINDS.index(kind))
+    X, scale = _case(kind, rng, *((12, 12) if causal else (5, 13)))
+    O, state = ta.attention_forward(*X[:5], scale=scale, causal=causal, device="cuda")
+    assert O.dtype == np.float32
+    assert_forward_matches(O, state.lse, *X[:5], scale=scale, causal=causal)
+    assert_grads_match(ta.attention_backward(state, X[5]), *X[:5], X[5], scale=scale, causal=causal)
+
+
+def test_cuda_precision_follows_the_cpu_rule():
+    """float32 inputs run the float32 kernels; too large for float32, or needing the scale folded
+    (which only the float64 kernels do), the float64 ones; results right in both cases."""
+    _cuda_or_skip()
+    from tattn_numba.exact import cuda as exact_cuda
+
+    rng = np.random.default_rng(8)
+    X = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(6)]
+    big = [(1e7 * x).astype(np.float32) if k < 3 else x for k, x in enumerate(X)]
+    tiny_scale = [(1e12 * x).astype(np.float32) if k < 3 else x for k, x in enumerate(X)]
+    for arrays, scale, expected in ((X, None, np.float32), (big, 1.0, np.float64), (tiny_scale, 1e-36, np.float64)):
+        inputs = check_attention_inputs(*arrays[:5], scale, False, device="cuda")
+        assert exact_cuda.precision(inputs).dtype == expected
+        O, state = ta.attention_forward(*arrays[:5], scale=scale, device="cuda")
+        assert_forward_matches(O, state.lse, *arrays[:5], scale=scale)
+        assert_grads_match(ta.attention_backward(state, arrays[5]), *arrays[:5], arrays[5], scale=scale)

@@ -40,6 +40,7 @@ from numba.np.numpy_support import as_dtype
 from .. import config
 from .._validation import AttentionInputs, check_logit_range, check_memory
 from ..mask import key_range_jit
+from .precision import Precision, choose
 
 OPTIONS = frozenset()
 
@@ -459,67 +460,17 @@ def _transposed(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=dtype)
 
 
-#: Largest bound on the kernels' float32 intermediates (logit term sums, Q ∘ K products, dO·V1·V2
-#: sums) for which float32 inputs are computed in float32: far below float32's 3.4e38, so tile
-#: sums of thousands of terms cannot overflow.
-FLOAT32_COMPUTE_LIMIT = 2.0**64
-#: The same for float64 computation (as :func:`tattn_numba._validation.check_logit_range`).
-FLOAT64_COMPUTE_LIMIT = 1e300
-
-
-class Precision(NamedTuple):
-    """How the exact CPU kernels compute (:func:`precision`).
-
-    dtype
-        The kernels' working precision: the inputs' own, except float32 inputs whose
-        intermediates could overflow float32 (then float64, on float64 working copies).
-    folded
-        Whether the logit scale multiplies the query row before the products (needed when the
-        unscaled products Q ∘ K could overflow the working precision although the scaled ones
-        cannot; with small scales) instead of multiplying the logit tile inside the exponential
-        (the default: one rounding fewer).
-    """
-
-    dtype: np.dtype
-    folded: bool
-
-
 def _column_abs_max(x: np.ndarray) -> np.ndarray:
     """Column maxima of |x| over axis 1, float64, without an |x| temporary."""
     return np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
 
 
-def _product_bound(key_batch: np.ndarray, q_max: np.ndarray, *key_maxima: np.ndarray) -> float:
-    """max over batch entries of Σ_l q_max[b, l]·Π key_max[key_batch[b], l], and of its largest
-    term and of each q_max·key_max product (the kernels form both), in float64 (finite: the
-    maxima are at most 1.8e308 and the largest product is checked to 1e300 before)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        keys = [k[key_batch] for k in key_maxima]
-        total = q_max * np.prod(keys, axis=0)
-        partial = max(float((q_max * k).max()) for k in keys)
-        return max(float(total.sum(axis=1).max()), partial)
-
-
 def precision(inputs: AttentionInputs, dO: np.ndarray | None = None) -> Precision:
-    """The working precision of the exact CPU kernels for ``inputs`` (and the backward's ``dO``).
-
-    float32 inputs are computed in float32 when every intermediate is bounded by
-    :data:`FLOAT32_COMPUTE_LIMIT`: the unscaled logit term sums Σ_l |Q_l|·|K1_l|·|K2_l| (or the
-    scaled ones, with the scale folded into Q), the products Q ∘ K1 and Q ∘ K2, and for the backward
-    Σ_m |dO_m|·|V1_m|·|V2_m|; otherwise in float64. Cost O((n + m1 + m2)·(d + dv)).
-    """
-    kb = inputs.key_batch
-    q, k1, k2 = (_column_abs_max(x) for x in (inputs.Q, inputs.K1, inputs.K2))
-    unscaled = _product_bound(kb, q, k1, k2)
-    if inputs.dtype == np.float32:
-        values = 0.0 if dO is None else _product_bound(kb, _column_abs_max(dO), _column_abs_max(inputs.V1),
-                                                       _column_abs_max(inputs.V2))
-        if values <= FLOAT32_COMPUTE_LIMIT:
-            if unscaled <= FLOAT32_COMPUTE_LIMIT:
-                return Precision(np.dtype(np.float32), False)
-            if inputs.scale * unscaled <= FLOAT32_COMPUTE_LIMIT:
-                return Precision(np.dtype(np.float32), True)
-    return Precision(np.dtype(np.float64), not unscaled <= FLOAT64_COMPUTE_LIMIT)
+    """The working precision of the exact CPU kernels for ``inputs`` (and the backward's ``dO``):
+    :func:`tattn_numba.exact.precision.choose` on the host column maxima. Cost O((n + m1 + m2)·(d + dv))."""
+    values = None if dO is None else tuple(_column_abs_max(x) for x in (dO, inputs.V1, inputs.V2))
+    return choose(inputs.dtype, inputs.scale, inputs.key_batch,
+                  tuple(_column_abs_max(x) for x in (inputs.Q, inputs.K1, inputs.K2)), values)
 
 
 class MemoryEstimate(NamedTuple):

@@ -22,15 +22,16 @@ vary between runs), and reduces scale·K1_j1∘u over its lanes into dQ[i] deter
 This recomputes the logits once more than a single fused pass would, and needs no per-thread
 copies of the key gradients.
 
-Precision. All arithmetic is float64, also for float32 inputs (read as float32, widened in
-registers by ``float(...)`` before any product, so no float32 product is ever rounded): the
-package promises float64 accumulation, and the tests hold every device to it.
-On GPUs with weak float64 units this is the price of that promise.
+Precision (:func:`precision`, the CPU's rule): float32 inputs are computed in float32 — logits,
+exponentials (``expf``), the value products and, in the backward, dS, dZ and the per-thread
+sums U and Σ P·V — with float64 softmax statistics, output accumulator, atomics and dQ sums.
+float64 inputs, and float32 inputs whose intermediates could overflow float32, run the float64
+kernels. The error contract is FlashAttention's (docs/exact_kernels.md).
 
 Grouped heads: block (b, query tile) reads key/value entry ``key_batch[b]``
 (:class:`tattn_numba.heads.HeadLayout`); the atomics sum a group's key gradients in place.
 
-Kernels are specialised per (d, dv) and launch shape (register arrays need constant sizes) and
+Kernels are specialised per (d, dv), working precision and launch shape (register arrays need constant sizes) and
 cached for the process.
 """
 
@@ -44,6 +45,7 @@ import numpy as np
 from .. import _cuda, _device, config
 from .._validation import AttentionInputs, check_logit_range
 from ..mask import key_range
+from .precision import Precision, choose
 
 cuda = _cuda.require()
 
@@ -120,8 +122,9 @@ def _stage_key_tile(K, V, b, r0, keys, values, tid, threads):
     cuda.syncthreads()
 
 
-def _launch_shape(d: int, dv: int) -> tuple[int, int, int, int]:
-    """(threads per block, query rows per block, lanes per row, key rows per shared tile)."""
+def _launch_shape(d: int, dv: int, itemsize: int = 8) -> tuple[int, int, int, int]:
+    """(threads per block, query rows per block, lanes per row, key rows per shared tile) for
+    key and value tiles of ``itemsize``-byte entries."""
     threads = config.CUDA_THREADS_PER_BLOCK
     query_tile = config.CUDA_QUERY_TILE
     if threads & (threads - 1) or query_tile & (query_tile - 1) or query_tile > threads:
@@ -129,13 +132,23 @@ def _launch_shape(d: int, dv: int) -> tuple[int, int, int, int]:
             "config.CUDA_THREADS_PER_BLOCK and config.CUDA_QUERY_TILE must be powers of two with "
             f"CUDA_QUERY_TILE <= CUDA_THREADS_PER_BLOCK, got {threads} and {query_tile}"
         )
-    key_tile = max(1, min(config.CUDA_KEY_TILE, config.CUDA_TILE_BYTES // (8 * (d + dv))))
+    key_tile = max(1, min(config.CUDA_KEY_TILE, config.CUDA_TILE_BYTES // (itemsize * (d + dv))))
     return threads, query_tile, threads // query_tile, key_tile
 
 
 @lru_cache(maxsize=None)
-def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, key_tile: int):
-    """The forward kernel for one (d, dv) and launch shape; grid: one block per (b, query tile)."""
+def _forward_kernel(d: int, dv: int, compute: str, threads: int, query_tile: int, lanes: int, key_tile: int):
+    """The forward kernel for one (d, dv), working precision (``"float32"`` or ``"float64"``) and
+    launch shape; grid: one block per (b, query tile).
+
+    float64 folds the scale into the query row (a = scale·Q_i ∘ K1_j1, logits as before);
+    float32 keeps a = Q_i ∘ K1_j1 unscaled and exponentiates (s − s_max)·scale, an exact
+    difference near the maximum times one rounded product, so a weight's argument is rounded at
+    eps32 of itself rather than of the logit. Softmax sums and the output accumulator are float64;
+    a key tile's weights are summed in the working precision first.
+    """
+    real = np.dtype(compute).type
+    folded = compute == "float64"
 
     @cuda.jit
     def kernel(Q, K1, K2, V1, V2, key_batch, scale, causal, width1, width2, O, lse):
@@ -143,16 +156,18 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
         kb = key_batch[b]
         block_start1, block_end1, start1, end1 = _key_box(causal, width1, K1.shape[1], i, valid, first, last)
         block_start2, block_end2, start2, end2 = _key_box(causal, width2, K2.shape[1], i, valid, first, last)
+        row_factor = scale if folded else 1.0
+        logit_scale = real(1.0) if folded else real(scale)
 
-        k2s = cuda.shared.array((key_tile, d), np.float64)
-        v2s = cuda.shared.array((key_tile, dv), np.float64)
+        k2s = cuda.shared.array((key_tile, d), real)
+        v2s = cuda.shared.array((key_tile, dv), real)
         red = cuda.shared.array(threads, np.float64)
-        a = cuda.local.array(d, np.float64)
-        t = cuda.local.array(dv, np.float64)
+        a = cuda.local.array(d, real)
+        t = cuda.local.array(dv, real)
         acc = cuda.local.array(dv, np.float64)
         for m in range(dv):
             acc[m] = 0.0
-        row_max = -math.inf
+        row_max = real(-math.inf)
         row_sum = 0.0
 
         for j10 in range(block_start1, block_end1, lanes):
@@ -160,37 +175,40 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
             active = j1 >= start1 and j1 < end1
             if active:
                 for l in range(d):
-                    a[l] = scale * float(Q[b, i, l]) * float(K1[kb, j1, l])
+                    a[l] = real(row_factor * float(Q[b, i, l]) * float(K1[kb, j1, l]))
             for m in range(dv):
-                t[m] = 0.0
+                t[m] = real(0.0)
             for k0 in range(block_start2, block_end2, key_tile):
                 _stage_key_tile(K2, V2, kb, k0, k2s, v2s, tid, threads)
                 if active:
+                    tile_sum = real(0.0)
                     for jj in range(max(0, start2 - k0), min(key_tile, end2 - k0)):
-                        s = 0.0
+                        s = real(0.0)
                         for l in range(d):
                             s += a[l] * k2s[jj, l]
                         if s > row_max:
-                            corr = math.exp(row_max - s)
+                            corr = math.exp((row_max - s) * logit_scale)
                             row_sum *= corr
+                            tile_sum *= corr
                             for m in range(dv):
                                 t[m] *= corr
                                 acc[m] *= corr
                             row_max = s
-                        p = math.exp(s - row_max)
-                        row_sum += p
+                        p = math.exp((s - row_max) * logit_scale)
+                        tile_sum += p
                         for m in range(dv):
                             t[m] += p * v2s[jj, m]
+                    row_sum += tile_sum
             if active:
                 for m in range(dv):
-                    acc[m] += V1[kb, j1, m] * t[m]
+                    acc[m] += float(V1[kb, j1, m]) * float(t[m])
 
         red[tid] = row_max
         cuda.syncthreads()
         _lane_reduce(red, tid, lane, lanes, True)
         top = red[tid - lane]
         cuda.syncthreads()
-        corr = math.exp(row_max - top) if row_max > -math.inf else 0.0
+        corr = math.exp((float(row_max) - top) * float(logit_scale)) if row_max > -math.inf else 0.0
         red[tid] = row_sum * corr
         cuda.syncthreads()
         _lane_reduce(red, tid, lane, lanes, False)
@@ -204,15 +222,23 @@ def _forward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, 
                 O[b, i, m] = red[tid] / total
             cuda.syncthreads()
         if lane == 0 and valid:
-            lse[b, i] = top + math.log(total)
+            lse[b, i] = top * float(logit_scale) + math.log(total)
 
     return kernel
 
 
 @lru_cache(maxsize=None)
-def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int, key_tile: int):
-    """The backward kernel for one (d, dv) and launch shape: threads own rows of (Ka, Va), the
-    block streams (Kb, Vb); accumulates dKa, dVa (atomics) and, with ``write_dq``, writes dQ."""
+def _backward_kernel(d: int, dv: int, compute: str, threads: int, query_tile: int, lanes: int, key_tile: int):
+    """The backward kernel for one (d, dv), working precision and launch shape: threads own rows
+    of (Ka, Va), the block streams (Kb, Vb); accumulates dKa, dVa (atomics) and, with
+    ``write_dq``, writes dQ.
+
+    float32 exponentiates ((s − hi) − lo)·scale with hi + lo = lse/scale split into two float32
+    numbers (the difference with the dominant logits is then exact), and sums dS, dZ, U and the
+    value products in float32 per thread; the atomics and dQ add in float64.
+    """
+    real = np.dtype(compute).type
+    folded = compute == "float64"
 
     @cuda.jit
     def kernel(Q, Ka, Kb, Va, Vb, key_batch, dO, lse, delta, scale, causal, width_a, width_b, write_dq, dQ, dKa,
@@ -221,16 +247,20 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
         kb = key_batch[b]
         block_starta, block_enda, starta, enda = _key_box(causal, width_a, Ka.shape[1], i, valid, first, last)
         block_startb, block_endb, startb, endb = _key_box(causal, width_b, Kb.shape[1], i, valid, first, last)
-        shift = lse[b, i] if valid else 0.0
-        di = delta[b, i] if valid else 0.0
+        row_factor = scale if folded else 1.0
+        logit_scale = real(1.0) if folded else real(scale)
+        shift = lse[b, i] / float(logit_scale) if valid else 0.0
+        shift_hi = real(shift)
+        shift_lo = real(shift - float(shift_hi))
+        di = real(delta[b, i]) if valid else real(0.0)
 
-        kbs = cuda.shared.array((key_tile, d), np.float64)
-        vbs = cuda.shared.array((key_tile, dv), np.float64)
+        kbs = cuda.shared.array((key_tile, d), real)
+        vbs = cuda.shared.array((key_tile, dv), real)
         red = cuda.shared.array(threads, np.float64)
-        a = cuda.local.array(d, np.float64)
-        g = cuda.local.array(dv, np.float64)
-        u = cuda.local.array(d, np.float64)
-        pv = cuda.local.array(dv, np.float64)
+        a = cuda.local.array(d, real)
+        g = cuda.local.array(dv, real)
+        u = cuda.local.array(d, real)
+        pv = cuda.local.array(dv, real)
         dq = cuda.local.array(d, np.float64)
         for l in range(d):
             dq[l] = 0.0
@@ -240,22 +270,22 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
             active = ja >= starta and ja < enda
             if active:
                 for l in range(d):
-                    a[l] = scale * float(Q[b, i, l]) * float(Ka[kb, ja, l])
+                    a[l] = real(row_factor * float(Q[b, i, l]) * float(Ka[kb, ja, l]))
                 for m in range(dv):
-                    g[m] = float(dO[b, i, m]) * float(Va[kb, ja, m])
+                    g[m] = real(float(dO[b, i, m]) * float(Va[kb, ja, m]))
             for l in range(d):
-                u[l] = 0.0
+                u[l] = real(0.0)
             for m in range(dv):
-                pv[m] = 0.0
+                pv[m] = real(0.0)
             for k0 in range(block_startb, block_endb, key_tile):
                 _stage_key_tile(Kb, Vb, kb, k0, kbs, vbs, tid, threads)
                 if active:
                     for jj in range(max(0, startb - k0), min(key_tile, endb - k0)):
-                        s = 0.0
+                        s = real(0.0)
                         for l in range(d):
                             s += a[l] * kbs[jj, l]
-                        p = math.exp(s - shift)
-                        ds = 0.0
+                        p = math.exp(((s - shift_hi) - shift_lo) * logit_scale)
+                        ds = real(0.0)
                         for m in range(dv):
                             ds += g[m] * vbs[jj, m]
                             pv[m] += p * vbs[jj, m]
@@ -264,10 +294,10 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
                             u[l] += dz * kbs[jj, l]
             if active:
                 for l in range(d):
-                    cuda.atomic.add(dKa, (kb, ja, l), scale * float(Q[b, i, l]) * u[l])
-                    dq[l] += scale * float(Ka[kb, ja, l]) * u[l]
+                    cuda.atomic.add(dKa, (kb, ja, l), scale * float(Q[b, i, l]) * float(u[l]))
+                    dq[l] += scale * float(Ka[kb, ja, l]) * float(u[l])
                 for m in range(dv):
-                    cuda.atomic.add(dVa, (kb, ja, m), dO[b, i, m] * pv[m])
+                    cuda.atomic.add(dVa, (kb, ja, m), float(dO[b, i, m]) * float(pv[m]))
 
         if write_dq:
             for l in range(d):
@@ -281,18 +311,32 @@ def _backward_kernel(d: int, dv: int, threads: int, query_tile: int, lanes: int,
     return kernel
 
 
-def _check_logit_range(inputs: AttentionInputs) -> None:
-    q_max, k1_max, k2_max = (np.maximum(hi, -lo) for lo, hi in
-                             (_device.column_extrema(x) for x in (inputs.Q, inputs.K1, inputs.K2)))
-    check_logit_range(inputs.scale, q_max, k1_max, k2_max, inputs.key_batch)
+def _abs_maxima(*arrays) -> tuple[np.ndarray, ...]:
+    """Host column maxima (B, d) of |x| for device arrays (B, n, d)."""
+    return tuple(np.maximum(hi, -lo).astype(np.float64) for lo, hi in (_device.column_extrema(x) for x in arrays))
 
 
-def _configured(kernel_factory, inputs: AttentionInputs):
-    """The kernel for these inputs' (d, dv), configured with one block per (batch entry, query tile)."""
+def precision(inputs: AttentionInputs, dO=None) -> Precision:
+    """The working precision of the exact CUDA kernels (:func:`tattn_numba.exact.precision.choose`
+    on the device arrays' column maxima), after rejecting logits that could overflow float64. The
+    float32 kernels keep the scale out of the products, so a float32 choice that needs it folded
+    runs the float64 kernels instead (those always fold it)."""
+    logit_maxima = _abs_maxima(inputs.Q, inputs.K1, inputs.K2)
+    check_logit_range(inputs.scale, *logit_maxima, inputs.key_batch)
+    values = None if dO is None else _abs_maxima(dO, inputs.V1, inputs.V2)
+    chosen = choose(inputs.dtype, inputs.scale, inputs.key_batch, logit_maxima, values)
+    if chosen.dtype == np.float32 and not chosen.folded:
+        return chosen
+    return Precision(np.dtype(np.float64), True)
+
+
+def _configured(kernel_factory, inputs: AttentionInputs, compute: Precision):
+    """The kernel for these inputs' (d, dv) and working precision, configured with one block per
+    (batch entry, query tile)."""
     B, n, d = inputs.Q.shape
     dv = inputs.V1.shape[2]
-    threads, query_tile, lanes, key_tile = _launch_shape(d, dv)
-    kernel = kernel_factory(d, dv, threads, query_tile, lanes, key_tile)
+    threads, query_tile, lanes, key_tile = _launch_shape(d, dv, compute.dtype.itemsize)
+    kernel = kernel_factory(d, dv, compute.dtype.name, threads, query_tile, lanes, key_tile)
     return kernel[B * -(-n // query_tile), threads]
 
 
@@ -302,12 +346,12 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True):
 
     Time Θ(B·n·m1·m2·(d + dv)) on the device; extra memory O(B·n·dv) for the outputs.
     """
-    _check_logit_range(inputs)
+    compute = precision(inputs)
     B, n, _ = inputs.Q.shape
     O = _device.device_empty((B, n, inputs.V1.shape[2]), np.float64)
     lse = _device.device_empty((B, n), np.float64)
     causal, width1, width2 = inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1])
-    _configured(_forward_kernel, inputs)(
+    _configured(_forward_kernel, inputs, compute)(
         inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2, _device.to_device(inputs.key_batch), inputs.scale,
         causal, width1, width2, O, lse
     )
@@ -326,7 +370,7 @@ def backward(inputs: AttentionInputs, O, lse, certificate: None, saved: None, dO
     delta = _device.row_dots(dO, O)
     dQ, dK1, dK2, dV1, dV2 = (_device.device_zeros(tuple(x.shape)) for x in
                               (inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2))
-    kernel = _configured(_backward_kernel, inputs)
+    kernel = _configured(_backward_kernel, inputs, precision(inputs, dO))
     Q, K1, K2, V1, V2 = inputs.Q, inputs.K1, inputs.K2, inputs.V1, inputs.V2
     causal, width1, width2 = inputs.mask.kernel_args(K1.shape[1], K2.shape[1])
     key_batch = _device.to_device(inputs.key_batch)

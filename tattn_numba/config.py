@@ -16,6 +16,11 @@ KEY_TILE_1, KEY_TILE_2 : int
     Rows of K1 and of K2 per logit tile of the exact CPU kernels: a query row's logits are
     computed KEY_TILE_2 × KEY_TILE_1 at a time (8·KEY_TILE_1·KEY_TILE_2 bytes, meant to stay
     in the L1/L2 cache).
+QUERY_HEADS_PER_TASK : int
+    Query heads of one group (grouped key/value heads) that an exact CPU task computes together,
+    so that each key block it reads serves all of them while it is in the cache
+    (``TATTN_NUMBA_QUERY_HEADS_PER_TASK``, default 4; fewer when the group is smaller or the
+    tasks would be too few to keep the threads busy).
 POLY_CHUNK_ROWS : int
     Largest number of rows of a feature matrix (U1, U2 or U3) the polynomial surrogate
     materialises at once (``TATTN_NUMBA_POLY_CHUNK_ROWS``); fewer when the memory budget asks.
@@ -66,7 +71,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "POLY_CHUNK_ROWS", "FEATURE_BLOCK_ROWS",
+__all__ = ["FASTMATH", "CACHE", "KEY_TILE_1", "KEY_TILE_2", "QUERY_HEADS_PER_TASK", "POLY_CHUNK_ROWS", "FEATURE_BLOCK_ROWS",
            "PAPER_CHUNK_BYTES", "PAPER_CHUNK_ROWS", "SERIAL_BELOW_FLOPS", "MEMORY_BUDGET_BYTES",
            "CUDA_THREADS_PER_BLOCK", "CUDA_QUERY_TILE", "CUDA_KEY_TILE", "CUDA_TILE_BYTES", "CUDA_GEMM_TILE"]
 
@@ -90,6 +95,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 CACHE = os.environ.get("TATTN_NUMBA_CACHE", "1") != "0"
 KEY_TILE_1 = _env_int("TATTN_NUMBA_KEY_TILE_1", 128)
 KEY_TILE_2 = _env_int("TATTN_NUMBA_KEY_TILE_2", 32)
+QUERY_HEADS_PER_TASK = _env_int("TATTN_NUMBA_QUERY_HEADS_PER_TASK", 4)
 SERIAL_BELOW_FLOPS = _env_int("TATTN_NUMBA_SERIAL_BELOW_FLOPS", 30_000_000)
 POLY_CHUNK_ROWS = _env_int("TATTN_NUMBA_POLY_CHUNK_ROWS", 8192)
 FEATURE_BLOCK_ROWS = 1024

@@ -141,6 +141,37 @@ def test_beyond_default_tiles(causal):
     assert_grads_match(ta.attention_backward(state, dO), Q, K1, K2, V1, V2, dO, causal=causal)
 
 
+@pytest.mark.parametrize("heads", [1, 3, 8])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grouped_heads_share_key_blocks(monkeypatch, heads, causal, dtype):
+    """8 query heads over 2 key/value heads, computed ``heads`` to a task (chunks of 1, of 3 with a
+    remainder of 2, all 8): the same as every query head on its own copy of its key head, with
+    the key gradients summed over the group (small tiles, so every head crosses block edges)."""
+    monkeypatch.setattr(config, "QUERY_HEADS_PER_TASK", heads)
+    monkeypatch.setattr(config, "KEY_TILE_1", 4)
+    monkeypatch.setattr(config, "KEY_TILE_2", 3)
+    monkeypatch.setattr(config, "SERIAL_BELOW_FLOPS", 0)
+    rng = np.random.default_rng(21)
+    n = 9
+    Q, dO = (rng.standard_normal((2, 8, n, k)).astype(dtype) for k in (4, 3))
+    K1, K2, V1, V2 = (rng.standard_normal((2, 2, n, k)).astype(dtype) for k in (4, 4, 3, 3))
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, causal=causal)
+    grads = ta.attention_backward(state, dO)
+    repeated = [np.repeat(x, 4, axis=1) for x in (K1, K2, V1, V2)]
+    O_ref, state_ref = ta.attention_forward(Q, *repeated, causal=causal)
+    grads_ref = ta.attention_backward(state_ref, dO)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(O, O_ref, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(state.lse, state_ref.lse, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads.dQ, grads_ref.dQ, rtol=rtol, atol=rtol)
+    for g, g_ref in zip(grads[1:], grads_ref[1:]):
+        summed = g_ref.astype(np.float64).reshape(2, 2, 4, n, -1).sum(axis=2)
+        np.testing.assert_allclose(g, summed, rtol=rtol, atol=10 * rtol)
+    assert_forward_matches(O_ref, state_ref.lse, Q, *repeated, causal=causal)
+    assert_grads_match(grads_ref, Q, *repeated, dO, causal=causal)
+
+
 def test_single_thread_matches_parallel(monkeypatch):
     """Per-worker accumulators: the result does not depend on the number of threads."""
     import numba

@@ -347,9 +347,10 @@ def _assert_within(result, label):
     assert peak >= 0.75 * estimate, report
 
 
-# the exact path: n-dominated (Q, O, dQ, dO and their float64 copies) and m1-dominated (K1, V1
-# transposed copies, per-thread accumulators) problems; a few seconds each
-_EXACT_SHAPES = [(1, 60_000, 4, 4, 64, 64), (2, 2, 100_000, 2, 32, 16)]
+# the exact path: n-dominated (Q, O, dQ, dO and their float64 copies), m1-dominated (K1, V1
+# transposed copies, per-thread accumulators) and m2-dominated (K2, V2 transposed copies)
+# problems; a few seconds each
+_EXACT_SHAPES = [(1, 60_000, 4, 4, 64, 64), (2, 2, 100_000, 2, 32, 16), (2, 2, 2, 100_000, 32, 16)]
 
 
 @needs_rss

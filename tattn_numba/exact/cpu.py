@@ -223,34 +223,83 @@ def _tile_max(buf, count):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _mm_row(coef, c, Y, ldy, o, inner, cols):
+    """``o[:cols] += Σ_k coef[c + k] · Y[k, :cols]``: one output row of :func:`_mm`, ``k``
+    unrolled by four."""
+    k = 0
+    while k + 4 <= inner:
+        w0, w1, w2, w3 = coef[c + k], coef[c + k + 1], coef[c + k + 2], coef[c + k + 3]
+        y0 = Y[k * ldy: k * ldy + cols]
+        y1 = Y[(k + 1) * ldy: (k + 1) * ldy + cols]
+        y2 = Y[(k + 2) * ldy: (k + 2) * ldy + cols]
+        y3 = Y[(k + 3) * ldy: (k + 3) * ldy + cols]
+        for j in range(cols):
+            o[j] += w0 * y0[j] + w1 * y1[j] + w2 * y2[j] + w3 * y3[j]
+        k += 4
+    while k < inner:
+        w0 = coef[c + k]
+        y0 = Y[k * ldy: k * ldy + cols]
+        for j in range(cols):
+            o[j] += w0 * y0[j]
+        k += 1
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _mm(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
     """``out[a, :cols] (+)= Σ_k coef[a, k] · Y[k, :cols]`` for ``a < rows``, ``k < inner``.
 
-    Row-major flat operands with leading dimensions ``ldc``, ``ldy``, ``ldo``. The inner
-    loop is an axpy over a contiguous row; ``k`` is unrolled by four so each pass does four
-    fused multiply-adds per load and store of ``out``.
+    Row-major flat operands with leading dimensions ``ldc``, ``ldy``, ``ldo``. Register-blocked
+    4 × 4: four output rows and four rows of ``Y`` per pass of the vectorised loop over the
+    columns, so each load of ``Y`` feeds four rows and each load and store of ``out`` sixteen
+    fused multiply-adds (1.5× the rate of one row at a time, docs/exact_kernels.md); the
+    remaining rows go one at a time (:func:`_mm_row`).
     """
-    for a in range(rows):
-        o = out[a * ldo: a * ldo + cols]
+    a = 0
+    while a + 4 <= rows:
+        o0 = out[a * ldo: a * ldo + cols]
+        o1 = out[(a + 1) * ldo: (a + 1) * ldo + cols]
+        o2 = out[(a + 2) * ldo: (a + 2) * ldo + cols]
+        o3 = out[(a + 3) * ldo: (a + 3) * ldo + cols]
         if not accumulate:
-            o[:] = 0.0
-        c = a * ldc
+            o0[:] = 0.0
+            o1[:] = 0.0
+            o2[:] = 0.0
+            o3[:] = 0.0
+        c0, c1, c2, c3 = a * ldc, (a + 1) * ldc, (a + 2) * ldc, (a + 3) * ldc
         k = 0
         while k + 4 <= inner:
-            w0, w1, w2, w3 = coef[c + k], coef[c + k + 1], coef[c + k + 2], coef[c + k + 3]
             y0 = Y[k * ldy: k * ldy + cols]
             y1 = Y[(k + 1) * ldy: (k + 1) * ldy + cols]
             y2 = Y[(k + 2) * ldy: (k + 2) * ldy + cols]
             y3 = Y[(k + 3) * ldy: (k + 3) * ldy + cols]
+            w00, w01, w02, w03 = coef[c0 + k], coef[c0 + k + 1], coef[c0 + k + 2], coef[c0 + k + 3]
+            w10, w11, w12, w13 = coef[c1 + k], coef[c1 + k + 1], coef[c1 + k + 2], coef[c1 + k + 3]
+            w20, w21, w22, w23 = coef[c2 + k], coef[c2 + k + 1], coef[c2 + k + 2], coef[c2 + k + 3]
+            w30, w31, w32, w33 = coef[c3 + k], coef[c3 + k + 1], coef[c3 + k + 2], coef[c3 + k + 3]
             for j in range(cols):
-                o[j] += w0 * y0[j] + w1 * y1[j] + w2 * y2[j] + w3 * y3[j]
+                x0, x1, x2, x3 = y0[j], y1[j], y2[j], y3[j]
+                o0[j] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                o1[j] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+                o2[j] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+                o3[j] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
             k += 4
         while k < inner:
-            w0 = coef[c + k]
             y0 = Y[k * ldy: k * ldy + cols]
+            w0, w1, w2, w3 = coef[c0 + k], coef[c1 + k], coef[c2 + k], coef[c3 + k]
             for j in range(cols):
-                o[j] += w0 * y0[j]
+                x0 = y0[j]
+                o0[j] += w0 * x0
+                o1[j] += w1 * x0
+                o2[j] += w2 * x0
+                o3[j] += w3 * x0
             k += 1
+        a += 4
+    while a < rows:
+        o = out[a * ldo: a * ldo + cols]
+        if not accumulate:
+            o[:] = 0.0
+        _mm_row(coef, a * ldc, Y, ldy, o, inner, cols)
+        a += 1
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -289,17 +338,6 @@ def _mm_nt(X, ldx, Y, ldy, out, ldo, rows, outcols, inner):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _load_rows(src, b, r0, nrows, ncols, dst, transpose):
-    """Copy ``src[b, r0:r0+nrows, :ncols]`` into the flat ``dst``, row-major or transposed."""
-    for r in range(nrows):
-        for c in range(ncols):
-            if transpose:
-                dst[c * nrows + r] = src[b, r0 + r, c]
-            else:
-                dst[r * ncols + c] = src[b, r0 + r, c]
-
-
-@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _row_times_block(x, b, i, yT, kb, j0, count, factor, out):
     """``out[l, jj] = factor · x[b, i, l] · yT[kb, l, j0 + jj]``: a query row times a key block
     (the product formed in float64 and rounded once to ``out``'s precision)."""
@@ -311,153 +349,188 @@ def _row_times_block(x, b, i, yT, kb, j0, count, factor, out):
 
 
 @numba.njit(inline="always", cache=config.CACHE)
-def _task_box(task, n, m1, m2, mask, key_batch):
-    """Batch entry ``b`` and query row ``i`` of ``task`` (= b·n + i), the key/value entry ``kb``
-    it attends with (``key_batch[b]``, :class:`tattn_numba.heads.HeadLayout`) and the row's mask
-    box ``[start1, end1) × [start2, end2)`` (``mask`` from
-    :meth:`tattn_numba.mask.Mask.kernel_args`)."""
-    b = task // n
-    i = task - b * n
+def _task_box(task, n, chunks, heads, group, m1, m2, mask):
+    """Key/value entry ``kb``, query row ``i`` and query heads ``[g0, g1)`` of its group for
+    ``task`` (= (kb·chunks + chunk)·n + i, ``chunks`` = ceil(group / heads) chunks of at most
+    ``heads`` query heads), and the row's mask box ``[start1, end1) × [start2, end2)`` (``mask``
+    from :meth:`tattn_numba.mask.Mask.kernel_args`), the same for every head of the chunk."""
+    entry = task // n
+    i = task - entry * n
+    kb = entry // chunks
+    g0 = (entry - kb * chunks) * heads
     start1, end1 = key_range_jit(mask[0], mask[1], i, m1)
     start2, end2 = key_range_jit(mask[0], mask[2], i, m2)
-    return b, key_batch[b], i, start1, end1, start2, end2
+    return kb, i, g0, min(group, g0 + heads), start1, end1, start2, end2
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _forward_kernel(Q, K1T, K2, V1T, V2, key_batch, scale, folded, mask, tile1, tile2, workers, O, lse):
+def _forward_kernel(Q, K1T, K2, V1T, V2T, members, heads, scale, folded, mask, tile1, tile2, workers, O, lse):
     """Streaming forward (SPEC §1), in the precision of the inputs (float32 or float64).
 
-    Q (B,n,d), K1T (Bk,d,m1), K2 (Bk,m2,d), V1T (Bk,dv,m1), V2 (Bk,m2,dv) in, ``key_batch`` (B,)
-    the key entry of each batch entry; O (B,n,dv) and lse (B,n) out; ``mask`` is
-    :meth:`tattn_numba.mask.Mask.kernel_args`; ``folded`` puts the scale into the query row
-    instead of the exponent (:class:`Precision`). Task (b, i) loops
-    over blocks of ``tile1`` rows of K1 and ``tile2`` rows of K2 inside its mask box; per
-    block it forms the unscaled logit tile S[j2, j1] = K2 · (Q_i ∘ K1)^T, updates the
-    running maximum of scale·S, exponentiates in place and accumulates T[m, j1] += V2^T · P;
-    each finished K1 block is folded into the output row with V1. The running maximum and sum,
-    the output accumulator and the fold are float64 whatever the input precision.
+    Q (B,n,d), K1T (Bk,d,m1), K2 (Bk,m2·d) (K2 flattened), V1T (Bk,dv,m1), V2T (Bk,dv·m2) (V2
+    transposed and flattened) in; ``members`` (Bk, G): the batch entries of each key entry's group (grouped heads,
+    :class:`tattn_numba.heads.HeadLayout`; G = 1 without); O (B,n,dv) and lse (B,n) out; ``mask``
+    is :meth:`tattn_numba.mask.Mask.kernel_args`; ``folded`` puts the scale into the query row
+    instead of the exponent (:class:`Precision`). A task is one query row i of up to ``heads``
+    query heads of one group: it loops over blocks of ``tile1`` rows of K1 and ``tile2`` rows of
+    K2 inside the row's mask box, and every head of the task uses each block while it is in the
+    cache. Per head and block it forms the unscaled logit tile S[j2, j1] = K2 · (Q_i ∘ K1)^T,
+    updates the running maximum of scale·S, exponentiates in place and accumulates
+    T[m, j1] += V2^T · P; each finished K1 block is folded into the head's output row with V1.
+    The running maximum and sum, the output accumulator and the fold are float64 whatever the
+    input precision; the key blocks are read in place (no copies).
     """
-    B, n, d = Q.shape
-    m1, m2, dv = K1T.shape[2], K2.shape[1], V2.shape[2]
+    n, d = Q.shape[1], Q.shape[2]
+    Bk, group = members.shape
+    m1, m2, dv = K1T.shape[2], K2.shape[1] // d, V1T.shape[1]
+    chunks = (group + heads - 1) // heads
     row_factor, logit_scale = (scale, 1.0) if folded else (1.0, scale)
     for w in numba.prange(workers):
-        a_t = np.empty(d * tile1, Q.dtype)
+        a_t = np.empty((heads, d * tile1), Q.dtype)
+        t_t = np.empty((heads, dv * tile1), Q.dtype)
         s_t = np.empty(tile2 * tile1, Q.dtype)
-        t_t = np.empty(dv * tile1, Q.dtype)
-        k2_blk = np.empty(tile2 * d, Q.dtype)
-        v2t_blk = np.empty(dv * tile2, Q.dtype)
-        acc = np.empty(dv)
-        for task in range(w, B * n, workers):
-            b, kb, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask, key_batch)
-            row_max = -np.inf
-            row_sum = 0.0
+        acc = np.empty((heads, dv))
+        row_max = np.empty(heads)
+        row_sum = np.empty(heads)
+        for task in range(w, Bk * chunks * n, workers):
+            kb, i, g0, g1, start1, end1, start2, end2 = _task_box(task, n, chunks, heads, group, m1, m2, mask)
+            row_max[:] = -np.inf
+            row_sum[:] = 0.0
             acc[:] = 0.0
             for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
-                _row_times_block(Q, b, i, K1T, kb, j0, c1, row_factor, a_t)
-                t_t[: dv * c1] = 0.0
+                for g in range(g1 - g0):
+                    _row_times_block(Q, members[kb, g0 + g], i, K1T, kb, j0, c1, row_factor, a_t[g])
+                    t_t[g, : dv * c1] = 0.0
                 for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
-                    _load_rows(K2, kb, k0, c2, d, k2_blk, False)
-                    _load_rows(V2, kb, k0, c2, dv, v2t_blk, True)
-                    _mm(k2_blk, d, a_t, c1, s_t, c1, c2, d, c1, False)
-                    tile_max = logit_scale * _tile_max(s_t, c2 * c1)
-                    if tile_max > row_max:
-                        corr = math.exp(row_max - tile_max)
-                        row_sum *= corr
-                        for m in range(dv):
-                            acc[m] *= corr
-                        for jj in range(dv * c1):
-                            t_t[jj] *= corr
-                        row_max = tile_max
-                    row_sum += _exp_shifted(s_t, c2 * c1, logit_scale, row_max)
-                    _mm(v2t_blk, c2, s_t, c1, t_t, c1, dv, c2, c1, True)
+                    k2_blk = K2[kb, k0 * d: (k0 + c2) * d]
+                    v2t_blk = V2T[kb, k0:]  # rows of length m2 from column k0 on
+                    for g in range(g1 - g0):
+                        t_g = t_t[g]
+                        _mm(k2_blk, d, a_t[g], c1, s_t, c1, c2, d, c1, False)
+                        tile_max = logit_scale * _tile_max(s_t, c2 * c1)
+                        if tile_max > row_max[g]:
+                            corr = math.exp(row_max[g] - tile_max)
+                            row_sum[g] *= corr
+                            for m in range(dv):
+                                acc[g, m] *= corr
+                            for jj in range(dv * c1):
+                                t_g[jj] *= corr
+                            row_max[g] = tile_max
+                        row_sum[g] += _exp_shifted(s_t, c2 * c1, logit_scale, row_max[g])
+                        _mm(v2t_blk, m2, s_t, c1, t_g, c1, dv, c2, c1, True)
+                for g in range(g1 - g0):
+                    for m in range(dv):
+                        total = 0.0
+                        for jj in range(c1):
+                            total += V1T[kb, m, j0 + jj] * t_t[g, m * c1 + jj]
+                        acc[g, m] += total
+            for g in range(g1 - g0):
+                b = members[kb, g0 + g]
+                inv = 1.0 / row_sum[g]
                 for m in range(dv):
-                    total = 0.0
-                    for jj in range(c1):
-                        total += V1T[kb, m, j0 + jj] * t_t[m * c1 + jj]
-                    acc[m] += total
-            inv = 1.0 / row_sum
-            for m in range(dv):
-                O[b, i, m] = acc[m] * inv
-            lse[b, i] = row_max + math.log(row_sum)
+                    O[b, i, m] = acc[g, m] * inv
+                lse[b, i] = row_max[g] + math.log(row_sum[g])
 
 
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _backward_kernel(Q, K1T, K2, V1T, V2, key_batch, dO, lse, delta, scale, folded, mask, tile1, tile2, workers,
-                     dQ, dK1T, dK2, dV1T, dV2):
+def _backward_kernel(Q, K1T, K2, K2T, V1T, V2, V2T, members, heads, dO, lse, delta, scale, folded, mask, tile1,
+                     tile2, workers, dQ, dK1T, dK2, dV1T, dV2):
     """Streaming backward (SPEC §2) from the forward's ``lse``; ``delta = rowsum(dO ∘ O)``.
 
-    Per task (b, i) and block: P = exp(S − lse_i), dS = V2 · (dO_i ∘ V1)^T,
-    dZ = P ∘ (dS − δ_i); then U = K2^T dZ and PV = V2^T P feed dQ, dK1 and dV1, and
-    dK2 += scale·dZ A^T, dV2 += P G^T with A = Q_i ∘ K1 (scale·Q_i ∘ K1 when ``folded``),
-    G = dO_i ∘ V1, all in the precision of the arrays; the sums over a task's K1 block are
-    added into float64. dQ (B,n,d) is written
-    directly (a row belongs to one task); dK1T (W,Bk,d,m1), dK2 (W,Bk,m2,d), dV1T (W,Bk,dv,m1),
-    dV2 (W,Bk,m2,dv) are per-worker accumulators, summed by the caller; batch entry b adds into
-    key entry ``key_batch[b]`` (grouped heads sum over their group there).
+    Tasks, blocks and heads as in :func:`_forward_kernel`; K2 (Bk,m2·d) and V2 (Bk,m2·dv)
+    flattened, K2T (Bk,d·m2) and V2T (Bk,dv·m2) transposed and flattened. Per head and block:
+    P = exp(scale·S − lse_i), dS = V2 · (dO_i ∘ V1)^T, dZ = P ∘ (dS − δ_i); then U = K2^T dZ and
+    PV = V2^T P feed dQ, dK1 and dV1, and dK2 += scale·dZ A^T, dV2 += P G^T with A = Q_i ∘ K1
+    (scale·Q_i ∘ K1 when ``folded``), G = dO_i ∘ V1, all in the precision of the arrays; the sums
+    over a K1 block are added into float64. dQ (B,n,d) is written directly (a row belongs to one
+    task); dK1T (W,Bk,d,m1), dK2 (W,Bk,m2,d), dV1T (W,Bk,dv,m1), dV2 (W,Bk,m2,dv) are per-worker
+    accumulators, summed by the caller; the heads of a group add into their key entry there.
     """
-    B, n, d = Q.shape
-    m1, m2, dv = K1T.shape[2], K2.shape[1], V2.shape[2]
+    n, d = Q.shape[1], Q.shape[2]
+    Bk, group = members.shape
+    m1, m2, dv = K1T.shape[2], K2.shape[1] // d, V1T.shape[1]
+    chunks = (group + heads - 1) // heads
     row_factor, logit_scale = (scale, 1.0) if folded else (1.0, scale)
     for w in numba.prange(workers):
-        a_t = np.empty(d * tile1, Q.dtype)
-        g_t = np.empty(dv * tile1, Q.dtype)
+        a_t = np.empty((heads, d * tile1), Q.dtype)
+        g_t = np.empty((heads, dv * tile1), Q.dtype)
+        u_t = np.empty((heads, d * tile1), Q.dtype)
+        pv_t = np.empty((heads, dv * tile1), Q.dtype)
         p_t = np.empty(tile2 * tile1, Q.dtype)
         dz_t = np.empty(tile2 * tile1, Q.dtype)
-        u_t = np.empty(d * tile1, Q.dtype)
-        pv_t = np.empty(dv * tile1, Q.dtype)
-        k2_blk = np.empty(tile2 * d, Q.dtype)
-        k2t_blk = np.empty(d * tile2, Q.dtype)
-        v2_blk = np.empty(tile2 * dv, Q.dtype)
-        v2t_blk = np.empty(dv * tile2, Q.dtype)
         dk2_blk = np.empty(tile2 * d, Q.dtype)
         dv2_blk = np.empty(tile2 * dv, Q.dtype)
-        for task in range(w, B * n, workers):
-            b, kb, i, start1, end1, start2, end2 = _task_box(task, n, m1, m2, mask, key_batch)
-            shift = lse[b, i]
-            di = _typed(p_t, delta[b, i])
+        for task in range(w, Bk * chunks * n, workers):
+            kb, i, g0, g1, start1, end1, start2, end2 = _task_box(task, n, chunks, heads, group, m1, m2, mask)
             for j0 in range(start1, end1, tile1):
                 c1 = min(tile1, end1 - j0)
-                _row_times_block(Q, b, i, K1T, kb, j0, c1, row_factor, a_t)
-                _row_times_block(dO, b, i, V1T, kb, j0, c1, 1.0, g_t)
+                for g in range(g1 - g0):
+                    b = members[kb, g0 + g]
+                    _row_times_block(Q, b, i, K1T, kb, j0, c1, row_factor, a_t[g])
+                    _row_times_block(dO, b, i, V1T, kb, j0, c1, 1.0, g_t[g])
                 for k0 in range(start2, end2, tile2):
                     c2 = min(tile2, end2 - k0)
-                    _load_rows(K2, kb, k0, c2, d, k2_blk, False)
-                    _load_rows(K2, kb, k0, c2, d, k2t_blk, True)
-                    _load_rows(V2, kb, k0, c2, dv, v2_blk, False)
-                    _load_rows(V2, kb, k0, c2, dv, v2t_blk, True)
-                    _mm(k2_blk, d, a_t, c1, p_t, c1, c2, d, c1, False)
-                    _exp_shifted(p_t, c2 * c1, logit_scale, shift)
-                    _mm(v2_blk, dv, g_t, c1, dz_t, c1, c2, dv, c1, False)
-                    for jj in range(c2 * c1):
-                        dz_t[jj] = p_t[jj] * (dz_t[jj] - di)
+                    k2_blk = K2[kb, k0 * d: (k0 + c2) * d]
+                    v2_blk = V2[kb, k0 * dv: (k0 + c2) * dv]
+                    k2t_blk = K2T[kb, k0:]  # rows of length m2 from column k0 on
+                    v2t_blk = V2T[kb, k0:]
                     first = k0 == start2
-                    _mm(k2t_blk, c2, dz_t, c1, u_t, c1, d, c2, c1, not first)
-                    _mm(v2t_blk, c2, p_t, c1, pv_t, c1, dv, c2, c1, not first)
-                    _mm_nt(dz_t, c1, a_t, c1, dk2_blk, d, c2, d, c1)
-                    _mm_nt(p_t, c1, g_t, c1, dv2_blk, dv, c2, dv, c1)
-                    for cc in range(c2):
-                        for l in range(d):
-                            dK2[w, kb, k0 + cc, l] += logit_scale * dk2_blk[cc * d + l]
-                        for m in range(dv):
-                            dV2[w, kb, k0 + cc, m] += dv2_blk[cc * dv + m]
-                for l in range(d):
-                    total = 0.0
-                    ql = scale * Q[b, i, l]
-                    for jj in range(c1):
-                        u = u_t[l * c1 + jj]
-                        total += K1T[kb, l, j0 + jj] * u
-                        dK1T[w, kb, l, j0 + jj] += ql * u
-                    dQ[b, i, l] += scale * total
-                for m in range(dv):
-                    gm = dO[b, i, m]
-                    for jj in range(c1):
-                        dV1T[w, kb, m, j0 + jj] += gm * pv_t[m * c1 + jj]
+                    for g in range(g1 - g0):
+                        b = members[kb, g0 + g]
+                        di = _typed(p_t, delta[b, i])
+                        _mm(k2_blk, d, a_t[g], c1, p_t, c1, c2, d, c1, False)
+                        _exp_shifted(p_t, c2 * c1, logit_scale, lse[b, i])
+                        _mm(v2_blk, dv, g_t[g], c1, dz_t, c1, c2, dv, c1, False)
+                        for jj in range(c2 * c1):
+                            dz_t[jj] = p_t[jj] * (dz_t[jj] - di)
+                        _mm(k2t_blk, m2, dz_t, c1, u_t[g], c1, d, c2, c1, not first)
+                        _mm(v2t_blk, m2, p_t, c1, pv_t[g], c1, dv, c2, c1, not first)
+                        _mm_nt(dz_t, c1, a_t[g], c1, dk2_blk, d, c2, d, c1)
+                        _mm_nt(p_t, c1, g_t[g], c1, dv2_blk, dv, c2, dv, c1)
+                        for cc in range(c2):
+                            for l in range(d):
+                                dK2[w, kb, k0 + cc, l] += logit_scale * dk2_blk[cc * d + l]
+                            for m in range(dv):
+                                dV2[w, kb, k0 + cc, m] += dv2_blk[cc * dv + m]
+                for g in range(g1 - g0):
+                    b = members[kb, g0 + g]
+                    for l in range(d):
+                        total = 0.0
+                        ql = scale * Q[b, i, l]
+                        for jj in range(c1):
+                            u = u_t[g, l * c1 + jj]
+                            total += K1T[kb, l, j0 + jj] * u
+                            dK1T[w, kb, l, j0 + jj] += ql * u
+                        dQ[b, i, l] += scale * total
+                    for m in range(dv):
+                        gm = dO[b, i, m]
+                        for jj in range(c1):
+                            dV1T[w, kb, m, j0 + jj] += gm * pv_t[g, m * c1 + jj]
 
 
 def _transposed(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=dtype)
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    """(Bk, rows, cols) C-contiguous -> the (Bk, rows·cols) view the kernels slice key blocks from."""
+    return x.reshape(x.shape[0], -1)
+
+
+def _members(inputs: AttentionInputs) -> np.ndarray:
+    """(Bk, G) batch entries of each key entry's group, in order (every group has G members)."""
+    return np.argsort(inputs.key_batch, kind="stable").reshape(inputs.K1.shape[0], -1)
+
+
+def _heads_per_task(inputs: AttentionInputs) -> int:
+    """Query heads of a group that share a task's key blocks: ``config.QUERY_HEADS_PER_TASK``,
+    fewer when the group is smaller or when the tasks would be too few to keep every thread busy."""
+    B, n = inputs.Q.shape[:2]
+    group = len(inputs.key_batch) // inputs.K1.shape[0]
+    enough = max(1, (B * n) // (4 * numba.get_num_threads()))
+    return max(1, min(config.QUERY_HEADS_PER_TASK, group, enough))
 
 
 def _column_abs_max(x: np.ndarray) -> np.ndarray:
@@ -504,15 +577,17 @@ MEMORY_SLACK = 1.01
 def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize: int, workers: int,
                     backward_workers: int | None = None, *, for_backward: bool = True,
                     tile1: int | None = None, tile2: int | None = None, key_entries: int | None = None,
-                    compute_itemsize: int | None = None) -> MemoryEstimate:
+                    compute_itemsize: int | None = None, heads: int | None = None) -> MemoryEstimate:
     """Peak extra bytes of the exact CPU forward and backward, every problem-sized allocation
     counted, phase by phase (the largest phase is the peak).
 
     The kernels compute in the precision of ``compute_itemsize`` (the inputs' ``itemsize`` by
-    default; 8 for float32 inputs too large for float32 logits, :func:`compute_dtype`): inputs of
-    another itemsize get working copies once per pass (Q, K2, V2, dO); K1 and V1 are always copied
-    transposed, in the compute precision. O, lse, δ and the gradient accumulators are float64. Forward: those copies, O and lse, the per-thread
-    tiles; then the cast of O to the input dtype (and its finiteness mask) and the copies of O
+    default; 8 for float32 inputs too large for float32 logits, :func:`precision`): inputs of
+    another itemsize get working copies once per pass (Q, K2, and in the backward V2 and dO);
+    K1, V1, V2 (and in the backward K2) are always copied transposed, in the compute precision.
+    O, lse, δ and the gradient accumulators are float64. Per-thread tiles hold ``heads`` query
+    heads (``config.QUERY_HEADS_PER_TASK`` by default, an upper bound). Forward: those copies,
+    O and lse, the per-thread tiles; then the cast of O to the input dtype (and its finiteness mask) and the copies of O
     and lse that ``attention_forward`` hands out. Backward: the copies, δ, dQ, the race-free
     per-thread accumulators (``backward_workers`` × Bk·(m1 + m2)·(d + dv) floats), their
     reductions one at a time, then the casts of the gradients. The finiteness masks of the
@@ -523,16 +598,17 @@ def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize:
     tile1 = config.KEY_TILE_1 if tile1 is None else tile1
     tile2 = config.KEY_TILE_2 if tile2 is None else tile2
     backward_workers = workers if backward_workers is None else backward_workers
+    heads = config.QUERY_HEADS_PER_TASK if heads is None else heads
     f8 = 8
     c = itemsize if compute_itemsize is None else compute_itemsize
     widen = 1 if c != itemsize else 0  # working copies in the compute precision
     narrow = 1 if itemsize != 8 else 0  # float64 results cast to the input dtype
     out_o, out_lse = B * n * dv * f8, B * n * f8
-    transposed = Bk * m1 * (d + dv) * c
+    transposed = Bk * (m1 * (d + dv) + m2 * dv) * c  # K1, V1, V2
     # validation: np.isfinite(x).all() of each operand, one byte per entry
     masks = max(B * n * d, Bk * max(m1 * d, m2 * d, m1 * dv, m2 * dv))
-    tiles_forward = workers * ((d * tile1 + tile2 * tile1 + dv * tile1 + tile2 * d + dv * tile2) * c + dv * f8)
-    kernel = widen * (B * n * d + Bk * (m2 * d + m2 * dv)) * c + transposed + out_o + out_lse + tiles_forward
+    tiles_forward = workers * ((heads * (d + dv) * tile1 + tile2 * tile1) * c + heads * (dv + 2) * f8)
+    kernel = widen * (B * n * d + Bk * m2 * d) * c + transposed + out_o + out_lse + tiles_forward
     cast = B * n * dv * (narrow * itemsize + 1)  # O in the input dtype and its finiteness mask
     handed_out = B * n * dv * itemsize + out_lse if for_backward else 0  # attention_forward's private copies
     forward = max(masks, kernel, out_o + out_lse + max(cast, handed_out))
@@ -540,10 +616,9 @@ def memory_estimate(B: int, n: int, m1: int, m2: int, d: int, dv: int, itemsize:
 
     dq = B * n * d * f8
     acc = [backward_workers * Bk * size * f8 for size in (d * m1, m2 * d, dv * m1, m2 * dv)]
-    tiles_backward = backward_workers * c * (2 * d * tile1 + 2 * dv * tile1 + 2 * tile2 * tile1
-                                              + 3 * tile2 * d + 3 * tile2 * dv)
+    tiles_backward = backward_workers * c * (2 * heads * (d + dv) * tile1 + 2 * tile2 * tile1 + tile2 * (d + dv))
     kernel = (widen * (B * (n * d + n * dv) + Bk * (m2 * d + m2 * dv)) * c + B * n * f8 + dq + sum(acc)
-              + transposed + tiles_backward)
+              + transposed + Bk * m2 * d * c + tiles_backward)
     # reductions after the kernel (copies freed): sum over threads, transposed copy, accumulator freed
     reduced = [Bk * m1 * d * f8, Bk * m2 * d * f8, Bk * m1 * dv * f8, Bk * m2 * dv * f8]
     reduce_peaks = [
@@ -609,14 +684,14 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
     check_memory(estimate.total if for_backward else estimate.forward,
                  f"the exact {'forward and backward' if for_backward else 'forward'} ({_shape_text(inputs)})",
                  config.MEMORY_BUDGET_BYTES)
-    Q, K2, V2 = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2, inputs.V2))
+    Q, K2 = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2))
     B, n, _ = Q.shape
-    O = np.empty((B, n, V2.shape[2]))
+    O = np.empty((B, n, inputs.V2.shape[2]))
     lse = np.empty((B, n))
-    _forward_kernel(Q, _transposed(inputs.K1, compute.dtype), K2, _transposed(inputs.V1, compute.dtype), V2,
-                    inputs.key_batch, inputs.scale, compute.folded,
-                    inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1]), config.KEY_TILE_1,
-                    config.KEY_TILE_2, numba.get_num_threads(), O, lse)
+    _forward_kernel(Q, _transposed(inputs.K1, compute.dtype), _flat(K2), _transposed(inputs.V1, compute.dtype),
+                    _flat(_transposed(inputs.V2, compute.dtype)), _members(inputs), _heads_per_task(inputs),
+                    inputs.scale, compute.folded, inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1]),
+                    config.KEY_TILE_1, config.KEY_TILE_2, numba.get_num_threads(), O, lse)
     return O, lse, None, None
 
 
@@ -647,9 +722,10 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     dK2 = np.zeros((workers, Bk, m2, d))
     dV1T = np.zeros((workers, Bk, dv, m1))
     dV2 = np.zeros((workers, Bk, m2, dv))
-    _backward_kernel(Q, _transposed(inputs.K1, compute.dtype), K2, _transposed(inputs.V1, compute.dtype), V2,
-                     inputs.key_batch, dO, np.ascontiguousarray(lse, dtype=np.float64), delta, inputs.scale,
-                     compute.folded, inputs.mask.kernel_args(m1, m2),
+    _backward_kernel(Q, _transposed(inputs.K1, compute.dtype), _flat(K2), _flat(_transposed(K2, compute.dtype)),
+                     _transposed(inputs.V1, compute.dtype), _flat(V2), _flat(_transposed(V2, compute.dtype)),
+                     _members(inputs), _heads_per_task(inputs), dO, np.ascontiguousarray(lse, dtype=np.float64),
+                     delta, inputs.scale, compute.folded, inputs.mask.kernel_args(m1, m2),
                      config.KEY_TILE_1, config.KEY_TILE_2, workers, dQ, dK1T, dK2, dV1T, dV2)
     del Q, K2, V2, dO, delta  # free any working copies before the reductions
     dK1 = np.ascontiguousarray(dK1T.sum(axis=0).transpose(0, 2, 1))

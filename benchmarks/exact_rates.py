@@ -50,6 +50,50 @@ def exact_rates(dtype, n: int, d: int, repeat: int) -> tuple[float, float]:
     return 4.0 * n**3 * d / forward / 1e9, 16.0 * n**3 * d / both / 1e9
 
 
+def _per_pair(fn, pairs: int, reps: int = 2000) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps / pairs * 1e9
+
+
+def profile(d: int, n: int = 256) -> str:
+    """Where a forward's time goes, per (i, j1, j2) pair in ns on one thread: the building blocks
+    of one tile (KEY_TILE_2 × KEY_TILE_1 pairs) timed alone, their sum, the whole forward on one
+    thread, and the speed-up of all threads over one."""
+    from tattn_numba import config
+    from tattn_numba.exact import cpu
+
+    t1, t2, dv = config.KEY_TILE_1, config.KEY_TILE_2, d
+    threads = numba.get_num_threads()
+    rows = [f"| dtype | logit tile S = K2·A | tile max | exp + sum | T += V2ᵀ·P | sum of parts | forward, 1 thread "
+            f"| forward, {threads} threads (speed-up) |", "|---|---|---|---|---|---|---|---|"]
+    rng = np.random.default_rng(2)
+    for dtype in (np.float64, np.float32):
+        k2, a, v2t = (rng.standard_normal(size).astype(dtype) for size in (t2 * d, d * t1, dv * t2))
+        s, t = np.empty(t2 * t1, dtype), np.zeros(dv * t1, dtype)
+        pairs = t1 * t2
+        logits = _per_pair(lambda: cpu._mm(k2, d, a, t1, s, t1, t2, d, t1, False), pairs)
+        s[:] = -rng.uniform(0.0, 20.0, s.size)
+        peak = _per_pair(lambda: cpu._tile_max(s, s.size), pairs)
+        exp = _per_pair(lambda: cpu._exp_shifted(s, s.size, 1.0, 1e-30), pairs)
+        values = _per_pair(lambda: cpu._mm(v2t, t2, s, t1, t, t1, dv, t2, t1, True), pairs)
+        X = [rng.uniform(-1.0, 1.0, (n, d)).astype(dtype) for _ in range(5)]
+        ta.attention(*X)
+        numba.set_num_threads(1)
+        try:
+            one = _best(lambda: ta.attention(*X), 3) / n**3 * 1e9
+        finally:
+            numba.set_num_threads(threads)
+        many = _best(lambda: ta.attention(*X), 3) / n**3 * 1e9
+        parts = logits + peak + exp + values
+        rows.append(f"| {np.dtype(dtype).name} | {logits:.2f} | {peak:.2f} | {exp:.2f} | {values:.2f} | {parts:.2f} "
+                    f"| {one:.2f} | {many:.2f} ({one / many:.2f}×) |")
+    return (f"Forward profile, d = dv = {d}, n = m1 = m2 = {n}, ns per pair (one thread unless said):\n\n"
+            + "\n".join(rows) + "\n")
+
+
 def table(sizes, dims, repeat: int) -> str:
     rates = {dtype: matmul_rate(dtype) for dtype in (np.float64, np.float32)}
     rows = [f"Machine: {platform.processor() or platform.machine()}, {numba.get_num_threads()} threads; "
@@ -81,7 +125,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this file (never overwritten without it)")
     args = parser.parse_args(argv)
-    text = table(args.sizes, args.dims, args.repeat)
+    text = table(args.sizes, args.dims, args.repeat) + "\n" + "\n".join(profile(d) for d in args.dims)
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -130,6 +130,26 @@ def test_running_max_rises_across_tiles(small_tiles):
     assert_grads_match(ta.attention_backward(state, dO), Q, K1, K2, V1, V2, dO, scale=1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("step", [0.5, 40.0, 300.0])
+def test_lazy_maximum_recomputes_tiles_far_above_the_running_maximum(small_tiles, dtype, step):
+    """Logits rising by ``step`` from one key row to the next: below the lazy maximum's excess
+    (30 in float32, 200 in float64) the tiles are taken against the first tile's maximum; above
+    it every later tile must be recomputed against its own maximum (and a wrapped exponent, a
+    weight past e^709, would show up here as garbage)."""
+    rng = np.random.default_rng(13)
+    n, m = 3, 10
+    Q = np.ones((n, 1))
+    K1 = (step * np.arange(m))[:, None]
+    K2 = np.ones((m, 1))
+    V1, V2, dO = rng.standard_normal((m, 2)), rng.standard_normal((m, 2)), rng.standard_normal((n, 2))
+    X = [x.astype(dtype) for x in (Q, K1, K2, V1, V2)]
+    O, state = ta.attention_forward(*X, scale=1.0)
+    assert np.all(np.isfinite(O)) and np.all(np.isfinite(state.lse))
+    assert_forward_matches(O, state.lse, *X, scale=1.0)
+    assert_grads_match(ta.attention_backward(state, dO.astype(dtype)), *X, dO.astype(dtype), scale=1.0)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_beyond_default_tiles(causal):
     """n, m1, m2 above KEY_TILE_1 = 128 and KEY_TILE_2 = 32 with remainders, default tiles."""

@@ -48,8 +48,10 @@ _LOG2E = 1.4426950408889634
 # ln 2 split so that k·_LN2_HI is exact for |k| < 2**11 (fdlibm's constants).
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
-# exp(x) for x below this is replaced by exp(_EXP_FLOOR) ≈ 3.3e-308 (absolute error < 3.4e-308).
-_EXP_FLOOR = -708.0
+# exp(x) for x below this is replaced by exp(_EXP_FLOOR) ≈ 3.3e-308 (absolute error < 3.4e-308);
+# above _EXP_CEIL by exp(_EXP_CEIL) ≈ 8.2e307 (the forward's lazy maximum only needs to see that
+# the tile sum is large; the exponent bits must never wrap).
+_EXP_FLOOR, _EXP_CEIL = -708.0, 709.0
 # Taylor coefficients 1/k! of exp on |r| <= ln2/2: truncation error r**13/13! < 1.7e-16.
 _C0, _C1, _C2, _C3, _C4, _C5, _C6 = 1.0, 1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720
 _C7, _C8, _C9, _C10 = 1 / 5040, 1 / 40320, 1 / 362880, 1 / 3628800
@@ -59,7 +61,7 @@ _C11, _C12 = 1 / 39916800, 1 / 479001600
 # float32. e^-87 ≈ 1.6e-38 is a normal float32; below it the float32 exp returns 0.
 _LOG2E32, _HALF32 = np.float32(_LOG2E), np.float32(0.5)
 _LN2_HI32, _LN2_LO32 = np.float32(0.693359375), np.float32(-2.12194440e-4)
-_EXP_FLOOR32, _ZERO32 = np.float32(-87.0), np.float32(0.0)
+_EXP_FLOOR32, _EXP_CEIL32, _ZERO32 = np.float32(-87.0), np.float32(88.0), np.float32(0.0)
 _T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7 = (np.float32(1 / math.factorial(k)) for k in range(8))
 
 # The exp must not be compiled with ``reassoc``: LLVM would merge the two-constant range
@@ -107,7 +109,7 @@ def _typed_for(like, x):
 def _exp_in_place64(buf, count, scale, shift):
     """float64 ``buf[:count] = exp(scale·buf[:count] − shift)``, vectorised (see :func:`_exp_shifted`)."""
     for j in range(count):
-        x = max(buf[j] * scale - shift, _EXP_FLOOR)
+        x = min(max(buf[j] * scale - shift, _EXP_FLOOR), _EXP_CEIL)
         k = np.floor(x * _LOG2E + 0.5)
         r = (x - k * _LN2_HI) - k * _LN2_LO
         p = _C12
@@ -135,7 +137,7 @@ def _exp_in_place32(buf, count, scale, shift):
     and the shift. Every later step is float32 (the constants are float32 scalars)."""
     for j in range(count):
         y = np.float32(np.float64(buf[j]) * scale - shift)
-        x = max(y, _EXP_FLOOR32)
+        x = min(max(y, _EXP_FLOOR32), _EXP_CEIL32)
         k = np.floor(x * _LOG2E32 + _HALF32)
         r = (x - k * _LN2_HI32) - k * _LN2_LO32
         p = _T7
@@ -192,6 +194,22 @@ def _exp_shifted(buf, count, scale, shift):
     for j in range(count):
         total += buf[j]
     return total
+
+
+#: The forward's lazy maximum accepts a tile exponentiated against the running maximum M when its
+#: weights sum to at most e^excess (so every logit is below M + excess): float32 tiles keep
+#: weights and value sums far from overflow with 30, float64 with 200.
+LAZY_EXCESS32, LAZY_EXCESS64 = 30.0, 200.0
+
+
+def _lazy_excess(like):
+    """The lazy maximum's excess for the precision of ``like`` (jitted code only)."""
+
+
+@overload(_lazy_excess, inline="always")
+def _lazy_excess_for(like):
+    excess = LAZY_EXCESS32 if like.dtype == types.float32 else LAZY_EXCESS64
+    return lambda like: excess
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -385,6 +403,7 @@ def _forward_kernel(Q, K1T, K2, V1T, V2T, members, heads, scale, folded, mask, t
     m1, m2, dv = K1T.shape[2], K2.shape[1] // d, V1T.shape[1]
     chunks = (group + heads - 1) // heads
     row_factor, logit_scale = (scale, 1.0) if folded else (1.0, scale)
+    lazy_limit = math.exp(_lazy_excess(Q))
     for w in numba.prange(workers):
         a_t = np.empty((heads, d * tile1), Q.dtype)
         t_t = np.empty((heads, dv * tile1), Q.dtype)
@@ -409,16 +428,26 @@ def _forward_kernel(Q, K1T, K2, V1T, V2T, members, heads, scale, folded, mask, t
                     for g in range(g1 - g0):
                         t_g = t_t[g]
                         _mm(k2_blk, d, a_t[g], c1, s_t, c1, c2, d, c1, False)
-                        tile_max = logit_scale * _tile_max(s_t, c2 * c1)
-                        if tile_max > row_max[g]:
-                            corr = math.exp(row_max[g] - tile_max)
-                            row_sum[g] *= corr
-                            for m in range(dv):
-                                acc[g, m] *= corr
-                            for jj in range(dv * c1):
-                                t_g[jj] *= corr
-                            row_max[g] = tile_max
-                        row_sum[g] += _exp_shifted(s_t, c2 * c1, logit_scale, row_max[g])
+                        # Lazy maximum: past the row's first tile, exponentiate against the running
+                        # maximum M at once; only a tile whose weights pass e^LAZY_EXCESS (a logit
+                        # far above M) is recomputed against its own maximum, rescaling the sums.
+                        tile_sum = np.inf
+                        if row_max[g] > -np.inf:
+                            tile_sum = _exp_shifted(s_t, c2 * c1, logit_scale, row_max[g])
+                        if not tile_sum <= lazy_limit:
+                            if row_max[g] > -np.inf:
+                                _mm(k2_blk, d, a_t[g], c1, s_t, c1, c2, d, c1, False)
+                            tile_max = logit_scale * _tile_max(s_t, c2 * c1)
+                            if tile_max > row_max[g]:
+                                corr = math.exp(row_max[g] - tile_max)
+                                row_sum[g] *= corr
+                                for m in range(dv):
+                                    acc[g, m] *= corr
+                                for jj in range(dv * c1):
+                                    t_g[jj] *= corr
+                                row_max[g] = tile_max
+                            tile_sum = _exp_shifted(s_t, c2 * c1, logit_scale, row_max[g])
+                        row_sum[g] += tile_sum
                         _mm(v2t_blk, m2, s_t, c1, t_g, c1, dv, c2, c1, True)
                 for g in range(g1 - g0):
                     for m in range(dv):

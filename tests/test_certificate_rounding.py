@@ -183,3 +183,14 @@ def test_regression_overflowing_radius_or_values_refused_without_warnings():
             ta.attention(Q, K1, K2, V, V, method="poly", tol=1e-3)
         with pytest.raises(ValueError, match="pair products .* overflow float64"):
             ta.attention(Q / 1e160, K1 / 1e160, K2 * 1e300, V * 1e160, V * 1e160, method="poly", tol=1e-3)
+
+
+def test_regression_float32_results_in_the_subnormal_range():
+    """Values 1e-21 (products 1e-42, below float32's smallest normal 1.2e-38): the cast of a
+    float32 result there is off by up to 2^-150 absolutely, far more than eps32 of it; the output
+    and gradient bounds carry that half subnormal spacing."""
+    rng = np.random.default_rng(31)
+    Q, K1, K2 = (rng.uniform(-0.5, 0.5, (6, 2)).astype(np.float32) for _ in range(3))
+    V1, V2 = ((1e-21 * rng.uniform(0.5, 1.5, (6, 2))).astype(np.float32) for _ in range(2))
+    state = _check_everything(Q, K1, K2, V1, V2, degree=6)
+    assert np.all(state.certificate.output_bound >= 2.0**-150)

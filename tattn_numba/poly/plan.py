@@ -736,9 +736,11 @@ def gradient_bounds(inputs: AttentionInputs, computed: AttentionInputs, plan: Po
     * the cast to float32: E ← E + u_out·C + 2^-150 (half the subnormal spacing).
     """
     heads = inputs.heads
+    dtype = np.dtype(inputs.dtype)
+    u_out, tiny = (0.0, 0.0) if dtype == np.float64 else (unit_roundoff(dtype), float(np.finfo(dtype).smallest_subnormal) / 2)
     if not (heads.shares_keys or heads.expands_query or inputs.logits != "trilinear"):
         polynomial, rounded, _ = _entry_bounds(computed, plan, O, dO, lse, output_dtype=inputs.dtype)
-        return GradientBounds(*(BOUND_SLACK * (a + b) for a, b in zip(polynomial, rounded)))
+        return GradientBounds(*(BOUND_SLACK * (a + b + tiny) for a, b in zip(polynomial, rounded)))
     n = computed.Q.shape[1]
     extra = (heads.group - 1) * -(-n // plan.chunk_rows)
     polynomial, rounded, magnitude = _entry_bounds(computed, plan, O, dO, lse, output_dtype=np.float64,
@@ -757,8 +759,6 @@ def gradient_bounds(inputs: AttentionInputs, computed: AttentionInputs, plan: Po
         total = _summed(size[0], heads.query_batch, heads.query_entries)
         error[0] = _summed(error[0], heads.query_batch, heads.query_entries) + g * total
         size[0] = (1.0 + g) * total
-    dtype = np.dtype(inputs.dtype)
-    u_out, tiny = (0.0, 0.0) if dtype == np.float64 else (unit_roundoff(dtype), float(np.finfo(dtype).smallest_subnormal) / 2)
     with np.errstate(invalid="ignore", over="ignore"):
         return GradientBounds(*(BOUND_SLACK * (e + u_out * c + tiny) for e, c in zip(error, size)))
 

@@ -199,14 +199,17 @@ def output_rounding(rounding: RowRounding, value_bound: np.ndarray, output_dtype
     With numerator and normaliser errors e_k <= γ_K·A_i·Σ|V1_k|·Σ|V2_k| <= η_i·L_i·v_k and
     e_0 <= η_i·L_i (v_k = max|V1_k|·max|V2_k| = ``value_bound`` (B, dv), and the exact ratio at
     most v_k), |a/b − â/b̂| <= (e_k + v_k·e_0)/(L_i − e_0) <= 2·η_i·v_k; the division and the cast
-    add (u + u_out·(1 + u))·(v_k + that).
+    add (u + u_out·(1 + u))·(v_k + that), and a cast to float32 half its subnormal spacing
+    (2^-150: below 2^-126 the cast's error is absolute, not relative).
     """
-    u_out = unit_roundoff(output_dtype) if np.dtype(output_dtype) != np.float64 else 0.0
+    narrow = np.dtype(output_dtype) != np.float64
+    u_out = unit_roundoff(output_dtype) if narrow else 0.0
+    tiny = float(np.finfo(output_dtype).smallest_subnormal) / 2 if narrow else 0.0
     eta = rounding.eta_forward[:, :, None]
     v = value_bound[:, None, :]
     with np.errstate(invalid="ignore", over="ignore"):
         ratio = np.where(v > 0.0, 2.0 * eta * v, 0.0)
-        return ratio + (UNIT_ROUNDOFF + u_out * (1.0 + UNIT_ROUNDOFF)) * (v + ratio)
+        return ratio + (UNIT_ROUNDOFF + u_out * (1.0 + UNIT_ROUNDOFF)) * (v + ratio) + tiny
 
 
 def _over_queries(x: np.ndarray, queries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:

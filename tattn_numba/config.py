@@ -15,7 +15,7 @@ CACHE : bool
 KEY_TILE_1, KEY_TILE_2 : int
     Rows of K1 and of K2 per logit tile of the exact CPU kernels: a query row's logits are
     computed KEY_TILE_2 × KEY_TILE_1 at a time (8·KEY_TILE_1·KEY_TILE_2 bytes, meant to stay
-    in the L1/L2 cache).
+    in the L1/L2 cache); float32 tiles take 2·KEY_TILE_1 rows of K1, the same bytes.
 QUERY_HEADS_PER_TASK : int
     Query heads of one group (grouped key/value heads) that an exact CPU task computes together,
     so that each key block it reads serves all of them while it is in the cache

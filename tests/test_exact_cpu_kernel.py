@@ -150,12 +150,13 @@ def test_lazy_maximum_recomputes_tiles_far_above_the_running_maximum(small_tiles
     assert_grads_match(ta.attention_backward(state, dO.astype(dtype)), *X, dO.astype(dtype), scale=1.0)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_beyond_default_tiles(causal):
-    """n, m1, m2 above KEY_TILE_1 = 128 and KEY_TILE_2 = 32 with remainders, default tiles."""
+@pytest.mark.parametrize("causal, dtype", [(False, np.float64), (True, np.float64), (False, np.float32)])
+def test_beyond_default_tiles(causal, dtype):
+    """n, m1, m2 above the default tiles (KEY_TILE_1 = 128 rows of K1 in float64, 256 in float32;
+    KEY_TILE_2 = 32) with remainders."""
     rng = np.random.default_rng(11)
-    n, m1, m2 = (150, 150, 150) if causal else (70, 131, 45)
-    Q, K1, K2, V1, V2, dO = make_inputs(rng, (), n, m1, m2, 6, 4, with_dO=True)
+    n, m1, m2 = (150, 150, 150) if causal else (70, 131 if dtype == np.float64 else 300, 45)
+    Q, K1, K2, V1, V2, dO = make_inputs(rng, (), n, m1, m2, 6, 4, dtype=dtype, with_dO=True)
     O, state = ta.attention_forward(Q, K1, K2, V1, V2, causal=causal)
     assert_forward_matches(O, state.lse, Q, K1, K2, V1, V2, causal=causal)
     assert_grads_match(ta.attention_backward(state, dO), Q, K1, K2, V1, V2, dO, causal=causal)

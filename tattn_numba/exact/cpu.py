@@ -357,13 +357,23 @@ def _mm_nt(X, ldx, Y, ldy, out, ldo, rows, outcols, inner):
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _row_times_block(x, b, i, yT, kb, j0, count, factor, out):
-    """``out[l, jj] = factor · x[b, i, l] · yT[kb, l, j0 + jj]``: a query row times a key block
-    (the product formed in float64 and rounded once to ``out``'s precision)."""
+    """``out[l, jj] = (factor · x[b, i, l]) · yT[kb, l, j0 + jj]``: a query row times a key block,
+    in ``out``'s precision (one rounding when ``factor`` is 1)."""
     for l in range(x.shape[2]):
-        q = factor * np.float64(x[b, i, l])
-        o = l * count
+        q = _typed(out, factor * x[b, i, l])
+        row = yT[kb, l, j0: j0 + count]
+        o = out[l * count: (l + 1) * count]
         for jj in range(count):
-            out[o + jj] = q * yT[kb, l, j0 + jj]
+            o[jj] = q * row[jj]
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _dot(x, y, count):
+    """``Σ_{j < count} x[j]·y[j]`` summed in the precision of ``x`` (vectorised), as float64."""
+    total = _typed(x, 0)
+    for j in range(count):
+        total += x[j] * y[j]
+    return np.float64(total)
 
 
 @numba.njit(inline="always", cache=config.CACHE)
@@ -451,10 +461,7 @@ def _forward_kernel(Q, K1T, K2, V1T, V2T, members, heads, scale, folded, mask, t
                         _mm(v2t_blk, m2, s_t, c1, t_g, c1, dv, c2, c1, True)
                 for g in range(g1 - g0):
                     for m in range(dv):
-                        total = 0.0
-                        for jj in range(c1):
-                            total += V1T[kb, m, j0 + jj] * t_t[g, m * c1 + jj]
-                        acc[g, m] += total
+                        acc[g, m] += _dot(t_t[g, m * c1: (m + 1) * c1], V1T[kb, m, j0:], c1)
             for g in range(g1 - g0):
                 b = members[kb, g0 + g]
                 inv = 1.0 / row_sum[g]
@@ -519,24 +526,29 @@ def _backward_kernel(Q, K1T, K2, K2T, V1T, V2, V2T, members, heads, dO, lse, del
                         _mm_nt(dz_t, c1, a_t[g], c1, dk2_blk, d, c2, d, c1)
                         _mm_nt(p_t, c1, g_t[g], c1, dv2_blk, dv, c2, dv, c1)
                         for cc in range(c2):
+                            dk2 = dK2[w, kb, k0 + cc]
+                            dk2_row = dk2_blk[cc * d: (cc + 1) * d]
                             for l in range(d):
-                                dK2[w, kb, k0 + cc, l] += logit_scale * dk2_blk[cc * d + l]
+                                dk2[l] += logit_scale * dk2_row[l]
+                            dv2 = dV2[w, kb, k0 + cc]
+                            dv2_row = dv2_blk[cc * dv: (cc + 1) * dv]
                             for m in range(dv):
-                                dV2[w, kb, k0 + cc, m] += dv2_blk[cc * dv + m]
+                                dv2[m] += dv2_row[m]
                 for g in range(g1 - g0):
                     b = members[kb, g0 + g]
                     for l in range(d):
-                        total = 0.0
-                        ql = scale * Q[b, i, l]
+                        u_row = u_t[g, l * c1: (l + 1) * c1]
+                        dQ[b, i, l] += scale * _dot(u_row, K1T[kb, l, j0:], c1)
+                        ql = scale * np.float64(Q[b, i, l])
+                        dk1 = dK1T[w, kb, l, j0: j0 + c1]
                         for jj in range(c1):
-                            u = u_t[g, l * c1 + jj]
-                            total += K1T[kb, l, j0 + jj] * u
-                            dK1T[w, kb, l, j0 + jj] += ql * u
-                        dQ[b, i, l] += scale * total
+                            dk1[jj] += ql * u_row[jj]
                     for m in range(dv):
-                        gm = dO[b, i, m]
+                        gm = np.float64(dO[b, i, m])
+                        pv_row = pv_t[g, m * c1: (m + 1) * c1]
+                        dv1 = dV1T[w, kb, m, j0: j0 + c1]
                         for jj in range(c1):
-                            dV1T[w, kb, m, j0 + jj] += gm * pv_t[g, m * c1 + jj]
+                            dv1[jj] += gm * pv_row[jj]
 
 
 def _transposed(x: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -62,7 +62,8 @@ def test_tiny_report_end_to_end(tiny_report):
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"config", "settings", "probes", "environment", "failures", "predictions",
                             "seconds", "total_seconds"}
-    assert set(results["probes"]) == {"accuracy", "adversarial", "threshold", "scaling", "per_row", "hardness", "match3"}
+    assert set(results["probes"]) == {"accuracy", "adversarial", "threshold", "scaling", "per_row", "hardness", "match3",
+                                        "match3_construction"}
     assert all(rec["ratio"] <= 1.0 for rec in results["probes"]["adversarial"]["worst"].values())
     assert results["failures"] == []
     assert not any(row.get("exceeded") for row in results["probes"]["accuracy"]["rows"])

@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "figures and results.json.",
     )
     parser.add_argument("--config", choices=configs.NAMES, default="quick",
-                        help="named configuration: tiny (seconds, for tests), quick (< 5 min on 2 cores, "
-                             "default), full (a big machine or a Dask cluster)")
+                        help="named configuration: tiny (seconds, for tests), quick (under 2 min on 2 cores, "
+                             "3 with PyTorch; default), full (a big machine or a Dask cluster)")
     parser.add_argument("--out", required=True, help="directory for report.md, the figures and results.json")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --out directory holding a report written by this tool "

@@ -1,13 +1,15 @@
 """Named configurations of the report: which probes run, at which sizes.
 
-``tiny`` is for the test suite (seconds), ``quick`` is the README's main job (under 5 minutes
-on 2 cores), ``full`` is for a bigger machine or a Dask cluster (hours on 2 cores).
+``tiny`` is for the test suite (seconds), ``quick`` is the README's main job (about 75 s on
+2 cores from a cold Numba cache without PyTorch, 150 s with it), ``full`` is for a bigger
+machine or a Dask cluster (hours on 2 cores).
 """
 
 from __future__ import annotations
 
 import copy
 
+from . import match3_construction
 from .probes import accuracy, adversarial, hardness, match3, per_row, scaling, threshold
 
 #: (name in the report and in results.json, module with PRESETS, run, render), in report order.
@@ -19,6 +21,7 @@ PROBES = (
     ("per_row", per_row),
     ("hardness", hardness),
     ("match3", match3),
+    ("match3_construction", match3_construction),
 )
 
 NAMES = ("tiny", "quick", "full")

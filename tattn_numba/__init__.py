@@ -29,6 +29,14 @@ from .attention import (
     attention_grad,
 )
 from .mask import Mask
+from .nway import (
+    NwayGrads,
+    NwayState,
+    nway_attention,
+    nway_attention_backward,
+    nway_attention_forward,
+    nway_attention_grad,
+)
 from .poly.api import poly_gradient_bounds, poly_plan
 
 __version__ = "0.1.0"
@@ -38,11 +46,17 @@ __all__ = [
     "AttentionState",
     "CUDAUnavailableError",
     "Mask",
+    "NwayGrads",
+    "NwayState",
     "attention",
     "attention_backward",
     "attention_forward",
     "attention_grad",
     "config",
+    "nway_attention",
+    "nway_attention_backward",
+    "nway_attention_forward",
+    "nway_attention_grad",
     "paper",
     "poly_gradient_bounds",
     "poly_plan",

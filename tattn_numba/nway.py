@@ -1,0 +1,434 @@
+"""Attention of any order t (n-way attention), SPEC §9.
+
+Query i attends to t-tuples (j1, …, jt) of t key sets:
+
+    logit[i, j1..jt] = s · Σ_l Q[i,l] · Π_a Ka[j_a, l]
+    O[i]             = Σ_{j1..jt} softmax(logit[i, ·])[j1..jt] · (V1[j1] ∘ … ∘ Vt[jt]).
+
+t = 1 is softmax attention, t = 2 tensor (2-simplicial) attention (:func:`tattn_numba.attention`,
+to which t = 2 is dispatched). The exact kernels are in :mod:`tattn_numba.exact.nway_cpu`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _host
+from ._threads import threads_for
+from ._validation import (
+    _LOGIT_LIMIT_LOG10,
+    _format_power,
+    _log_sum_of_products,
+    as_float_array,
+    check_scale,
+)
+from .attention import AttentionState, attention, attention_backward, attention_forward
+from .exact import nway_cpu
+
+__all__ = [
+    "NwayGrads",
+    "NwayState",
+    "nway_attention",
+    "nway_attention_backward",
+    "nway_attention_forward",
+    "nway_attention_grad",
+]
+
+_METHODS = ("exact", "poly")
+_DEVICES = ("cpu", "cuda")
+
+
+class NwayGrads(NamedTuple):
+    """Gradients of a scalar loss with respect to the n-way attention operands.
+
+    Attributes
+    ----------
+    dQ : ndarray
+        Shaped and typed like Q.
+    dkeys, dvalues : tuple of ndarray
+        One per key (value) set, in the order given, each shaped and typed like its operand.
+    """
+
+    dQ: np.ndarray
+    dkeys: tuple
+    dvalues: tuple
+
+
+class _Inputs(NamedTuple):
+    """Validated operands: the caller's arrays (``arrays``: Q, keys, values in their own shapes)
+    and their batch-flattened C-contiguous forms (``Q``, ``keys``, ``values``, shapes (B, rows,
+    cols)), which the kernels read and the fingerprints cover."""
+
+    arrays: tuple
+    Q: np.ndarray
+    keys: tuple
+    values: tuple
+    batch_shape: tuple
+    scale: float
+    causal: bool
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.Q.dtype
+
+    @property
+    def t(self) -> int:
+        return len(self.keys)
+
+    def flat_operands(self) -> list:
+        return [self.Q, *self.keys, *self.values]
+
+    def names(self) -> list[str]:
+        return ["Q"] + [f"keys[{a}]" for a in range(self.t)] + [f"values[{a}]" for a in range(self.t)]
+
+
+@dataclass(frozen=True)
+class NwayState:
+    """What :func:`nway_attention_forward` saves for :func:`nway_attention_backward`.
+
+    Attributes
+    ----------
+    O : ndarray, shape (..., n, dv)
+        The forward output in the input dtype (the array returned, never the memory the backward reads).
+    lse : ndarray, shape (..., n), float64
+        ``lse[i] = log Σ_j exp(logit[i, j])`` over the tuples row i sees (a copy).
+    scale : float
+    causal : bool
+    t : int
+        The order (number of key sets).
+
+    Notes
+    -----
+    The state refers to the caller's arrays (no copy) and keeps a CRC-32 fingerprint of each;
+    :func:`nway_attention_backward` recomputes them and raises ``ValueError`` naming the operand
+    that was modified in between. For t = 2 it wraps the :class:`tattn_numba.AttentionState` of
+    :func:`tattn_numba.attention_forward`.
+    """
+
+    O: np.ndarray
+    lse: np.ndarray
+    scale: float
+    causal: bool
+    t: int
+    _inputs: _Inputs | None = field(default=None, repr=False)
+    _O64: Any = field(default=None, repr=False)
+    _lse64: Any = field(default=None, repr=False)
+    _fingerprints: tuple = field(default=(), repr=False)
+    _pairwise: AttentionState | None = field(default=None, repr=False)
+
+
+def _check_method_device(method, device) -> None:
+    for name, value, known in (("method", method, _METHODS), ("device", device, _DEVICES)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+        if value not in known:
+            raise ValueError(f"unknown {name} {value!r}; expected one of {list(known)}")
+    if method == "poly":
+        raise ValueError("method='poly' is not implemented for nway attention yet; use method='exact'")
+    if device != "cpu":
+        raise ValueError(f"device={device!r} is not implemented for nway attention yet; use device='cpu'")
+
+
+def _sets(x, name: str) -> tuple:
+    if not isinstance(x, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple or list of arrays (one per key set), got {type(x).__name__}")
+    if len(x) == 0:
+        raise ValueError(f"{name} must hold at least one array (t >= 1), got an empty {type(x).__name__}")
+    return tuple(x)
+
+
+def _flatten(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(arr.reshape((-1,) + arr.shape[-2:]))
+
+
+def _check_range(scale: float, Q: np.ndarray, keys: tuple) -> None:
+    """Refuse inputs whose logits or whose partial products (Q and any keys, formed by the
+    kernels) could pass 1e300, from column maxima, in log space (as
+    :func:`tattn_numba._validation.check_logit_range` does for t = 2)."""
+    maxima = [np.abs(x).max(axis=1) for x in (Q, *keys)]  # (B, d) each
+    log10 = np.log(10.0)
+    logit = (max(np.log(scale), 0.0) + _log_sum_of_products(*maxima)).max() / log10
+    if logit > _LOGIT_LIMIT_LOG10:
+        raise ValueError(
+            "Q and keys are too large: the logits scale·Σ_l Q[i,l]·Π_a Ka[j_a,l] may overflow float64 "
+            f"(bound {_format_power(logit)}, above the limit 1e+300); rescale the inputs or the scale"
+        )
+    with np.errstate(divide="ignore"):
+        partial = sum(np.maximum(np.log(m), 0.0) for m in maxima).max() / log10
+    if partial > _LOGIT_LIMIT_LOG10:
+        raise ValueError(
+            "Q and keys are too large together: the exact kernels form the products Q_i ∘ K1_j1 ∘ … "
+            f"elementwise, up to {_format_power(partial)}, above the limit 1e+300; rescale the inputs"
+        )
+
+
+def _validate(Q, keys, values, scale, causal, method, device) -> _Inputs:
+    _check_method_device(method, device)
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    keys, values = _sets(keys, "keys"), _sets(values, "values")
+    if len(keys) != len(values):
+        raise ValueError(
+            f"keys and values must have the same length t (one value set per key set), got "
+            f"len(keys)={len(keys)} and len(values)={len(values)}"
+        )
+    Q = as_float_array(Q, "Q")
+    keys = tuple(as_float_array(k, f"keys[{a}]", Q.dtype) for a, k in enumerate(keys))
+    values = tuple(as_float_array(v, f"values[{a}]", Q.dtype) for a, v in enumerate(values))
+    named = [("Q", Q)] + [(f"keys[{a}]", k) for a, k in enumerate(keys)] + \
+            [(f"values[{a}]", v) for a, v in enumerate(values)]
+    for name, arr in named:
+        if arr.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions (..., rows, features), got shape {arr.shape}")
+    batch_shape = Q.shape[:-2]
+    for name, arr in named[1:]:
+        if arr.shape[:-2] != batch_shape:
+            raise ValueError(
+                f"{name} has leading (batch, head) dimensions {arr.shape[:-2]} but Q has {batch_shape}; "
+                "nway attention needs the same leading dimensions for every operand (grouped heads and "
+                "broadcasting are not supported yet)"
+            )
+    n, d = Q.shape[-2:]
+    dv = values[0].shape[-1]
+    for a, (k, v) in enumerate(zip(keys, values)):
+        if k.shape[-1] != d:
+            raise ValueError(f"keys[{a}] must have shape (..., m{a + 1}, d={d}) to match Q, got {k.shape}")
+        if v.shape[-2] != k.shape[-2]:
+            raise ValueError(
+                f"values[{a}] must have shape (..., m{a + 1}={k.shape[-2]}, dv) to match keys[{a}], got {v.shape}"
+            )
+        if v.shape[-1] != dv:
+            raise ValueError(
+                f"values[{a}] must have shape (..., m{a + 1}, dv={dv}) with the value width of values[0], "
+                f"got {v.shape}"
+            )
+    if causal:
+        lengths = [k.shape[-2] for k in keys]
+        if any(m != n for m in lengths):
+            raise ValueError(
+                f"causal=True needs every key set as long as the queries (n == m_a), got n={n} and "
+                f"m={tuple(lengths)}"
+            )
+    scale = check_scale(scale, d)
+    flat_keys = tuple(_flatten(k) for k in keys)
+    inputs = _Inputs((Q, keys, values), _flatten(Q), flat_keys, tuple(_flatten(v) for v in values),
+                     batch_shape, scale, bool(causal))
+    _check_range(scale, inputs.Q, flat_keys)
+    return inputs
+
+
+def _flops(inputs: _Inputs) -> float:
+    """2·B·n·Π m_a·(d + dv): the exact forward's work (without the causal discount)."""
+    B, n, d = inputs.Q.shape
+    return 2.0 * B * n * float(np.prod([k.shape[1] for k in inputs.keys], dtype=np.float64)) * (
+        d + inputs.values[0].shape[2])
+
+
+def _cast(x: np.ndarray, inputs: _Inputs, name: str, leading: tuple) -> np.ndarray:
+    """A float64 result in the input dtype with the caller's leading dimensions; ``ValueError``
+    when it overflows there."""
+    out, finite = _host.OPS.cast_finite(x, inputs.dtype)
+    if not finite:
+        raise ValueError(
+            f"the result {name} overflows {inputs.dtype.name} although the inputs are finite; rescale the inputs"
+            + (" (or use float64)" if inputs.dtype == np.float32 else "")
+        )
+    return out.reshape(tuple(leading) + out.shape[1:])
+
+
+def _fingerprints(inputs: _Inputs) -> tuple[int, ...]:
+    return _host.OPS.fingerprints(inputs.flat_operands(), True)
+
+
+def _pairwise_arrays(inputs: _Inputs) -> tuple:
+    Q, keys, values = inputs.arrays
+    return (Q, keys[0], keys[1], values[0], values[1])
+
+
+def nway_attention_forward(
+    Q, keys: Sequence, values: Sequence, *, scale: float | None = None, causal: bool = False, method: str = "exact",
+    device: str = "cpu",
+) -> tuple[np.ndarray, NwayState]:
+    """n-way attention that also returns the state its backward pass needs.
+
+    Parameters
+    ----------
+    Q : array_like, shape (..., n, d)
+    keys : tuple or list of array_like, shapes (..., m_a, d)
+        K1, …, Kt, any t >= 1.
+    values : tuple or list of array_like, shapes (..., m_a, dv)
+        V1, …, Vt (Va as long as Ka). All operands float32 or float64 (one dtype), finite,
+        non-empty, with the same leading (batch, head) dimensions: grouped heads and
+        broadcasting are not supported yet.
+    scale : float, optional
+        Logit scale s; ``None`` means ``1/d``.
+    causal : bool
+        Keep only tuples with every ``j_a <= i``; needs ``n == m_a`` for every a.
+    method : {"exact"}
+        ``"poly"`` (the low-rank surrogate) is not implemented for n-way attention yet.
+    device : {"cpu"}
+        ``"cuda"`` is not implemented for n-way attention yet.
+
+    Returns
+    -------
+    O : ndarray, shape (..., n, dv)
+        In the input dtype.
+    state : NwayState
+        For :func:`nway_attention_backward`.
+
+    Raises
+    ------
+    TypeError
+        keys/values not tuples or lists, a non-array operand, unsupported or mixed dtypes,
+        non-bool ``causal``, non-real ``scale``, non-string ``method``/``device``.
+    ValueError
+        Empty keys/values (t = 0), ``len(keys) != len(values)``, rank below 2, different leading
+        dimensions, mismatched m_a, d or dv, empty arrays, NaN/Inf, ``causal`` with some
+        ``m_a != n``, ``scale`` <= 0 or non-finite, logits or the kernels' products that could
+        pass 1e300, an unknown method or device, ``method="poly"`` or ``device="cuda"`` (not
+        implemented yet), a problem whose memory estimate passes
+        ``config.MEMORY_BUDGET_BYTES``.
+
+    Notes
+    -----
+    t = 2 is computed by :func:`tattn_numba.attention_forward` (identical results). Otherwise the
+    exact streaming kernel costs Θ(n·Π m_a·(d + dv)) time and O((n + Σ m_a)·(d + dv)) extra
+    memory (float64 inside, whatever the input dtype); the n×m1×…×mt tensor is never stored.
+    """
+    inputs = _validate(Q, keys, values, scale, causal, method, device)
+    if inputs.t == 2:
+        O, pairwise = attention_forward(*_pairwise_arrays(inputs), scale=inputs.scale, causal=inputs.causal)
+        return O, NwayState(O=O, lse=pairwise.lse, scale=inputs.scale, causal=inputs.causal, t=2, _inputs=inputs,
+                            _fingerprints=_fingerprints(inputs), _pairwise=pairwise)
+    with threads_for(_flops(inputs)):
+        O64, lse64 = nway_cpu.forward(inputs.Q, inputs.keys, inputs.values, inputs.scale, inputs.causal)
+    O = _cast(O64, inputs, "O", inputs.batch_shape)
+    if np.shares_memory(O, O64):
+        O = O.copy()
+    lse = lse64.reshape(inputs.batch_shape + lse64.shape[1:]).copy()
+    return O, NwayState(O=O, lse=lse, scale=inputs.scale, causal=inputs.causal, t=inputs.t, _inputs=inputs,
+                        _O64=O64, _lse64=lse64, _fingerprints=_fingerprints(inputs))
+
+
+def nway_attention_backward(state: NwayState, dO) -> NwayGrads:
+    """Gradients of the forward call that produced ``state``, given the upstream ``dO``.
+
+    Parameters
+    ----------
+    state : NwayState
+        From :func:`nway_attention_forward`.
+    dO : array_like, shape (..., n, dv)
+        Upstream gradient dLoss/dO, in the forward's dtype.
+
+    Returns
+    -------
+    NwayGrads
+        ``(dQ, dkeys, dvalues)`` shaped and typed like the inputs.
+
+    Raises
+    ------
+    TypeError
+        ``state`` not from :func:`nway_attention_forward`; ``dO`` not an array of the forward's dtype.
+    ValueError
+        An operand modified since the forward (named); ``dO`` of the wrong shape or not finite;
+        a gradient that overflows the input dtype; the memory budget.
+
+    Notes
+    -----
+    δ_i = Σ_m dO[i,m]·O[i,m]; P = exp(logit − lse_i); dZ = P·(dS − δ_i) with
+    dS = Σ_m dO[i,m]·Π_a Va[j_a,m]; dQ[i] = s·Σ dZ·Π_a Ka[j_a];
+    dKa[j_a] = s·Σ dZ·Q[i] ∘ Π_{b≠a} Kb[j_b]; dVa[j_a] = Σ P·dO[i] ∘ Π_{b≠a} Vb[j_b].
+    Time Θ(n·Π m_a·(d + dv)), P never stored.
+    """
+    if not isinstance(state, NwayState) or state._inputs is None:
+        raise TypeError(f"state must be the NwayState returned by nway_attention_forward, got {type(state).__name__}")
+    inputs = state._inputs
+    for name, before, now in zip(inputs.names(), state._fingerprints, _fingerprints(inputs)):
+        if before != now:
+            raise ValueError(
+                f"{name} was modified after nway_attention_forward; the saved state no longer matches it "
+                "(run nway_attention_forward again, or pass a copy)"
+            )
+    if state._pairwise is not None:
+        g = attention_backward(state._pairwise, dO)
+        return NwayGrads(g.dQ, (g.dK1, g.dK2), (g.dV1, g.dV2))
+    dO = as_float_array(dO, "dO", inputs.dtype)
+    expected = inputs.batch_shape + state._O64.shape[1:]
+    if dO.shape != expected:
+        raise ValueError(f"dO must have the output's shape {expected} (..., n, dv), got {dO.shape}")
+    with threads_for(3 * _flops(inputs)):
+        dQ, dkeys, dvalues = nway_cpu.backward(inputs.Q, inputs.keys, inputs.values, inputs.scale, inputs.causal,
+                                               state._O64, state._lse64, _flatten(dO))
+    return NwayGrads(
+        _cast(dQ, inputs, "dQ", inputs.batch_shape),
+        tuple(_cast(g, inputs, f"dkeys[{a}]", inputs.batch_shape) for a, g in enumerate(dkeys)),
+        tuple(_cast(g, inputs, f"dvalues[{a}]", inputs.batch_shape) for a, g in enumerate(dvalues)),
+    )
+
+
+def nway_attention(
+    Q, keys: Sequence, values: Sequence, *, scale: float | None = None, causal: bool = False, method: str = "exact",
+    device: str = "cpu",
+) -> np.ndarray:
+    """Attention of order t: each query attends to t-tuples of keys (SPEC §9).
+
+    ``O[i] = Σ_{j1..jt} softmax(s·Σ_l Q[i,l]·Π_a Ka[j_a,l]) · (V1[j1] ∘ … ∘ Vt[jt])``; t = 1 is
+    softmax attention, t = 2 :func:`tattn_numba.attention`.
+
+    Parameters
+    ----------
+    Q, keys, values, scale, causal, method, device
+        As for :func:`nway_attention_forward`.
+
+    Returns
+    -------
+    O : ndarray, shape (..., n, dv), input dtype
+
+    Raises
+    ------
+    TypeError, ValueError
+        See :func:`nway_attention_forward`.
+
+    Examples
+    --------
+    >>> import numpy as np, tattn_numba as ta
+    >>> rng = np.random.default_rng(0)
+    >>> Q = rng.standard_normal((4, 3))
+    >>> keys = tuple(rng.standard_normal((5, 3)) for _ in range(3))
+    >>> values = tuple(rng.standard_normal((5, 2)) for _ in range(3))
+    >>> ta.nway_attention(Q, keys, values).shape
+    (4, 2)
+    """
+    inputs = _validate(Q, keys, values, scale, causal, method, device)
+    if inputs.t == 2:
+        return attention(*_pairwise_arrays(inputs), scale=inputs.scale, causal=inputs.causal)
+    with threads_for(_flops(inputs)):
+        O64, _ = nway_cpu.forward(inputs.Q, inputs.keys, inputs.values, inputs.scale, inputs.causal,
+                                  for_backward=False)
+    return _cast(O64, inputs, "O", inputs.batch_shape)
+
+
+def nway_attention_grad(
+    Q, keys: Sequence, values: Sequence, dO, *, scale: float | None = None, causal: bool = False,
+    method: str = "exact", device: str = "cpu",
+) -> NwayGrads:
+    """Gradients of ``⟨dO, nway_attention(Q, keys, values)⟩`` with respect to every operand.
+
+    Parameters
+    ----------
+    Q, keys, values, scale, causal, method, device
+        As for :func:`nway_attention_forward`.
+    dO : array_like, shape (..., n, dv)
+        Upstream gradient, same dtype as the inputs.
+
+    Returns
+    -------
+    NwayGrads
+        ``(dQ, dkeys, dvalues)``, ``dkeys``/``dvalues`` tuples in the order given.
+    """
+    _, state = nway_attention_forward(Q, keys, values, scale=scale, causal=causal, method=method, device=device)
+    return nway_attention_backward(state, dO)

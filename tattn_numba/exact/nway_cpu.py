@@ -22,16 +22,15 @@ given thread count).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from .. import config
 from .._validation import check_memory
-from .cpu import _exp_shifted, _mm, _tile_max
+from .cpu import MEMORY_SLACK, MemoryEstimate, _exp_shifted, _mm, _tile_max
 
-__all__ = ["NwayMemoryEstimate", "backward", "forward", "memory_estimate"]
+__all__ = ["backward", "forward", "memory_estimate"]
 
 
 @numba.njit(inline="always", cache=config.CACHE)
@@ -255,29 +254,8 @@ def _backward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, KzT, Vz, VzT, dO, lse
                 dQ[b, i, l] = scale * dq[l]
 
 
-class NwayMemoryEstimate(NamedTuple):
-    """Peak extra bytes of the exact n-way CPU path (:func:`memory_estimate`).
-
-    forward
-        Peak of the forward, the arrays it returns included.
-    kept
-        What a forward for a backward leaves alive: the float64 O and lse and the caller's copies.
-    backward
-        Peak of the backward on top of ``kept``, the gradients it returns included.
-    """
-
-    forward: int
-    kept: int
-    backward: int
-
-    @property
-    def total(self) -> int:
-        """Peak of a forward followed by its backward."""
-        return max(self.forward, self.kept + self.backward)
-
-
 def memory_estimate(B: int, n: int, lengths: tuple[int, ...], d: int, dv: int, itemsize: int, workers: int, *,
-                    for_backward: bool = True) -> NwayMemoryEstimate:
+                    for_backward: bool = True) -> MemoryEstimate:
     """Peak extra bytes of the exact n-way CPU forward and backward, every problem-sized
     allocation counted (a 1-row key set is added for t = 1, as the kernels compute it).
 
@@ -306,7 +284,7 @@ def memory_estimate(B: int, n: int, lengths: tuple[int, ...], d: int, dv: int, i
     kernel = copies + B * n * (dv + 1) * f8 + accumulators + grads + tiles
     casts = 2 * grads + masks
     backward = max(masks, kernel, accumulators + 2 * grads, casts)
-    return NwayMemoryEstimate(int(1.01 * forward), int(1.01 * kept), int(1.01 * backward))
+    return MemoryEstimate(*(int(MEMORY_SLACK * x) for x in (forward, kept, backward)))
 
 
 def _padded(Q: np.ndarray, keys: tuple, values: tuple) -> tuple[tuple, tuple]:

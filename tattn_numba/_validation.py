@@ -34,7 +34,8 @@ class AttentionInputs(NamedTuple):
 
     What the implementations receive are the *kernel inputs*
     (:func:`tattn_numba.attention.kernel_inputs`): Q expanded to B entries where it broadcasts and
-    Q, K1, K2 lifted to the trilinear form of ``logits``.
+    Q, K1, K2 lifted to the trilinear form of ``logits``; ``held_bytes`` counts what those copies
+    hold, which the implementations add to their own memory estimates.
     """
 
     Q: np.ndarray
@@ -48,6 +49,7 @@ class AttentionInputs(NamedTuple):
     device: str = "cpu"
     host_io: bool = True
     logits: str = "trilinear"
+    held_bytes: int = 0
 
     @property
     def dtype(self) -> np.dtype:

@@ -14,10 +14,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _registry
+from . import _registry, config
 from ._threads import threads_for
-from ._validation import AttentionInputs, cast_result, check_attention_inputs, check_upstream, to_caller
-from .logits import lift_matrices
+from ._validation import (AttentionInputs, cast_result, check_attention_inputs, check_memory, check_upstream,
+                          to_caller)
+from .logits import lift_matrices, lifted_width
 from .mask import Mask
 
 __all__ = ["AttentionGrads", "AttentionState", "attention", "attention_grad", "attention_forward", "attention_backward"]
@@ -98,12 +99,36 @@ def _fingerprints(inputs: AttentionInputs) -> tuple[int, ...]:
     return inputs.ops.fingerprints([getattr(inputs, name) for name in _OPERANDS], inputs.host_io)
 
 
+def operand_copy_bytes(inputs: AttentionInputs) -> int:
+    """Bytes :func:`kernel_inputs` allocates for validated ``inputs``, from their shapes alone: Q
+    expanded to the B output entries where it broadcasts, then Q, K1 and K2 lifted to width d'
+    (0 for the trilinear form with Q not broadcast)."""
+    Bq, n, d = inputs.Q.shape
+    query_entries, elements = Bq, 0
+    if inputs.heads.expands_query:
+        query_entries = len(inputs.key_batch)
+        elements += query_entries * n * d
+    if inputs.logits != "trilinear":
+        width = lifted_width(inputs.logits, d)
+        elements += (query_entries * n + inputs.K1.shape[0] * (inputs.K1.shape[1] + inputs.K2.shape[1])) * width
+    return elements * np.dtype(inputs.dtype).itemsize
+
+
 def kernel_inputs(inputs: AttentionInputs) -> AttentionInputs:
     """What the implementations compute on: Q expanded to the output's B batch entries where it
     broadcasts (:class:`tattn_numba.heads.HeadLayout`), and Q, K1, K2 lifted to the trilinear
     form of ``inputs.logits`` (:func:`tattn_numba.logits.lift_matrices`; width d' = 2d for the
     determinant). The keys and values are never repeated: the implementations read entry
-    ``inputs.key_batch[b]`` for output entry ``b``."""
+    ``inputs.key_batch[b]`` for output entry ``b``.
+
+    The copies are refused (``ValueError``) before they are allocated when they alone pass
+    ``config.MEMORY_BUDGET_BYTES``; their size (:func:`operand_copy_bytes`) is returned as
+    ``held_bytes``, which the implementations add to their own estimates."""
+    held = operand_copy_bytes(inputs)
+    if held:
+        form = "the lifted operands" if inputs.logits != "trilinear" else "Q expanded to every output entry"
+        check_memory(held, f"{form} ({inputs.logits} logits, Q {tuple(inputs.Q.shape)}, "
+                           f"K1 {tuple(inputs.K1.shape)}, K2 {tuple(inputs.K2.shape)})", config.MEMORY_BUDGET_BYTES)
     ops = inputs.ops
     Q, K1, K2 = inputs.Q, inputs.K1, inputs.K2
     if inputs.heads.expands_query:
@@ -111,7 +136,7 @@ def kernel_inputs(inputs: AttentionInputs) -> AttentionInputs:
     if inputs.logits != "trilinear":
         MQ, MK1, MK2 = lift_matrices(inputs.logits, Q.shape[2])
         Q, K1, K2 = ops.right_multiply(Q, MQ), ops.right_multiply(K1, MK1), ops.right_multiply(K2, MK2)
-    return inputs._replace(Q=Q, K1=K1, K2=K2)
+    return inputs._replace(Q=Q, K1=K1, K2=K2, held_bytes=held)
 
 
 def _caller_gradients(inputs: AttentionInputs, grads) -> AttentionGrads:

@@ -158,6 +158,47 @@ def test_exact_backward_refuses_before_allocating(monkeypatch):
     assert not calls
 
 
+def _copy_bytes(batch_q, n, batch_k, m1, m2, d, itemsize, *, lifted: bool, expanded_to: int = 0) -> int:
+    """What the public layer copies, written out: Q repeated to ``expanded_to`` entries, then Q, K1,
+    K2 lifted to width 6·(d // 3) + d % 3 (the determinant form)."""
+    query_entries = expanded_to or batch_q
+    width = 6 * (d // 3) + d % 3
+    elements = expanded_to * n * d + (lifted * (query_entries * n + batch_k * (m1 + m2)) * width)
+    return elements * itemsize
+
+
+@pytest.mark.parametrize("form", ["determinant lift", "broadcast Q"])
+def test_operand_copies_are_refused_before_they_are_allocated(monkeypatch, form):
+    """Regression: the determinant lift and the expansion of a broadcast Q were allocated before any
+    memory check and counted in no estimate. A budget one byte below the copies alone refuses,
+    naming them, before a copy exists (a spy on the lift's and the expansion's array operations)."""
+    from tattn_numba import _host
+
+    rng = np.random.default_rng(11)
+    if form == "determinant lift":
+        Q, K1, K2, V1, V2 = (rng.standard_normal((2, n, 7)) for n in (30, 20, 10, 20, 10))
+        kwargs, copies = {"logits": "determinant"}, _copy_bytes(2, 30, 2, 20, 10, 7, 8, lifted=True)
+    else:  # Q (30, 4) broadcast over 3 key entries
+        Q = rng.standard_normal((30, 4))
+        K1, K2, V1, V2 = (rng.standard_normal((3, m, 4)) for m in (20, 10, 20, 10))
+        kwargs, copies = {}, _copy_bytes(1, 30, 3, 20, 10, 4, 8, lifted=False, expanded_to=3)
+    calls = []
+    for name in ("right_multiply", "take_batches"):
+        real = getattr(_host.HostArrays, name)
+        monkeypatch.setattr(_host.HostArrays, name, lambda self, *a, _real=real: calls.append(1) or _real(self, *a))
+    monkeypatch.setattr(config, "MEMORY_BUDGET_BYTES", copies - 1)
+    with pytest.raises(ValueError, match=r"(lifted operands|Q expanded).*memory budget"):
+        ta.attention(Q, K1, K2, V1, V2, **kwargs)
+    assert not calls
+    # with room for the copies but not for the kernel's own memory as well, the kernel refuses
+    monkeypatch.setattr(config, "MEMORY_BUDGET_BYTES", copies)
+    with pytest.raises(ValueError, match="exact forward and backward .*memory budget"):
+        ta.attention_forward(Q, K1, K2, V1, V2, **kwargs)
+    monkeypatch.setattr(config, "MEMORY_BUDGET_BYTES", 2**30)
+    O, state = ta.attention_forward(Q, K1, K2, V1, V2, **kwargs)
+    assert state._kernel_inputs.held_bytes == copies
+
+
 def test_causal_estimate_counts_the_stored_prefix_states(monkeypatch):
     """Regression: the causal surrogate's backward stores two r×(1 + dv + d + dv·d) states per
     chunk of rows; they were missing from estimated_bytes (2.5 MiB estimated, 389 MiB measured at

@@ -729,7 +729,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
                       inputs.key_batch)
     compute = precision(inputs)
     estimate = inputs_memory_estimate(inputs, for_backward=for_backward, compute=compute.dtype)
-    check_memory(estimate.total if for_backward else estimate.forward,
+    check_memory((estimate.total if for_backward else estimate.forward) + inputs.held_bytes,
                  f"the exact {'forward and backward' if for_backward else 'forward'} ({_shape_text(inputs)})",
                  config.MEMORY_BUDGET_BYTES)
     Q, K2 = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2))
@@ -758,7 +758,8 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     """
     workers = numba.get_num_threads()
     compute = precision(inputs, dO)
-    check_memory(inputs_memory_estimate(inputs, backward_workers=workers, compute=compute.dtype).backward,
+    check_memory(inputs_memory_estimate(inputs, backward_workers=workers, compute=compute.dtype).backward
+                 + inputs.held_bytes,
                  f"the exact backward ({_shape_text(inputs)}, {workers} thread{'s' if workers > 1 else ''} "
                  "with their own gradient accumulators)", config.MEMORY_BUDGET_BYTES)
     Q, K2, V2, dO = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2, inputs.V2, dO))

@@ -47,6 +47,31 @@ def _odometer_step(idx, ends):
     return -1
 
 
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _task_bounds(offsets, ma, mz, i, causal, ends):
+    """Key counts query row ``i`` sees: writes the first t − 2 sets' into ``ends`` and returns
+    those of sets t − 1 and t (all of each set, or its first i + 1 rows when ``causal``)."""
+    for a in range(ends.shape[0]):
+        ends[a] = offsets[a + 1] - offsets[a]
+        if causal:
+            ends[a] = min(ends[a], i + 1)
+    if causal:
+        return min(ma, i + 1), min(mz, i + 1)
+    return ma, mz
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _extend_prefixes(A, W, Kpre, Vpre, offsets, idx, b, lo):
+    """Prefix products from level ``lo`` on for the current tuple ``idx`` of the first t − 2 sets:
+    ``A[a + 1] = A[a] ∘ K_a[idx[a]]`` (from the query row in A[0]) and ``W[a + 1] = W[a] ∘ V_a[idx[a]]``."""
+    for a in range(lo, idx.shape[0]):
+        r = offsets[a] + idx[a]
+        for l in range(A.shape[1]):
+            A[a + 1, l] = A[a, l] * Kpre[b, r, l]
+        for m in range(W.shape[1]):
+            W[a + 1, m] = W[a, m] * Vpre[b, r, m]
+
+
 @numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
 def _forward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, VzT, scale, causal, tile1, tile2, workers, O, lse):
     """Streaming forward, float64.
@@ -72,12 +97,7 @@ def _forward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, VzT, scale, causal, ti
         for task in range(w, B * n, workers):
             b = task // n
             i = task - b * n
-            for a in range(L):
-                ends[a] = offsets[a + 1] - offsets[a]
-                if causal:
-                    ends[a] = min(ends[a], i + 1)
-            end_a = min(ma, i + 1) if causal else ma
-            end_z = min(mz, i + 1) if causal else mz
+            end_a, end_z = _task_bounds(offsets, ma, mz, i, causal, ends)
             row_max = -np.inf
             row_sum = 0.0
             acc[:] = 0.0
@@ -86,12 +106,7 @@ def _forward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, VzT, scale, causal, ti
             idx[:] = 0
             lo = 0
             while lo >= 0:
-                for a in range(lo, L):
-                    r = offsets[a] + idx[a]
-                    for l in range(d):
-                        A[a + 1, l] = A[a, l] * Kpre[b, r, l]
-                    for m in range(dv):
-                        W[a + 1, m] = W[a, m] * Vpre[b, r, m]
+                _extend_prefixes(A, W, Kpre, Vpre, offsets, idx, b, lo)
                 for j0 in range(0, end_a, tile1):
                     c1 = min(tile1, end_a - j0)
                     for l in range(d):
@@ -170,12 +185,7 @@ def _backward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, KzT, Vz, VzT, dO, lse
         for task in range(w, B * n, workers):
             b = task // n
             i = task - b * n
-            for a in range(L):
-                ends[a] = offsets[a + 1] - offsets[a]
-                if causal:
-                    ends[a] = min(ends[a], i + 1)
-            end_a = min(ma, i + 1) if causal else ma
-            end_z = min(mz, i + 1) if causal else mz
+            end_a, end_z = _task_bounds(offsets, ma, mz, i, causal, ends)
             di = delta[b, i]
             li = lse[b, i]
             dq[:] = 0.0
@@ -185,13 +195,11 @@ def _backward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, KzT, Vz, VzT, dO, lse
             idx[:] = 0
             lo = 0
             while lo >= 0:
+                _extend_prefixes(A, W, Kpre, Vpre, offsets, idx, b, lo)
                 for a in range(lo, L):
                     r = offsets[a] + idx[a]
                     for l in range(d):
-                        A[a + 1, l] = A[a, l] * Kpre[b, r, l]
                         C[a + 1, l] = C[a, l] * Kpre[b, r, l]
-                    for m in range(dv):
-                        W[a + 1, m] = W[a, m] * Vpre[b, r, m]
                 R[:] = 0.0
                 Z[:] = 0.0
                 for j0 in range(0, end_a, tile1):

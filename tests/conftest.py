@@ -114,7 +114,7 @@ def exact_implementation_params():
 
 #: Hypothesis examples per property test for CUDA implementations under the simulator, which
 #: runs kernels as Python threads (about a second per example); the CPU keeps the profile's count.
-SIMULATOR_EXAMPLES = 4
+SIMULATOR_EXAMPLES = 3
 
 
 @pytest.fixture(autouse=True)

@@ -36,6 +36,8 @@ from .nway import (
     nway_attention_backward,
     nway_attention_forward,
     nway_attention_grad,
+    nway_poly_gradient_bounds,
+    nway_poly_plan,
 )
 from .poly.api import poly_gradient_bounds, poly_plan
 
@@ -57,6 +59,8 @@ __all__ = [
     "nway_attention_backward",
     "nway_attention_forward",
     "nway_attention_grad",
+    "nway_poly_gradient_bounds",
+    "nway_poly_plan",
     "paper",
     "poly_gradient_bounds",
     "poly_plan",

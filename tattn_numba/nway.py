@@ -6,7 +6,9 @@ Query i attends to t-tuples (j1, …, jt) of t key sets:
     O[i]             = Σ_{j1..jt} softmax(logit[i, ·])[j1..jt] · (V1[j1] ∘ … ∘ Vt[jt]).
 
 t = 1 is softmax attention, t = 2 tensor (2-simplicial) attention (:func:`tattn_numba.attention`,
-to which t = 2 is dispatched). The exact kernels are in :mod:`tattn_numba.exact.nway_cpu`.
+to which t = 2 is dispatched for ``method="exact"``). The exact kernels are in
+:mod:`tattn_numba.exact.nway_cpu`; ``method="poly"`` runs the certified low-rank polynomial
+surrogate of :mod:`tattn_numba.poly.nway` for every t (t = 2 included).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from ._validation import (
 )
 from .attention import AttentionState, attention, attention_backward, attention_forward
 from .exact import nway_cpu
+from .poly import nway as poly_nway
+from .poly.plan import PolyPlan
 
 __all__ = [
     "NwayGrads",
@@ -36,6 +40,8 @@ __all__ = [
     "nway_attention_backward",
     "nway_attention_forward",
     "nway_attention_grad",
+    "nway_poly_gradient_bounds",
+    "nway_poly_plan",
 ]
 
 _METHODS = ("exact", "poly")
@@ -100,6 +106,14 @@ class NwayState:
     causal : bool
     t : int
         The order (number of key sets).
+    method : str
+        ``"exact"`` or ``"poly"``.
+    options : dict
+        The surrogate's options of the forward call (``tol`` or ``degree``, ``family``,
+        ``memory_budget``); empty for the exact method.
+    certificate : PolyPlan or None
+        For ``method="poly"``, the plan with its certified bounds (degree, rank, per-row radii,
+        ``output_bound``), as :func:`nway_poly_plan` returns it; None for the exact method.
 
     Notes
     -----
@@ -114,6 +128,9 @@ class NwayState:
     scale: float
     causal: bool
     t: int
+    method: str = "exact"
+    options: dict = field(default_factory=dict)
+    certificate: PolyPlan | None = None
     _inputs: _Inputs | None = field(default=None, repr=False)
     _O64: Any = field(default=None, repr=False)
     _lse64: Any = field(default=None, repr=False)
@@ -127,10 +144,17 @@ def _check_method_device(method, device) -> None:
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
         if value not in known:
             raise ValueError(f"unknown {name} {value!r}; expected one of {list(known)}")
-    if method == "poly":
-        raise ValueError("method='poly' is not implemented for nway attention yet; use method='exact'")
     if device != "cpu":
         raise ValueError(f"device={device!r} is not implemented for nway attention yet; use device='cpu'")
+
+
+def _check_options(method: str, options: dict) -> None:
+    """``TypeError`` for keyword options the method does not take (the exact method takes none)."""
+    known = poly_nway.OPTIONS if method == "poly" else frozenset()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for method={method!r}; accepted options: "
+                        f"{', '.join(sorted(known)) or 'none'}")
 
 
 def _sets(x, name: str) -> tuple:
@@ -166,8 +190,9 @@ def _check_range(scale: float, Q: np.ndarray, keys: tuple) -> None:
         )
 
 
-def _validate(Q, keys, values, scale, causal, method, device) -> _Inputs:
+def _validate(Q, keys, values, scale, causal, method, device, options) -> _Inputs:
     _check_method_device(method, device)
+    _check_options(method, options)
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     keys, values = _sets(keys, "keys"), _sets(values, "values")
@@ -251,7 +276,7 @@ def _pairwise_arrays(inputs: _Inputs) -> tuple:
 
 def nway_attention_forward(
     Q, keys: Sequence, values: Sequence, *, scale: float | None = None, causal: bool = False, method: str = "exact",
-    device: str = "cpu",
+    device: str = "cpu", **options: Any,
 ) -> tuple[np.ndarray, NwayState]:
     """n-way attention that also returns the state its backward pass needs.
 
@@ -268,38 +293,51 @@ def nway_attention_forward(
         Logit scale s; ``None`` means ``1/d``.
     causal : bool
         Keep only tuples with every ``j_a <= i``; needs ``n == m_a`` for every a.
-    method : {"exact"}
-        ``"poly"`` (the low-rank surrogate) is not implemented for n-way attention yet.
+    method : {"exact", "poly"}
+        ``"poly"`` runs the certified low-rank polynomial surrogate (see
+        :func:`nway_poly_plan`), for every t (t = 2 included, which then runs the t-general
+        surrogate rather than :func:`tattn_numba.attention`).
     device : {"cpu"}
         ``"cuda"`` is not implemented for n-way attention yet.
+    **options
+        With ``method="poly"``: exactly one of ``tol`` (target bound on max |Õ − O|; the
+        smallest certified degree is chosen) and ``degree``, and optionally ``family``
+        (``"chebyshev"`` or ``"taylor"``) and ``memory_budget`` (bytes). The exact method takes
+        none.
 
     Returns
     -------
     O : ndarray, shape (..., n, dv)
         In the input dtype.
     state : NwayState
-        For :func:`nway_attention_backward`.
+        For :func:`nway_attention_backward`; with ``method="poly"``, ``state.certificate`` is
+        the surrogate's :class:`~tattn_numba.poly.plan.PolyPlan`.
 
     Raises
     ------
     TypeError
         keys/values not tuples or lists, a non-array operand, unsupported or mixed dtypes,
-        non-bool ``causal``, non-real ``scale``, non-string ``method``/``device``.
+        non-bool ``causal``, non-real ``scale``, non-string ``method``/``device``, an unknown
+        option or an option of the wrong type.
     ValueError
         Empty keys/values (t = 0), ``len(keys) != len(values)``, rank below 2, different leading
         dimensions, mismatched m_a, d or dv, empty arrays, NaN/Inf, ``causal`` with some
         ``m_a != n``, ``scale`` <= 0 or non-finite, logits or the kernels' products that could
-        pass 1e300, an unknown method or device, ``method="poly"`` or ``device="cuda"`` (not
-        implemented yet), a problem whose memory estimate passes
-        ``config.MEMORY_BUDGET_BYTES``.
+        pass 1e300, an unknown method or device, ``device="cuda"`` (not implemented yet), a
+        problem whose memory estimate passes ``config.MEMORY_BUDGET_BYTES`` (``memory_budget``
+        for the surrogate); with ``method="poly"``: neither or both of ``tol`` and ``degree``,
+        an unreachable ``tol``, a ``degree`` too low to certify (each naming the argument).
 
     Notes
     -----
     t = 2 is computed by :func:`tattn_numba.attention_forward` (identical results). Otherwise the
     exact streaming kernel costs Θ(n·Π m_a·(d + dv)) time and O((n + Σ m_a)·(d + dv)) extra
     memory (float64 inside, whatever the input dtype); the n×m1×…×mt tensor is never stored.
+    The surrogate costs O((n + Σ m_a)·r·dv) with r = C(d + g, g) (float64 inside too).
     """
-    inputs = _validate(Q, keys, values, scale, causal, method, device)
+    inputs = _validate(Q, keys, values, scale, causal, method, device, options)
+    if method == "poly":
+        return _poly_forward(inputs, options)
     if inputs.t == 2:
         O, pairwise = attention_forward(*_pairwise_arrays(inputs), scale=inputs.scale, causal=inputs.causal)
         return O, NwayState(O=O, lse=pairwise.lse, scale=inputs.scale, causal=inputs.causal, t=2, _inputs=inputs,
@@ -312,6 +350,42 @@ def nway_attention_forward(
     lse = lse64.reshape(inputs.batch_shape + lse64.shape[1:]).copy()
     return O, NwayState(O=O, lse=lse, scale=inputs.scale, causal=inputs.causal, t=inputs.t, _inputs=inputs,
                         _O64=O64, _lse64=lse64, _fingerprints=_fingerprints(inputs))
+
+
+def _poly_forward(inputs: _Inputs, options: dict) -> tuple[np.ndarray, NwayState]:
+    with threads_for(_flops(inputs)):
+        O64, lse64, plan = poly_nway.forward(inputs, **options)
+    O = _cast(O64, inputs, "O", inputs.batch_shape)
+    if np.shares_memory(O, O64):
+        O = O.copy()
+    lse = lse64.reshape(inputs.batch_shape + lse64.shape[1:]).copy()
+    return O, NwayState(O=O, lse=lse, scale=inputs.scale, causal=inputs.causal, t=inputs.t, method="poly",
+                        options=dict(options), certificate=plan, _inputs=inputs, _O64=O64, _lse64=lse64,
+                        _fingerprints=_fingerprints(inputs))
+
+
+def _checked_state(state: NwayState) -> _Inputs:
+    """The validated inputs of ``state``; ``TypeError`` for a foreign state, ``ValueError``
+    naming an operand modified since the forward."""
+    if not isinstance(state, NwayState) or state._inputs is None:
+        raise TypeError(f"state must be the NwayState returned by nway_attention_forward, got {type(state).__name__}")
+    inputs = state._inputs
+    for name, before, now in zip(inputs.names(), state._fingerprints, _fingerprints(inputs)):
+        if before != now:
+            raise ValueError(
+                f"{name} was modified after nway_attention_forward; the saved state no longer matches it "
+                "(run nway_attention_forward again, or pass a copy)"
+            )
+    return inputs
+
+
+def _upstream(dO, inputs: _Inputs, state: NwayState) -> np.ndarray:
+    """``dO`` checked against the forward's dtype and output shape, batch-flattened."""
+    dO = as_float_array(dO, "dO", inputs.dtype)
+    expected = inputs.batch_shape + state._O64.shape[1:]
+    if dO.shape != expected:
+        raise ValueError(f"dO must have the output's shape {expected} (..., n, dv), got {dO.shape}")
+    return _flatten(dO)
 
 
 def nway_attention_backward(state: NwayState, dO) -> NwayGrads:
@@ -342,27 +416,21 @@ def nway_attention_backward(state: NwayState, dO) -> NwayGrads:
     δ_i = Σ_m dO[i,m]·O[i,m]; P = exp(logit − lse_i); dZ = P·(dS − δ_i) with
     dS = Σ_m dO[i,m]·Π_a Va[j_a,m]; dQ[i] = s·Σ dZ·Π_a Ka[j_a];
     dKa[j_a] = s·Σ dZ·Q[i] ∘ Π_{b≠a} Kb[j_b]; dVa[j_a] = Σ P·dO[i] ∘ Π_{b≠a} Vb[j_b].
-    Time Θ(n·Π m_a·(d + dv)), P never stored.
+    Time Θ(n·Π m_a·(d + dv)), P never stored. For ``method="poly"`` the same formulas with the
+    surrogate's weights P̃ (low-rank, :mod:`tattn_numba.poly.nway`): time
+    O((n + Σ m_a)·r·d·dv).
     """
-    if not isinstance(state, NwayState) or state._inputs is None:
-        raise TypeError(f"state must be the NwayState returned by nway_attention_forward, got {type(state).__name__}")
-    inputs = state._inputs
-    for name, before, now in zip(inputs.names(), state._fingerprints, _fingerprints(inputs)):
-        if before != now:
-            raise ValueError(
-                f"{name} was modified after nway_attention_forward; the saved state no longer matches it "
-                "(run nway_attention_forward again, or pass a copy)"
-            )
+    inputs = _checked_state(state)
     if state._pairwise is not None:
         g = attention_backward(state._pairwise, dO)
         return NwayGrads(g.dQ, (g.dK1, g.dK2), (g.dV1, g.dV2))
-    dO = as_float_array(dO, "dO", inputs.dtype)
-    expected = inputs.batch_shape + state._O64.shape[1:]
-    if dO.shape != expected:
-        raise ValueError(f"dO must have the output's shape {expected} (..., n, dv), got {dO.shape}")
+    dO = _upstream(dO, inputs, state)
     with threads_for(3 * _flops(inputs)):
-        dQ, dkeys, dvalues = nway_cpu.backward(inputs.Q, inputs.keys, inputs.values, inputs.scale, inputs.causal,
-                                               state._O64, state._lse64, _flatten(dO))
+        if state.method == "poly":
+            dQ, dkeys, dvalues = poly_nway.backward(inputs, state._O64, state.certificate, dO)
+        else:
+            dQ, dkeys, dvalues = nway_cpu.backward(inputs.Q, inputs.keys, inputs.values, inputs.scale,
+                                                   inputs.causal, state._O64, state._lse64, dO)
     return NwayGrads(
         _cast(dQ, inputs, "dQ", inputs.batch_shape),
         tuple(_cast(g, inputs, f"dkeys[{a}]", inputs.batch_shape) for a, g in enumerate(dkeys)),
@@ -372,7 +440,7 @@ def nway_attention_backward(state: NwayState, dO) -> NwayGrads:
 
 def nway_attention(
     Q, keys: Sequence, values: Sequence, *, scale: float | None = None, causal: bool = False, method: str = "exact",
-    device: str = "cpu",
+    device: str = "cpu", **options: Any,
 ) -> np.ndarray:
     """Attention of order t: each query attends to t-tuples of keys (SPEC §9).
 
@@ -381,7 +449,7 @@ def nway_attention(
 
     Parameters
     ----------
-    Q, keys, values, scale, causal, method, device
+    Q, keys, values, scale, causal, method, device, **options
         As for :func:`nway_attention_forward`.
 
     Returns
@@ -402,8 +470,12 @@ def nway_attention(
     >>> values = tuple(rng.standard_normal((5, 2)) for _ in range(3))
     >>> ta.nway_attention(Q, keys, values).shape
     (4, 2)
+    >>> ta.nway_attention(Q, keys, values, method="poly", tol=1e-6).shape
+    (4, 2)
     """
-    inputs = _validate(Q, keys, values, scale, causal, method, device)
+    inputs = _validate(Q, keys, values, scale, causal, method, device, options)
+    if method == "poly":
+        return _poly_forward(inputs, options)[0]
     if inputs.t == 2:
         return attention(*_pairwise_arrays(inputs), scale=inputs.scale, causal=inputs.causal)
     with threads_for(_flops(inputs)):
@@ -414,13 +486,13 @@ def nway_attention(
 
 def nway_attention_grad(
     Q, keys: Sequence, values: Sequence, dO, *, scale: float | None = None, causal: bool = False,
-    method: str = "exact", device: str = "cpu",
+    method: str = "exact", device: str = "cpu", **options: Any,
 ) -> NwayGrads:
     """Gradients of ``⟨dO, nway_attention(Q, keys, values)⟩`` with respect to every operand.
 
     Parameters
     ----------
-    Q, keys, values, scale, causal, method, device
+    Q, keys, values, scale, causal, method, device, **options
         As for :func:`nway_attention_forward`.
     dO : array_like, shape (..., n, dv)
         Upstream gradient, same dtype as the inputs.
@@ -430,5 +502,102 @@ def nway_attention_grad(
     NwayGrads
         ``(dQ, dkeys, dvalues)``, ``dkeys``/``dvalues`` tuples in the order given.
     """
-    _, state = nway_attention_forward(Q, keys, values, scale=scale, causal=causal, method=method, device=device)
+    _, state = nway_attention_forward(Q, keys, values, scale=scale, causal=causal, method=method, device=device,
+                                      **options)
     return nway_attention_backward(state, dO)
+
+
+def nway_poly_plan(
+    Q, keys: Sequence, values: Sequence, *, scale: float | None = None, causal: bool = False,
+    tol: float | None = None, degree: int | None = None, family: str = "chebyshev", memory_budget: int | None = None,
+) -> PolyPlan:
+    """Inspect what ``nway_attention(..., method="poly")`` would do, without doing it.
+
+    Parameters
+    ----------
+    Q, keys, values, scale, causal
+        As for :func:`nway_attention_forward`.
+    tol : float, optional
+        Target bound on max |Õ − O|; the smallest certified degree is chosen.
+    degree : int, optional
+        A fixed degree instead (exactly one of ``tol`` and ``degree``).
+    family : {"chebyshev", "taylor"}
+    memory_budget : int, optional
+        Bytes the surrogate may allocate (default ``config.MEMORY_BUDGET_BYTES``).
+
+    Returns
+    -------
+    PolyPlan
+        Degree g, rank r = C(d + g, g) (the same for every t), per-row radii
+        R_i = min(s·Σ_l |Q[i,l]|·Π_a max|Ka[:,l]|, s·‖Q_i‖₂·Π_a max_j‖Ka_j‖_{2t}), per-row certified
+        relative errors ε_i and κ_i = 2ε_i/(1 − ε_i), and ``output_bound`` (..., n, dv): a
+        certified bound on |Õ − O| entrywise for the output as returned (input dtype), the
+        polynomial's κ_i·range_m/2 (range over the tuple products Π_a Va[j_a, m]) plus float64
+        rounding (Π m_a tuples, or (i + 1)^t causal) and the final cast. Cost
+        O((n + Σ m_a)·(d + dv)) per batch entry.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`nway_attention_forward` with ``method="poly"``.
+
+    Examples
+    --------
+    >>> import numpy as np, tattn_numba as ta
+    >>> rng = np.random.default_rng(0)
+    >>> Q = rng.uniform(-1, 1, (8, 3))
+    >>> keys = tuple(rng.uniform(-1, 1, (6, 3)) for _ in range(3))
+    >>> values = tuple(rng.uniform(-1, 1, (6, 2)) for _ in range(3))
+    >>> plan = ta.nway_poly_plan(Q, keys, values, tol=1e-6)
+    >>> plan.max_output_bound <= 1e-6
+    True
+    """
+    options = dict(tol=tol, degree=degree, family=family, memory_budget=memory_budget)
+    inputs = _validate(Q, keys, values, scale, causal, "poly", "cpu", {})
+    return poly_nway.make_nway_plan(inputs, **options)
+
+
+def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:
+    """Certified entrywise bounds on |surrogate gradient − exact gradient| for ``dO``.
+
+    Parameters
+    ----------
+    state : NwayState
+        From ``nway_attention_forward(..., method="poly")`` (any t, causal or not, float32 or
+        float64).
+    dO : array_like, shape (..., n, dv)
+        The upstream gradient given to :func:`nway_attention_backward`.
+
+    Returns
+    -------
+    NwayGrads
+        ``(dQ, dkeys, dvalues)`` bounds shaped like the gradients, float64: every entry of
+        |nway_attention_backward(state, dO) − exact gradient| is at most its bound, float64
+        rounding and the cast to the input dtype included.
+
+    Raises
+    ------
+    TypeError
+        ``state`` not from ``nway_attention_forward(..., method="poly")``; ``dO`` of another dtype.
+    ValueError
+        An operand modified since the forward; ``dO`` of the wrong shape or not finite.
+
+    Notes
+    -----
+    The t = 2 argument of :func:`tattn_numba.poly_gradient_bounds` (docs/surrogate.md) with
+    products over the other key sets: with |P̃ − P| <= κ_i·P and
+    c_i = κ_i·(D_i + |δ̂_i|) + Δδ_i (D_i = Σ_m |dO[i,m]|·Π_a max|Va[:,m]|),
+    |ΔdQ[i,l]| <= s·c_i·Π_a max|Ka[:,l]|, |ΔdKa[j,l]| <= s·Π_{b≠a} max|Kb[:,l]|·Σ_i c_i·|Q[i,l]|,
+    |ΔdVa[j,m]| <= Π_{b≠a} max|Vb[:,m]|·Σ_i κ_i·|dO[i,m]|, plus the backward's rounding
+    (:func:`tattn_numba.poly.rounding.tuple_gradient_rounding`). A-priori in P, so the key-side
+    bounds are loose by the spread of the marginals. Cost O((n + Σ m_a)·d·dv).
+    """
+    inputs = _checked_state(state)
+    if state.method != "poly":
+        raise TypeError("state must come from nway_attention_forward(..., method='poly')")
+    dO = _upstream(dO, inputs, state)
+    dQ, dkeys, dvalues = poly_nway.gradient_bounds(inputs, state.certificate, state._O64, dO.astype(np.float64),
+                                                   lse=state._lse64)
+    leading = inputs.batch_shape
+    return NwayGrads(dQ.reshape(leading + dQ.shape[1:]), tuple(g.reshape(leading + g.shape[1:]) for g in dkeys),
+                     tuple(g.reshape(leading + g.shape[1:]) for g in dvalues))

@@ -327,7 +327,7 @@ BAD = [
     ("causal type", lambda a, k: k.update(causal=1), TypeError, "causal must be a bool, got int"),
     ("scale", lambda a, k: k.update(scale=-1.0), ValueError, "scale must be positive and finite, got -1.0"),
     ("scale type", lambda a, k: k.update(scale="1"), TypeError, "scale must be a positive real number"),
-    ("poly", lambda a, k: k.update(method="poly"), ValueError, "method='poly' is not implemented for nway"),
+    ("poly without tol or degree", lambda a, k: k.update(method="poly"), ValueError, "exactly one of tol"),
     ("cuda", lambda a, k: k.update(device="cuda"), ValueError, "device='cuda' is not implemented for nway"),
     ("unknown method", lambda a, k: k.update(method="fast"), ValueError, r"unknown method 'fast'; expected one of"),
     ("method type", lambda a, k: k.update(method=1), TypeError, "method must be a string, got int"),

@@ -20,6 +20,7 @@ Both are exact-arithmetic statements; every bound adds the floating-point terms 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
 from typing import NamedTuple
 
 import numba
@@ -37,6 +38,8 @@ from .rounding import gamma, gradient_magnitudes, gradient_rounding, output_roun
 
 __all__ = [
     "PolyPlan", "GradientBounds", "InputStatistics", "input_statistics", "balancing_maxima", "epsilon_for_tolerance", "row_radii",
+    "tuple_radii", "certified_radii", "max_row_norm", "product_ranges", "Certifier", "certified_degree",
+    "plan_from_certificate", "check_finite_radii_and_ranges", "memory_refusal", "polynomial_gradient_bounds",
     "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan", "gradient_bounds", "check_certified",
     "normaliser_error", "check_normaliser", "keeps_key_summaries", "kappa_for_epsilon",
 ]
@@ -67,7 +70,9 @@ class PolyPlan:
         grid of :data:`RADIUS_GRID_STEPS` points per octave (at most 0.3% larger), so the
         polynomials are fitted once per distinct grid radius instead of once per row.
     global_radius : float
-        The one-interval radius s·Σ_l max|Q_l|·max|K1_l|·max|K2_l| a global polynomial would need.
+        The one-interval radius s·Σ_l max|Q_l|·max|K1_l|·max|K2_l| a global polynomial would need
+        (s·Σ_l max|Q_l|·Π_a max|Ka_l| for the n-way plan of :func:`tattn_numba.nway_poly_plan`,
+        whose radii, ranges and rounding are the same with t key sets).
     epsilon : ndarray, shape (..., n)
         Certified relative error of each row's polynomial on its interval.
     coefficients : ndarray, shape (..., n, degree + 1)
@@ -169,10 +174,11 @@ def balancing_maxima(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(kappa > 0.0, kappa, 1.0)
 
 
-def _max_row_4norm(K: np.ndarray) -> np.ndarray:
-    """max_j ‖K[b, j]‖₄ per batch entry, (B,)."""
-    squares = np.square(K, dtype=np.float64)
-    return np.sqrt(np.sqrt(np.einsum("bjl,bjl->bj", squares, squares).max(axis=1)))
+def max_row_norm(K: np.ndarray, t: int = 2) -> np.ndarray:
+    """max_j ‖K[b, j]‖_{2t} per batch entry, (B,): the key factor of the Hölder radius for t
+    key sets (exponents 2, 2t, …, 2t; ‖·‖₄ for t = 2)."""
+    powers = np.abs(K.astype(np.float64)) ** t
+    return np.sqrt(np.einsum("bjl,bjl->bj", powers, powers).max(axis=1) ** (1.0 / t))
 
 
 class InputStatistics(NamedTuple):
@@ -221,7 +227,7 @@ def input_statistics(inputs: AttentionInputs) -> InputStatistics:
         k12 = np.maximum(extrema[1][1], -extrema[1][0]) * np.maximum(extrema[2][1], -extrema[2][0])  # (B, d)
         return InputStatistics(
             *(bound for pair in extrema for bound in pair),
-            K1_max_4norm=_max_row_4norm(inputs.K1)[kb], K2_max_4norm=_max_row_4norm(inputs.K2)[kb],
+            K1_max_4norm=max_row_norm(inputs.K1)[kb], K2_max_4norm=max_row_norm(inputs.K2)[kb],
             Q_weighted_l1=np.einsum("bnl,bl->bn", np.abs(Q), k12), Q_l2=np.sqrt(np.einsum("bnl,bnl->bn", Q, Q)),
         )
 
@@ -235,12 +241,34 @@ def row_radii(inputs: AttentionInputs, statistics: InputStatistics | None = None
     (default: computed from the host arrays of ``inputs``) are the numbers this reads.
     """
     stats = input_statistics(inputs) if statistics is None else statistics
-    s = inputs.scale
-    k12 = np.maximum(stats.K1_max, -stats.K1_min) * np.maximum(stats.K2_max, -stats.K2_min)
-    linf = s * stats.Q_weighted_l1
-    holder = (s * stats.K1_max_4norm * stats.K2_max_4norm)[:, None] * stats.Q_l2
-    global_radius = s * np.einsum("bl,bl->b", np.maximum(stats.Q_max, -stats.Q_min), k12)
+    return tuple_radii(inputs.scale, stats.Q_weighted_l1, stats.Q_l2, np.maximum(stats.Q_max, -stats.Q_min),
+                       [np.maximum(stats.K1_max, -stats.K1_min), np.maximum(stats.K2_max, -stats.K2_min)],
+                       [stats.K1_max_4norm, stats.K2_max_4norm])
+
+
+def tuple_radii(scale: float, Q_weighted_l1: np.ndarray, Q_l2: np.ndarray, Q_abs_max: np.ndarray,
+                key_abs_max: list, key_norms: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row radii (B, n) and the global radius (B,) for t key sets.
+
+    R_i = min(s·Σ_l |Q[i,l]|·Π_a κ_{a,l},  s·‖Q_i‖₂·Π_a max_j‖Ka_j‖_{2t}) bounds the absolute
+    logit sum Σ_l |s·Q[i,l]·Π_a Ka[j_a,l]| of every tuple: the first by the column maxima κ_a,
+    the second by Hölder's inequality with exponents (2, 2t, …, 2t). ``Q_weighted_l1`` (B, n) is
+    Σ_l |Q[i,l]|·Π_a κ_{a,l}, ``Q_l2`` (B, n) ‖Q_i‖₂, ``Q_abs_max`` (B, d) max_i |Q[i,l]|,
+    ``key_abs_max`` the t arrays κ_a (B, d) and ``key_norms`` the t arrays max_j‖Ka_j‖_{2t} (B,)
+    (:func:`max_row_norm`)."""
+    linf = scale * Q_weighted_l1
+    holder = reduce(np.multiply, key_norms, scale)[:, None] * Q_l2
+    global_radius = scale * np.einsum("bl,bl->b", Q_abs_max, reduce(np.multiply, key_abs_max))
     return np.minimum(linf, holder), global_radius
+
+
+def certified_radii(radius: np.ndarray, d: int, t: int = 2) -> np.ndarray:
+    """Computed radii made certified: inflated by γ_{2d + 8t} for their own rounding (the sums
+    over d columns of products of t + 1 factors, the 2t-th roots), rounded up to the grid
+    (:func:`round_up_to_grid`); NaN (from overflow) becomes inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        radius = np.where(np.isnan(radius), np.inf, radius)
+        return round_up_to_grid(radius * (1.0 + float(gamma(2 * d + 8 * t))))
 
 
 def round_up_to_grid(radius: np.ndarray) -> np.ndarray:
@@ -268,8 +296,18 @@ def value_ranges(V1: np.ndarray, V2: np.ndarray) -> np.ndarray:
 
 def _ranges_of_products(lo1, hi1, lo2, hi2) -> np.ndarray:
     """max − min of x·y over x in [lo1, hi1], y in [lo2, hi2], elementwise."""
-    corners = np.stack([lo1 * lo2, lo1 * hi2, hi1 * lo2, hi1 * hi2])
-    return corners.max(axis=0) - corners.min(axis=0)
+    return product_ranges([lo1, lo2], [hi1, hi2])
+
+
+def product_ranges(lows: list, highs: list) -> np.ndarray:
+    """max − min of x_1·…·x_t over x_a in [lows[a], highs[a]], elementwise (the range of the
+    tuple products of t value columns from their column extrema). The product of intervals is
+    the interval of its corner products, so the t factors are folded in one at a time."""
+    lo, hi = lows[0], highs[0]
+    for lo_a, hi_a in zip(lows[1:], highs[1:]):
+        corners = np.stack([lo * lo_a, lo * hi_a, hi * lo_a, hi * hi_a])
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return hi - lo
 
 
 def polynomial_output_bound(kappa: np.ndarray, ranges: np.ndarray) -> np.ndarray:
@@ -453,34 +491,54 @@ def make_plan(inputs: AttentionInputs, *, tol=None, degree=None, family="chebysh
     stats = input_statistics(inputs) if statistics is None else statistics
     with np.errstate(over="ignore", invalid="ignore"):
         radius, global_radius = row_radii(inputs, stats)
-        radius = np.where(np.isnan(radius), np.inf, radius)
-        radius = round_up_to_grid(radius * (1.0 + float(gamma(2 * d + 16))))  # the radii's own rounding
+        radius = certified_radii(radius, d)
         ranges = _ranges_of_products(stats.V1_min, stats.V1_max, stats.V2_min, stats.V2_max)
-    if not np.all(np.isfinite(radius)):
-        raise ValueError("the logit radius s·Σ_l |Q[i,l]|·max|K1[:,l]|·max|K2[:,l]| overflows float64 for some row; "
-                         "the surrogate cannot certify such logits: rescale the inputs or use method='exact'")
-    if not np.all(np.isfinite(ranges)):
-        raise ValueError("the pair products V1[j1]·V2[j2] overflow float64 (their range is not finite); "
-                         "rescale V1 and V2")
+    check_finite_radii_and_ranges(radius, ranges, 2)
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
-    certify = _Certifier(inputs, stats, family, radius, ranges, budget)
-    if degree is None:
-        degree, certificate = _degree_for_tolerance(tol, certify)
-    else:
-        certificate = certify(degree)
+    certify = _pair_certifier(inputs, stats, family, radius, ranges, budget)
+    degree, certificate = certified_degree(certify, tol, degree)
     r = rank(d, degree)
     rows, nbytes = _budgeted_chunk(inputs, degree, budget)
-    coefficients, epsilon, kappa, output_bound, rounding_bound = certificate
     layout = SummaryLayout(d, dv)
     flops = 2.0 * B * r * ((n + m1 + m2) * layout.narrow + (n + 2 * (m1 + m2)) * layout.wide * 2)
-    batch = inputs.batch_shape
+    return plan_from_certificate(certify, degree, certificate, global_radius, inputs.batch_shape, d,
+                                 seconds=flops / ASSUMED_FLOPS, nbytes=nbytes, chunk=rows)
+
+
+def check_finite_radii_and_ranges(radius: np.ndarray, ranges: np.ndarray, t: int) -> None:
+    """``ValueError`` when a certified radius or a range of the values' tuple products is not
+    finite (float64 overflow), worded for t key sets."""
+    keys = "max|K1[:,l]|·max|K2[:,l]|" if t == 2 else "Π_a max|Ka[:,l]|"
+    if not np.all(np.isfinite(radius)):
+        raise ValueError(f"the logit radius s·Σ_l |Q[i,l]|·{keys} overflows float64 for some row; "
+                         "the surrogate cannot certify such logits: rescale the inputs or use method='exact'")
+    if not np.all(np.isfinite(ranges)):
+        what, which = ("pair products V1[j1]·V2[j2]", "V1 and V2") if t == 2 else \
+            ("tuple products V1[j1]·…·Vt[jt]", "the values")
+        raise ValueError(f"the {what} overflow float64 (their range is not finite); rescale {which}")
+
+
+def certified_degree(certify: "Certifier", tol: float | None, degree: int | None) -> tuple[int, "_Certificate"]:
+    """The given ``degree`` and its certificate, or (``tol`` given) the smallest degree whose
+    certified output bound meets ``tol`` (:func:`_degree_for_tolerance`)."""
+    if degree is None:
+        return _degree_for_tolerance(tol, certify)
+    return degree, certify(degree)
+
+
+def plan_from_certificate(certify: "Certifier", degree: int, certificate: "_Certificate", global_radius: np.ndarray,
+                          batch: tuple, d: int, *, seconds: float, nbytes: int, chunk: int) -> PolyPlan:
+    """The :class:`PolyPlan` of a certified degree: per-row arrays (B, n[, ·]) reshaped to the
+    caller's leading dimensions ``batch``."""
+    coefficients, epsilon, kappa, output_bound, rounding_bound = certificate
+    n, dv = output_bound.shape[1:]
     return PolyPlan(
-        family=family, degree=int(degree), rank=int(r),
-        radius=radius.reshape(batch + (n,)), global_radius=float(global_radius.max()),
+        family=certify.family, degree=int(degree), rank=int(rank(d, degree)),
+        radius=certify.radius.reshape(batch + (n,)), global_radius=float(global_radius.max()),
         epsilon=epsilon.reshape(batch + (n,)), coefficients=coefficients.reshape(batch + (n, degree + 1)),
         kappa=kappa.reshape(batch + (n,)),
         output_bound=output_bound.reshape(batch + (n, dv)), max_output_bound=float(output_bound.max()),
-        estimated_seconds=flops / ASSUMED_FLOPS, estimated_bytes=int(nbytes), chunk_rows=rows,
+        estimated_seconds=seconds, estimated_bytes=int(nbytes), chunk_rows=chunk,
         rounding_bound=rounding_bound.reshape(batch + (n, dv)),
     )
 
@@ -498,27 +556,25 @@ class _Certificate(NamedTuple):
     rounding_bound: np.ndarray
 
 
-class _Certifier:
-    """The certificate of a degree for fixed inputs: per-row fits, κ, and the output bound
-    κ·range/2 + rounding (:mod:`.rounding`), all (B, n[, dv])."""
+class Certifier:
+    """The certificate of a degree for fixed inputs, any number t of key sets: per-row fits, κ,
+    and the output bound κ·range/2 + rounding (:mod:`.rounding`), all (B, n[, dv]).
 
-    def __init__(self, inputs: AttentionInputs, stats: InputStatistics, family: str, radius: np.ndarray,
-                 ranges: np.ndarray, budget: int):
+    ``radius`` (B, n) are the certified grid radii, ``ranges`` (B, dv) the ranges of the values'
+    tuple products (:func:`product_ranges`), ``values`` (B, dv) Π_a max|Va[:, m]|, ``dtype`` the
+    output dtype and ``rounding(coefficients, epsilon, degree)`` the :class:`.rounding.RowRounding`
+    of a degree's fits (:func:`.rounding.row_rounding` for t = 2, :func:`.rounding.tuple_rounding`
+    in general); ``products`` names the value products in messages."""
+
+    def __init__(self, family: str, radius: np.ndarray, ranges: np.ndarray, values: np.ndarray, dtype,
+                 rounding, products: str = "V1·V2"):
         self.family, self.radius, self.ranges = family, radius, ranges
-        self.inputs, self.budget = inputs, budget
-        self.n, self.d = inputs.Q.shape[1:]
-        self.m1, self.m2 = inputs.K1.shape[1], inputs.K2.shape[1]
-        self.mask, self.dtype = inputs.mask, inputs.dtype
-        self.values = (np.maximum(stats.V1_max, -stats.V1_min) * np.maximum(stats.V2_max, -stats.V2_min))
+        self.values, self.dtype, self.rounding, self.products = values, dtype, rounding, products
 
     def __call__(self, degree: int) -> _Certificate:
         coefficients, epsilon = per_row_fits(self.family, degree, self.radius)
         kappa = kappa_for_epsilon(epsilon)
-        # the windowed scans restart per chunk: their rounding depends on the chunk the plan will use
-        chunk = _chunk_for(self.inputs, degree, self.budget) if self.mask.narrow_window(self.n) else None
-        rounding = row_rounding(coefficients, self.radius, epsilon, degree=degree, rank=rank(self.d, degree),
-                                n=self.n, m1=self.m1, m2=self.m2, mask=self.mask, chunk=chunk)
-        rounding_bound = output_rounding(rounding, self.values, self.dtype)
+        rounding_bound = output_rounding(self.rounding(coefficients, epsilon, degree), self.values, self.dtype)
         return _Certificate(coefficients, epsilon, kappa,
                             BOUND_SLACK * (polynomial_output_bound(kappa, self.ranges) + rounding_bound),
                             BOUND_SLACK * rounding_bound)
@@ -531,14 +587,30 @@ class _Certifier:
         value = float(self.values[worst[0], worst[2]])
         u_out = unit_roundoff(self.dtype)
         if self.dtype != np.float64 and u_out * value >= 0.25 * floor:
-            cause = (f"the resolution of the {self.dtype} output: u = 2^-24 times max|V1·V2| = {value:.3g} "
+            cause = (f"the resolution of the {self.dtype} output: u = 2^-24 times max|{self.products}| = {value:.3g} "
                      "(pass float64 inputs for a tighter certificate)")
         else:
             radius = float(self.radius[worst[:2]])
             cause = (f"float64 rounding of the surrogate's sums, amplified by the polynomial's cancellation "
                      f"(about e^(2R) at logit radius R = {radius:.3g}) and the value magnitude "
-                     f"max|V1·V2| = {value:.3g}; use method='exact'")
+                     f"max|{self.products}| = {value:.3g}; use method='exact'")
         return floor, cause
+
+
+def _pair_certifier(inputs: AttentionInputs, stats: InputStatistics, family: str, radius: np.ndarray,
+                    ranges: np.ndarray, budget: int) -> Certifier:
+    """The :class:`Certifier` of a trilinear (t = 2) problem with its mask."""
+    n, d = inputs.Q.shape[1:]
+    m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
+
+    def rounding(coefficients, epsilon, degree):
+        # the windowed scans restart per chunk: their rounding depends on the chunk the plan will use
+        chunk = _chunk_for(inputs, degree, budget) if inputs.mask.narrow_window(n) else None
+        return row_rounding(coefficients, radius, epsilon, degree=degree, rank=rank(d, degree), n=n, m1=m1, m2=m2,
+                            mask=inputs.mask, chunk=chunk)
+
+    values = np.maximum(stats.V1_max, -stats.V1_min) * np.maximum(stats.V2_max, -stats.V2_min)
+    return Certifier(family, radius, ranges, values, inputs.dtype, rounding)
 
 
 def check_certified(plan: PolyPlan) -> None:
@@ -605,18 +677,24 @@ def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: b
     rows = chunk_rows(r, d, dv, budget, **shape)
     nbytes = memory_estimate(r, d, dv, rows, **shape)
     if nbytes > budget:
-        needed, allowed = format_byte_pair(nbytes, budget)
         problem = f"B={B}, n={n}, m1={m1}, m2={m2}, d={d}, dv={dv}{'' if inputs.mask.is_full else ', ' + inputs.mask.describe()}"
-        if chosen:
-            raise ValueError(
-                f"degree {degree} needs rank r = C(d + g, g) = {r} and about {needed} for {problem}, above "
-                f"the memory budget of {allowed}; lower the degree, loosen tol, or raise memory_budget"
-            )
-        raise ValueError(
-            f"the surrogate needs at least {needed} for {problem} (at any degree), above the memory budget "
-            f"of {allowed}; raise memory_budget (or TATTN_NUMBA_MEMORY_BUDGET) or split the batch"
-        )
+        raise memory_refusal(nbytes, budget, problem, degree, r, chosen)
     return rows, nbytes
+
+
+def memory_refusal(nbytes: int, budget: int, problem: str, degree: int, r: int, chosen: bool) -> ValueError:
+    """The ``ValueError`` for a surrogate whose memory estimate ``nbytes`` passes ``budget``:
+    for the chosen ``degree`` (rank ``r``), or (``chosen=False``) at any degree."""
+    needed, allowed = format_byte_pair(nbytes, budget)
+    if chosen:
+        return ValueError(
+            f"degree {degree} needs rank r = C(d + g, g) = {r} and about {needed} for {problem}, above "
+            f"the memory budget of {allowed}; lower the degree, loosen tol, or raise memory_budget"
+        )
+    return ValueError(
+        f"the surrogate needs at least {needed} for {problem} (at any degree), above the memory budget "
+        f"of {allowed}; raise memory_budget (or TATTN_NUMBA_MEMORY_BUDGET) or split the batch"
+    )
 
 
 def _estimate_shape(inputs: AttentionInputs, degree: int, budget: int) -> dict:
@@ -657,7 +735,7 @@ def epsilon_for_tolerance(tol: float, widest_range: float) -> float:
     return kappa / (2.0 + kappa)
 
 
-def _degree_for_tolerance(tol, certify: _Certifier) -> tuple[int, _Certificate]:
+def _degree_for_tolerance(tol, certify: Certifier) -> tuple[int, _Certificate]:
     """Smallest degree whose certified output bound (polynomial error plus rounding) is <= tol.
 
     The polynomial's share starts at ``tol`` and shrinks by the rounding bound found at the
@@ -669,9 +747,9 @@ def _degree_for_tolerance(tol, certify: _Certifier) -> tuple[int, _Certificate]:
         epsilon_target = epsilon_for_tolerance(share, widest)
         if not epsilon_target > 0.0:
             raise ValueError(
-                f"tol={tol!r} is unreachable: the pair products of the values span {widest:.3g}, so the "
-                f"weights would need a relative error below {share / widest:.3g}, under float64's "
-                "resolution; use a larger tol or rescale V1 and V2"
+                f"tol={tol!r} is unreachable: the products {certify.products} of the values span {widest:.3g}, "
+                f"so the weights would need a relative error below {share / widest:.3g}, under float64's "
+                "resolution; use a larger tol or rescale the values"
             )
         try:
             needed = int(exp_approx.min_degree(certify.family, radius, epsilon_target))
@@ -793,7 +871,6 @@ def _entry_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None,
     surrogate gradients (:func:`.rounding.gradient_magnitudes`), each (dQ, dK1, dK2, dV1, dV2)
     with the key and value gradients per batch entry (B, m, ·), not yet summed over groups."""
     B, n, d = inputs.Q.shape
-    dv = inputs.V1.shape[2]
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     Q = inputs.Q.astype(np.float64)
     kb = inputs.key_batch
@@ -802,7 +879,6 @@ def _entry_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None,
     kappa = np.asarray(plan.kappa).reshape(B, n)
     k1, k2 = column_abs_max(inputs.K1)[kb], column_abs_max(inputs.K2)[kb]
     v1, v2 = column_abs_max(V1), column_abs_max(V2)
-    abs_dO = np.abs(dO)
     # the output bound without the cast: what δ̂ = rowsum(dO ∘ Õ) inherits in float64
     coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)
     radius, epsilon = np.asarray(plan.radius).reshape(B, n), np.asarray(plan.epsilon).reshape(B, n)
@@ -811,20 +887,48 @@ def _entry_bounds(inputs: AttentionInputs, plan: PolyPlan, O: np.ndarray | None,
     values = v1 * v2
     beta = BOUND_SLACK * (polynomial_output_bound(kappa, value_ranges(V1, V2))
                           + output_rounding(rounding, values, np.float64))
+    polynomial, dZ_mass = polynomial_gradient_bounds(Q, dO, kappa, [k1, k2], [v1, v2], beta, O, (m1, m2), s)
+    terms = dict(scale=s, Q_abs=np.abs(Q), dO_abs=np.abs(dO), dZ_mass=dZ_mass, k1=k1, k2=k2, v1=v1, v2=v2,
+                 m1=m1, m2=m2, mask=inputs.mask)
+    rounded = gradient_rounding(rounding, **terms, chunk=plan.chunk_rows, degree=plan.degree, rank=plan.rank,
+                                output_dtype=output_dtype, key_roundings=key_roundings)
+    return polynomial, rounded, gradient_magnitudes(rounding, **terms) if magnitudes else None
+
+
+def polynomial_gradient_bounds(Q: np.ndarray, dO: np.ndarray, kappa: np.ndarray, key_max: list, value_max: list,
+                               beta: np.ndarray, O: np.ndarray | None, lengths, scale: float) -> tuple[tuple, np.ndarray]:
+    """The polynomial's part of the gradient bounds for t key sets, and dZ_mass (B, n).
+
+    ``Q`` (B, n, d) and ``dO`` (B, n, dv) float64, ``kappa`` (B, n) the weights' relative error,
+    ``key_max``/``value_max`` the t column maxima of |Ka| (B, d) and |Va| (B, dv), ``beta``
+    (B, n, dv) the float64 output bound, ``O`` the computed output (None before the forward:
+    then Π_a v_a + β bounds it), ``lengths`` the m_a. With D_i = Σ_m |dO[i,m]|·Π_a v_{a,m} >= |dS|,
+    |δ̂_i| and Δδ_i = Σ_m |dO[i,m]|·β[i,m] + γ_dv·|δ̂_i|, c_i = κ_i·(D_i + |δ̂_i| + Δδ_i) + Δδ_i
+    bounds |dZ̃ − dZ| / P, so (marginals of P at most 1)
+
+        |ΔdQ[i,l]| <= s·c_i·Π_a κ_{a,l},   |ΔdK_a[j,l]| <= s·Π_{b≠a} κ_{b,l}·Σ_i c_i·|Q[i,l]|,
+        |ΔdV_a[j,m]| <= Π_{b≠a} v_{b,m}·Σ_i κ_i·|dO[i,m]|
+
+    (t = 2: see :func:`gradient_bounds`). Returns ``((dQ, dK_1, …, dK_t, dV_1, …, dV_t), dZ_mass)``
+    with dZ_mass = D + |δ̂| + Δδ, the |dS − δ̂| bound of the rounding part.
+    """
+    B, n, d = Q.shape
+    dv = dO.shape[2]
+    abs_dO = np.abs(dO)
+    values = reduce(np.multiply, value_max)
     magnitude = values[:, None, :] + beta if O is None else np.abs(O)
     delta = np.einsum("bnm,bnm->bn", abs_dO, magnitude) * (1.0 + float(gamma(dv)))
     d_delta = np.einsum("bnm,bnm->bn", abs_dO, beta) + float(gamma(dv)) * delta
     D = np.einsum("bnm,bm->bn", abs_dO, values)
     c = kappa * (D + delta + d_delta) + d_delta
-    dQ = s * c[:, :, None] * (k1 * k2)[:, None, :]
+    dQ = scale * c[:, :, None] * reduce(np.multiply, key_max)[:, None, :]
     cq = np.einsum("bn,bnl->bl", c, np.abs(Q))
-    dK1 = np.broadcast_to((s * k2 * cq)[:, None, :], (B, m1, d))
-    dK2 = np.broadcast_to((s * k1 * cq)[:, None, :], (B, m2, d))
     kd = np.einsum("bn,bnm->bm", kappa, abs_dO)
-    dV1 = np.broadcast_to((v2 * kd)[:, None, :], V1.shape)
-    dV2 = np.broadcast_to((v1 * kd)[:, None, :], V2.shape)
-    terms = dict(scale=s, Q_abs=np.abs(Q), dO_abs=abs_dO, dZ_mass=D + delta + d_delta, k1=k1, k2=k2, v1=v1, v2=v2,
-                 m1=m1, m2=m2, mask=inputs.mask)
-    rounded = gradient_rounding(rounding, **terms, chunk=plan.chunk_rows, degree=plan.degree, rank=plan.rank,
-                                output_dtype=output_dtype, key_roundings=key_roundings)
-    return (dQ, dK1, dK2, dV1, dV2), rounded, gradient_magnitudes(rounding, **terms) if magnitudes else None
+    dkeys, dvalues = [], []
+    for a, m in enumerate(lengths):
+        other_keys = reduce(np.multiply, [k for b, k in enumerate(key_max) if b != a], scale)
+        other_values = [v for b, v in enumerate(value_max) if b != a]
+        dkeys.append(np.broadcast_to((other_keys * cq)[:, None, :], (B, m, d)))
+        dvalues.append(np.broadcast_to(((reduce(np.multiply, other_values) if other_values else 1.0) * kd)[:, None, :],
+                                       (B, m, dv)))
+    return (dQ, *dkeys, *dvalues), D + delta + d_delta

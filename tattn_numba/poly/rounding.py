@@ -17,6 +17,7 @@ All functions work on batch-flattened arrays: per-row quantities have shape (B, 
 
 from __future__ import annotations
 
+from functools import reduce
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..mask import Mask
 
 __all__ = [
     "UNIT_ROUNDOFF", "unit_roundoff", "gamma", "forward_roundings", "backward_roundings", "coefficient_mass",
-    "backward_spans", "forward_spans", "touched_queries", "RowRounding", "row_rounding", "output_rounding", "gradient_rounding",
+    "backward_spans", "forward_spans", "touched_queries", "RowRounding", "row_rounding", "tuple_rounding", "tuple_backward_roundings", "tuple_gradient_rounding", "output_rounding", "gradient_rounding",
     "gradient_magnitudes",
 ]
 
@@ -45,26 +46,37 @@ def gamma(k, u: float = UNIT_ROUNDOFF):
         return np.where(ku < 1.0, ku / np.maximum(1.0 - ku, 0.0), np.inf)
 
 
-def _feature_roundings(degree: int) -> int:
-    """Roundings in one product U1[i,α]·U2[j1,α]·U3[j2,α] with its query weight: 4 per query
-    variable (balancing), 2 per key variable, one per monomial factor on each side, the
-    multinomial (2 per degree) and the coefficient (2); rounded up to 16g + 8 so that every
-    implementation of the feature maps (CPU and CUDA) is covered."""
-    return 16 * degree + 8
+def _feature_roundings(degree: int, t: int = 2) -> int:
+    """Roundings in one product U1[i,α]·U2[j1,α]·…·U_{t+1}[jt,α] with its query weight, for t
+    key sets: t + 2 per query variable (balancing by s/R and the t column maxima), 2 per key
+    variable (K·(1/κ)), one per monomial factor on each of the t + 1 sides, the multinomial
+    (2 per degree) and the coefficient (2): at most (4t + 5)·g + 2, rounded up to
+    (4t + 8)·g + 8 (16g + 8 for t = 2) so that every implementation of the feature maps (CPU
+    and CUDA) is covered."""
+    return (4 * t + 8) * degree + 8
 
 
-def forward_roundings(degree: int, rank: int, m1: int, m2: int) -> int:
-    """K of the forward: features, the two key sums (at most 2·m each, counting the chunked
-    accumulation and the scans), the Hadamard product, the r-term feature sum and the final
-    products: 16g + 8 + 2·(m1 + m2) + r + 8."""
-    return _feature_roundings(degree) + 2 * (m1 + m2) + rank + 8
+def forward_roundings(degree: int, rank: int, *lengths: int) -> int:
+    """K of the forward for key sets of ``lengths`` m_1..m_t rows: features, the t key sums (at
+    most 2·m_a each, counting the chunked accumulation and the scans), the t − 1 Hadamard
+    products, the r-term feature sum and the final products: (4t + 8)·g + 8 + 2·Σ m_a + r + 6 + t
+    (16g + 8 + 2·(m1 + m2) + r + 8 for t = 2)."""
+    t = len(lengths)
+    return _feature_roundings(degree, t) + 2 * sum(lengths) + rank + 6 + t
 
 
 def backward_roundings(degree: int, rank: int, n: int, m1: int, m2: int, d: int, dv: int) -> int:
     """K of the backward: the forward's terms plus the sums over query rows (at most 2·n with
     chunking), the dv·d-wide contractions and the downdating of the causal scans (covered by the
     2·m of each key sum): 16g + 8 + 2·(m1 + m2) + 2·n + r + 2·(d + dv) + 32."""
-    return _feature_roundings(degree) + 2 * (m1 + m2) + 2 * n + rank + 2 * (d + dv) + 32
+    return tuple_backward_roundings(degree, rank, n, (m1, m2), d, dv)
+
+
+def tuple_backward_roundings(degree: int, rank: int, n: int, lengths, d: int, dv: int) -> int:
+    """:func:`backward_roundings` for t key sets of ``lengths`` rows, with the t − 1 products of
+    the other key sets' summaries: (4t + 8)·g + 8 + 2·Σ m_a + 2·n + r + 2·(d + dv) + 30 + t."""
+    t = len(lengths)
+    return _feature_roundings(degree, t) + 2 * sum(lengths) + 2 * n + rank + 2 * (d + dv) + 30 + t
 
 
 def coefficient_mass(coefficients: np.ndarray) -> np.ndarray:
@@ -171,19 +183,31 @@ def row_rounding(coefficients: np.ndarray, radius: np.ndarray, epsilon: np.ndarr
                  n: int, m1: int, m2: int, mask: Mask, lse: np.ndarray | None = None,
                  chunk: int | None = None) -> RowRounding:
     """The :class:`RowRounding` of a plan's per-row fits (``coefficients`` (B, n, g + 1),
-    ``radius`` and ``epsilon`` (B, n)). Every logit of row i lies in [−R_i, R_i], so the exact
-    normaliser is at least (1 − ε_i)·|I1||I2|·e^{−R_i}. With ``lse`` (B, n), the forward's
-    log ŵ_i, the computed normaliser gives a second lower bound, ŵ_i − e_i (e_i its certified
-    rounding), usually larger by about e^{R_i}: the larger of the two is used. The rounding counts
-    the key terms of the computed states (:func:`forward_spans`, with the plan's ``chunk``; the
-    pair counts except for sliding windows, whose running sums also subtract)."""
+    ``radius`` and ``epsilon`` (B, n)) for the pairs of ``mask``: :func:`tuple_rounding` with
+    the pair counts |I1(i)|·|I2(i)| and the key terms of the computed states
+    (:func:`forward_spans`, with the plan's ``chunk``; the pair counts except for sliding
+    windows, whose running sums also subtract)."""
     count1, count2 = mask.pair_counts(n, m1, m2)
-    pairs = count1 * count2
     span1, span2 = forward_spans(mask, n, m1, m2, chunk)
+    return tuple_rounding(coefficients, radius, epsilon, roundings=forward_roundings(degree, rank, m1, m2),
+                          tuples=count1 * count2, spans=span1 * span2, lse=lse)
+
+
+def tuple_rounding(coefficients: np.ndarray, radius: np.ndarray, epsilon: np.ndarray, *, roundings: int,
+                   tuples, spans, lse: np.ndarray | None = None) -> RowRounding:
+    """The :class:`RowRounding` of per-row fits for any number t of key sets.
+
+    ``tuples`` (n,) or scalar is how many key tuples row i sees, ``spans`` how many key-tuple
+    terms enter its computed state (``tuples`` unless running sums also subtract) and
+    ``roundings`` the K of :func:`forward_roundings`. Every logit of row i lies in
+    [−R_i, R_i], so the exact normaliser is at least (1 − ε_i)·tuples_i·e^{−R_i}. With ``lse``
+    (B, n), the forward's log ŵ_i, the computed normaliser gives a second lower bound,
+    ŵ_i − e_i (e_i its certified rounding), usually larger by about e^{R_i}: the larger of the
+    two is used."""
     mass = coefficient_mass(coefficients)
-    error = gamma(forward_roundings(degree, rank, m1, m2)) * mass * (span1 * span2)
+    error = gamma(roundings) * mass * spans
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        lower = np.clip(1.0 - epsilon, 0.0, None) * pairs * np.exp(-radius)
+        lower = np.clip(1.0 - epsilon, 0.0, None) * tuples * np.exp(-radius)
         if lse is not None:
             # exp(log ŵ) is ŵ to a relative (|lse| + 2)·4u (log and exp each within 2 ulp)
             computed = np.exp(lse) * (1.0 - (np.abs(lse) + 2.0) * 4.0 * UNIT_ROUNDOFF)
@@ -256,28 +280,61 @@ def gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray,
     """
     B, n, d = Q_abs.shape
     dv = dO_abs.shape[2]
+    dQ, (dK1, dK2), (dV1, dV2) = tuple_gradient_rounding(
+        rounding, scale=scale, Q_abs=Q_abs, dO_abs=dO_abs, dZ_mass=dZ_mass, key_max=[k1, k2], value_max=[v1, v2],
+        counts=mask.pair_counts(n, m1, m2), spans=backward_spans(mask, n, m1, m2, chunk),
+        queries=touched_queries(mask, n, m1, m2, chunk), roundings=backward_roundings(degree, rank, n, m1, m2, d, dv),
+        output_dtype=output_dtype, key_roundings=key_roundings)
+    return dQ, dK1, dK2, dV1, dV2
+
+
+def _others(arrays: list, a: int, initial=None):
+    """Π_{b≠a} arrays[b], multiplied in order onto ``initial`` (None: the first factor; 1.0 for
+    none)."""
+    others = [x for b, x in enumerate(arrays) if b != a]
+    if initial is None:
+        return reduce(np.multiply, others) if others else 1.0
+    return reduce(np.multiply, others, initial)
+
+
+def tuple_gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,
+                            dZ_mass: np.ndarray, key_max: list, value_max: list, counts, spans, queries,
+                            roundings: int, output_dtype, key_roundings: int = 0) -> tuple:
+    """:func:`gradient_rounding` for t key sets: ``(dQ, [dK_a], [dV_a])``.
+
+    ``key_max`` and ``value_max`` are the t column maxima κ_a (B, d) and v_a (B, dv); ``counts``,
+    ``spans`` (n,) and ``queries`` ((start, stop, again) of :func:`touched_queries`) one per key
+    set; ``roundings`` the K of :func:`tuple_backward_roundings`. With the products over the
+    other key sets in place of the single other set of t = 2 (μ_a = min(1, P̄_i·Π_{b≠a} |I_b(i)|)
+    bounds a marginal Σ_{tuples with j_a fixed} P̃):
+
+        ω0_i = η_i + (1 + η_i)·γ_K·P̄_i·Π_a S_a,     |ΔdQ[i,l]| <= s·ω0_i·dZ_mass_i·Π_a κ_{a,l}
+        ω_a,i = η_i·μ_a,i + (1 + η_i)·γ_K·P̄_i·Π_{b≠a} S_b,
+        |ΔdK_a[j,l]| <= s·Π_{b≠a} κ_{b,l}·Σ_{i sees j} ω_a,i·dZ_mass_i·|Q[i,l]|,
+        |ΔdV_a[j,m]| <= Π_{b≠a} v_{b,m}·Σ_{i sees j} ω_a,i·|dO[i,m]|,
+
+    plus the cast to ``output_dtype``.
+    """
     u_out = unit_roundoff(output_dtype) if np.dtype(output_dtype) != np.float64 else 0.0
-    count1, count2 = mask.pair_counts(n, m1, m2)
-    span1, span2 = backward_spans(mask, n, m1, m2, chunk)
-    queries1, queries2 = touched_queries(mask, n, m1, m2, chunk)
-    K = backward_roundings(degree, rank, n, m1, m2, d, dv)
-    g, g_key = float(gamma(K)), float(gamma(K + key_roundings))
+    g, g_key = float(gamma(roundings)), float(gamma(roundings + key_roundings))
     weight = rounding.weight
+    dkeys, dvalues = [], []
     with np.errstate(invalid="ignore", over="ignore"):
-        eta = _relative(g * rounding.mass * span1 * span2, rounding.lower)
-        omega0 = eta + (1.0 + eta) * g * weight * span1 * span2
-        mu2, mu1 = np.minimum(1.0, weight * count2), np.minimum(1.0, weight * count1)
-        omega2 = eta * mu2 + (1.0 + eta) * g_key * weight * span2
-        omega1 = eta * mu1 + (1.0 + eta) * g_key * weight * span1
+        eta = _relative(reduce(np.multiply, spans, g * rounding.mass), rounding.lower)
+        omega0 = eta + reduce(np.multiply, spans, (1.0 + eta) * g * weight)
         query = (omega0 + u_out * (1.0 + omega0)) * dZ_mass
-        key2 = omega2 + u_out * (mu2 + omega2)
-        key1 = omega1 + u_out * (mu1 + omega1)
-        dQ = scale * query[:, :, None] * (k1 * k2)[:, None, :]
-        dK1 = scale * k2[:, None, :] * _over_queries((key2 * dZ_mass)[:, :, None] * Q_abs, queries1)
-        dK2 = scale * k1[:, None, :] * _over_queries((key1 * dZ_mass)[:, :, None] * Q_abs, queries2)
-        dV1 = v2[:, None, :] * _over_queries(key2[:, :, None] * dO_abs, queries1)
-        dV2 = v1[:, None, :] * _over_queries(key1[:, :, None] * dO_abs, queries2)
-    return tuple(np.where(np.isnan(x), np.inf, x) for x in (dQ, dK1, dK2, dV1, dV2))
+        dQ = scale * query[:, :, None] * reduce(np.multiply, key_max)[:, None, :]
+        for a in range(len(key_max)):
+            mu = np.minimum(1.0, _others(counts, a, weight))
+            omega = eta * mu + _others(spans, a, (1.0 + eta) * g_key * weight)
+            key = omega + u_out * (mu + omega)
+            dkeys.append(_others([k[:, None, :] for k in key_max], a, scale)
+                         * _over_queries((key * dZ_mass)[:, :, None] * Q_abs, queries[a]))
+            dvalues.append(_others([v[:, None, :] for v in value_max], a) * _over_queries(key[:, :, None] * dO_abs,
+                                                                                         queries[a]))
+    finite = [np.where(np.isnan(x), np.inf, x) for x in (dQ, *dkeys, *dvalues)]
+    t = len(key_max)
+    return finite[0], finite[1:1 + t], finite[1 + t:]
 
 
 def gradient_magnitudes(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,

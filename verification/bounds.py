@@ -13,7 +13,7 @@ import numpy as np
 
 from tattn_numba.poly.exp_approx import min_degree, relative_error_bound
 from tattn_numba.poly.features import rank
-from tattn_numba.poly.plan import epsilon_for_tolerance, kappa_for_epsilon, value_ranges
+from tattn_numba.poly.plan import column_extrema, epsilon_for_tolerance, kappa_for_epsilon, product_ranges
 
 __all__ = [
     "relative_error_bound", "min_degree", "rank", "output_bound", "epsilon_for_output_tolerance",
@@ -28,10 +28,12 @@ def output_bound(epsilon: float, value_range: float) -> float:
     return math.inf if math.isinf(kappa) else kappa * value_range / 2.0
 
 
-def epsilon_for_output_tolerance(tol: float, V1: np.ndarray, V2: np.ndarray) -> float:
+def epsilon_for_output_tolerance(tol: float, *values: np.ndarray) -> float:
     """The polynomial relative error ε that certifies max |Õ − O| <= ``tol`` (inverse of
-    :func:`output_bound` with the values' range)."""
-    widest = float(value_ranges(np.asarray(V1, float)[None], np.asarray(V2, float)[None]).max())
+    :func:`output_bound` with the range of the values' tuple products; ``values`` are the t
+    value matrices (m_a, dv), V1 and V2 for tensor attention)."""
+    extrema = [column_extrema(np.asarray(V, float)[None]) for V in values]
+    widest = float(product_ranges([lo for lo, _ in extrema], [hi for _, hi in extrema]).max())
     return epsilon_for_tolerance(tol, widest)
 
 
@@ -45,6 +47,7 @@ def theory_degree(epsilon: float, radius: float) -> float:
     return max(first, radius)
 
 
-def entry_threshold(n: int) -> float:
-    """(ln n)^{1/3}: entries above a constant times this make the problem SETH-hard."""
-    return math.log(n) ** (1.0 / 3.0)
+def entry_threshold(n: int, t: int = 2) -> float:
+    """(ln n)^{1/(t+1)}: for attention over t key sets (t = 2: tensor attention) entries above a
+    constant times this make the problem SETH-hard (logits are products of t + 1 entries)."""
+    return math.log(n) ** (1.0 / (t + 1))

@@ -90,15 +90,19 @@ def _index_grid(shape: tuple, padded: tuple) -> np.ndarray:
     return np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64).reshape(padded)
 
 
-def head_layout(query_shape: tuple, key_shape: tuple) -> HeadLayout:
+def head_layout(query_shape: tuple, key_shape: tuple, keys_name: str = "K1, K2, V1, V2",
+                first_key: str = "K1") -> HeadLayout:
     """The :class:`HeadLayout` of Q's leading dimensions and the keys' and values'.
+
+    ``keys_name`` and ``first_key`` name the key and value operands in messages (n-way attention
+    has ``keys[a]`` and ``values[a]``).
 
     Raises
     ------
     ValueError
         When the head axis (the last leading axis) has ``H`` query heads and ``Hk`` key/value
         heads with ``H`` not a multiple of ``Hk`` (and neither is 1), or another leading axis
-        does not broadcast; the message names Q and K1 and gives both shapes.
+        does not broadcast; the message names Q and the keys and gives both shapes.
     """
     query_shape, key_shape = tuple(int(x) for x in query_shape), tuple(int(x) for x in key_shape)
     rank = max(len(query_shape), len(key_shape))
@@ -114,14 +118,14 @@ def head_layout(query_shape: tuple, key_shape: tuple) -> HeadLayout:
             batch_shape.append(a)
         elif axis == rank - 1:
             raise ValueError(
-                f"Q has {a} query heads and K1, K2, V1, V2 have {b} key/value heads (the last leading axis); "
+                f"Q has {a} query heads and {keys_name} have {b} key/value heads (the last leading axis); "
                 f"grouped heads need the query heads to be a multiple of the key/value heads "
                 f"(query head h uses key/value head h // (H // Hk)), got Q leading dimensions {query_shape} "
-                f"and K1 leading dimensions {key_shape}"
+                f"and {first_key} leading dimensions {key_shape}"
             )
         else:
             raise ValueError(
-                f"the leading dimensions of Q {query_shape} and of K1, K2, V1, V2 {key_shape} do not broadcast "
+                f"the leading dimensions of Q {query_shape} and of {keys_name} {key_shape} do not broadcast "
                 f"(axis {axis - rank - 2} has {a} against {b}; sizes must be equal or 1)"
             )
     batch_shape = tuple(batch_shape)

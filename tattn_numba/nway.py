@@ -30,6 +30,7 @@ from ._validation import (
 )
 from .attention import AttentionState, attention, attention_backward, attention_forward
 from .exact import nway_cpu
+from .heads import HeadLayout, head_layout
 from .poly import nway as poly_nway
 from .poly.plan import PolyPlan
 
@@ -66,16 +67,31 @@ class NwayGrads(NamedTuple):
 
 class _Inputs(NamedTuple):
     """Validated operands: the caller's arrays (``arrays``: Q, keys, values in their own shapes)
-    and their batch-flattened C-contiguous forms (``Q``, ``keys``, ``values``, shapes (B, rows,
-    cols)), which the kernels read and the fingerprints cover."""
+    and their batch-flattened C-contiguous forms (``Q`` (Bq, n, d), ``keys`` and ``values``
+    (Bk, m_a, ·)), which the kernels read and the fingerprints cover; ``heads`` maps the B output
+    entries onto them (grouped heads, broadcasting: :class:`tattn_numba.heads.HeadLayout`)."""
 
     arrays: tuple
     Q: np.ndarray
     keys: tuple
     values: tuple
-    batch_shape: tuple
+    heads: HeadLayout
     scale: float
     causal: bool
+
+    @property
+    def batch_shape(self) -> tuple:
+        """Leading dimensions of the output."""
+        return self.heads.batch_shape
+
+    @property
+    def key_batch(self) -> np.ndarray:
+        """(B,) the flat key/value entry of every output entry."""
+        return self.heads.key_batch
+
+    def query_rows(self) -> np.ndarray:
+        """Q with one entry per output entry (B, n, d): a copy where Q broadcasts, else Q itself."""
+        return self.Q[self.heads.query_batch] if self.heads.expands_query else self.Q
 
     @property
     def dtype(self) -> np.dtype:
@@ -169,11 +185,11 @@ def _flatten(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.reshape((-1,) + arr.shape[-2:]))
 
 
-def _check_range(scale: float, Q: np.ndarray, keys: tuple) -> None:
+def _check_range(scale: float, Q: np.ndarray, keys: tuple, heads: HeadLayout) -> None:
     """Refuse inputs whose logits or whose partial products (Q and any keys, formed by the
     kernels) could pass 1e300, from column maxima, in log space (as
     :func:`tattn_numba._validation.check_logit_range` does for t = 2)."""
-    maxima = [np.abs(x).max(axis=1) for x in (Q, *keys)]  # (B, d) each
+    maxima = [np.abs(Q).max(axis=1)[heads.query_batch]] + [np.abs(K).max(axis=1)[heads.key_batch] for K in keys]
     log10 = np.log(10.0)
     logit = (max(np.log(scale), 0.0) + _log_sum_of_products(*maxima)).max() / log10
     if logit > _LOGIT_LIMIT_LOG10:
@@ -209,14 +225,15 @@ def _validate(Q, keys, values, scale, causal, method, device, options) -> _Input
     for name, arr in named:
         if arr.ndim < 2:
             raise ValueError(f"{name} must have at least 2 dimensions (..., rows, features), got shape {arr.shape}")
-    batch_shape = Q.shape[:-2]
-    for name, arr in named[1:]:
-        if arr.shape[:-2] != batch_shape:
+    key_shape = keys[0].shape[:-2]
+    for name, arr in named[2:]:
+        if arr.shape[:-2] != key_shape:
             raise ValueError(
-                f"{name} has leading (batch, head) dimensions {arr.shape[:-2]} but Q has {batch_shape}; "
-                "nway attention needs the same leading dimensions for every operand (grouped heads and "
-                "broadcasting are not supported yet)"
+                f"{name} has leading (batch, head) dimensions {arr.shape[:-2]} but keys[0] has {key_shape}; "
+                "every key and value set must have the same leading dimensions (Q's may differ: grouped "
+                "heads and broadcasting)"
             )
+    heads = head_layout(Q.shape[:-2], key_shape, "the keys and values", "keys[0]")
     n, d = Q.shape[-2:]
     dv = values[0].shape[-1]
     for a, (k, v) in enumerate(zip(keys, values)):
@@ -241,14 +258,21 @@ def _validate(Q, keys, values, scale, causal, method, device, options) -> _Input
     scale = check_scale(scale, d)
     flat_keys = tuple(_flatten(k) for k in keys)
     inputs = _Inputs((Q, keys, values), _flatten(Q), flat_keys, tuple(_flatten(v) for v in values),
-                     batch_shape, scale, bool(causal))
-    _check_range(scale, inputs.Q, flat_keys)
+                     heads, scale, bool(causal))
+    _check_range(scale, inputs.Q, flat_keys, heads)
+    if method == "poly" and (heads.shares_keys or heads.expands_query):
+        raise ValueError(
+            f"method='poly' for n-way attention needs one key/value entry per query entry, got {heads.describe()} "
+            f"(Q leading dimensions {heads.query_shape}, keys {heads.key_shape}); grouped heads and broadcasting "
+            "run with method='exact'"
+        )
     return inputs
 
 
 def _flops(inputs: _Inputs) -> float:
     """2·B·n·Π m_a·(d + dv): the exact forward's work (without the causal discount)."""
-    B, n, d = inputs.Q.shape
+    B = len(inputs.key_batch)
+    n, d = inputs.Q.shape[1:]
     return 2.0 * B * n * float(np.prod([k.shape[1] for k in inputs.keys], dtype=np.float64)) * (
         d + inputs.values[0].shape[2])
 
@@ -282,13 +306,16 @@ def nway_attention_forward(
 
     Parameters
     ----------
-    Q : array_like, shape (..., n, d)
-    keys : tuple or list of array_like, shapes (..., m_a, d)
+    Q : array_like, shape (..., H, n, d)
+    keys : tuple or list of array_like, shapes (..., Hk, m_a, d)
         K1, …, Kt, any t >= 1.
-    values : tuple or list of array_like, shapes (..., m_a, dv)
+    values : tuple or list of array_like, shapes (..., Hk, m_a, dv)
         V1, …, Vt (Va as long as Ka). All operands float32 or float64 (one dtype), finite,
-        non-empty, with the same leading (batch, head) dimensions: grouped heads and
-        broadcasting are not supported yet.
+        non-empty. The keys and values share their leading dimensions; Q's broadcast against
+        them as for :func:`tattn_numba.attention`: ``H`` a multiple of ``Hk`` gives grouped
+        heads (query head h uses key/value head ``h // (H // Hk)``), without repeating the keys
+        or values, and other leading axes broadcast as in NumPy (``method="exact"`` only; the
+        surrogate needs one key/value entry per query entry).
     scale : float, optional
         Logit scale s; ``None`` means ``1/d``.
     causal : bool
@@ -343,7 +370,8 @@ def nway_attention_forward(
         return O, NwayState(O=O, lse=pairwise.lse, scale=inputs.scale, causal=inputs.causal, t=2, _inputs=inputs,
                             _fingerprints=_fingerprints(inputs), _pairwise=pairwise)
     with threads_for(_flops(inputs)):
-        O64, lse64 = nway_cpu.forward(inputs.Q, inputs.keys, inputs.values, inputs.scale, inputs.causal)
+        O64, lse64 = nway_cpu.forward(inputs.query_rows(), inputs.keys, inputs.values, inputs.scale, inputs.causal,
+                                      key_batch=inputs.key_batch)
     O = _cast(O64, inputs, "O", inputs.batch_shape)
     if np.shares_memory(O, O64):
         O = O.copy()
@@ -429,12 +457,16 @@ def nway_attention_backward(state: NwayState, dO) -> NwayGrads:
         if state.method == "poly":
             dQ, dkeys, dvalues = poly_nway.backward(inputs, state._O64, state.certificate, dO)
         else:
-            dQ, dkeys, dvalues = nway_cpu.backward(inputs.Q, inputs.keys, inputs.values, inputs.scale,
-                                                   inputs.causal, state._O64, state._lse64, dO)
+            dQ, dkeys, dvalues = nway_cpu.backward(inputs.query_rows(), inputs.keys, inputs.values, inputs.scale,
+                                                   inputs.causal, state._O64, state._lse64, dO,
+                                                   key_batch=inputs.key_batch)
+    heads = inputs.heads
+    if heads.expands_query:
+        dQ = _host.OPS.sum_batches(dQ, heads.query_batch, heads.query_entries)
     return NwayGrads(
-        _cast(dQ, inputs, "dQ", inputs.batch_shape),
-        tuple(_cast(g, inputs, f"dkeys[{a}]", inputs.batch_shape) for a, g in enumerate(dkeys)),
-        tuple(_cast(g, inputs, f"dvalues[{a}]", inputs.batch_shape) for a, g in enumerate(dvalues)),
+        _cast(dQ, inputs, "dQ", heads.query_shape),
+        tuple(_cast(g, inputs, f"dkeys[{a}]", heads.key_shape) for a, g in enumerate(dkeys)),
+        tuple(_cast(g, inputs, f"dvalues[{a}]", heads.key_shape) for a, g in enumerate(dvalues)),
     )
 
 
@@ -479,8 +511,8 @@ def nway_attention(
     if inputs.t == 2:
         return attention(*_pairwise_arrays(inputs), scale=inputs.scale, causal=inputs.causal)
     with threads_for(_flops(inputs)):
-        O64, _ = nway_cpu.forward(inputs.Q, inputs.keys, inputs.values, inputs.scale, inputs.causal,
-                                  for_backward=False)
+        O64, _ = nway_cpu.forward(inputs.query_rows(), inputs.keys, inputs.values, inputs.scale, inputs.causal,
+                                  key_batch=inputs.key_batch, for_backward=False)
     return _cast(O64, inputs, "O", inputs.batch_shape)
 
 

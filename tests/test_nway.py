@@ -251,6 +251,50 @@ def test_t1_is_softmax_attention(causal):
                                rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("t", [1, 3])
+@pytest.mark.parametrize("query_lead,key_lead", [((2, 4), (2, 2)), ((4,), (1,)), ((3,), (2, 3)), ((2, 1), (2, 3))],
+                         ids=["H=4 over Hk=2", "MQA", "Q broadcast over batch", "Q head axis broadcast"])
+def test_grouped_and_broadcast_heads_equal_repeated_keys(t, query_lead, key_lead):
+    """Grouped heads (query head h uses key head h // (H // Hk)) and broadcast leading axes give
+    the results of the same problem with the keys and values repeated explicitly (the dense
+    reference on the repeated arrays), and the key, value and query gradients summed over the
+    entries that share them."""
+    rng = np.random.default_rng([5, t, len(query_lead), len(key_lead)])
+    n, ms, d, dv = 4, (3, 2, 3)[:t], 3, 2
+    Q = rng.standard_normal(query_lead + (n, d))
+    keys = tuple(rng.standard_normal(key_lead + (m, d)) for m in ms)
+    values = tuple(rng.standard_normal(key_lead + (m, dv)) for m in ms)
+    batch = np.broadcast_shapes(query_lead[:-1], key_lead[:-1]) + (max(query_lead[-1], key_lead[-1]),)
+    group = batch[-1] // key_lead[-1]
+
+    def expand(x, lead):  # repeat the head axis per group, then broadcast the rest
+        if lead[-1] != batch[-1] and lead[-1] > 1:
+            x = np.repeat(x, group, axis=len(lead) - 1)
+        return np.broadcast_to(x, batch + x.shape[-2:])
+
+    dO = rng.standard_normal(batch + (n, dv))
+    O, lse, dQ, dkeys, dvalues = _dense(expand(Q, query_lead), [expand(k, key_lead) for k in keys],
+                                        [expand(v, key_lead) for v in values], dO)
+    O_got, state = ta.nway_attention_forward(Q, keys, values)
+    np.testing.assert_allclose(O_got, O, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(state.lse, lse, rtol=1e-12, atol=1e-13)
+    g = ta.nway_attention_backward(state, dO)
+
+    def fold(x, lead):  # the adjoint of expand: sum over the broadcast axes and the group
+        if lead[-1] != batch[-1] and lead[-1] > 1:
+            x = x.reshape(x.shape[:len(batch) - 1] + (lead[-1], group) + x.shape[-2:]).sum(axis=len(batch))
+        axes = tuple(i for i, (a, b) in enumerate(zip((1,) * (len(x.shape) - 2 - len(lead)) + lead,
+                                                       x.shape[:-2])) if a == 1 and b > 1)
+        x = x.sum(axis=axes, keepdims=True) if axes else x
+        return x.reshape(lead + x.shape[-2:])
+
+    np.testing.assert_allclose(g.dQ, fold(dQ, query_lead), rtol=1e-10, atol=1e-12)
+    for a in range(t):
+        np.testing.assert_allclose(g.dkeys[a], fold(dkeys[a], key_lead), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(g.dvalues[a], fold(dvalues[a], key_lead), rtol=1e-10, atol=1e-12)
+    assert g.dQ.shape == Q.shape and all(x.shape == k.shape for x, k in zip(g.dkeys, keys))
+
+
 def test_plain_lists_and_non_contiguous_operands():
     rng = np.random.default_rng(9)
     Q, keys, values, _ = _inputs(rng, (), 3, (2, 3, 2), 2, 2)
@@ -318,7 +362,11 @@ BAD = [
     ("mixed dtypes", lambda a, k: a.update(values=(a["values"][0].astype(np.float32),) + a["values"][1:]), TypeError,
      r"values\[0\] has dtype float32 but the other inputs are float64"),
     ("leading dims", lambda a, k: a.update(keys=(a["keys"][0][:1],) + a["keys"][1:]), ValueError,
-     r"keys\[0\] has leading .* \(1,\) but Q has \(2,\).*grouped heads and broadcasting are not supported"),
+     r"keys\[1\] has leading .* \(2,\) but keys\[0\] has \(1,\); every key and value set"),
+    ("heads not a multiple", lambda a, k: a.update(Q=np.ones((3, 3, 2))), ValueError,
+     r"Q has 3 query heads and the keys and values have 2 key/value heads .*multiple"),
+    ("poly with grouped heads", lambda a, k: (a.update(Q=np.ones((4, 3, 2))), k.update(method="poly", degree=2)),
+     ValueError, r"method='poly' for n-way attention needs one key/value entry per query entry"),
     ("rank 1", lambda a, k: a.update(Q=np.ones(3)), ValueError, "Q must have at least 2 dimensions"),
     ("empty", lambda a, k: a.update(Q=np.ones((2, 0, 2))), ValueError, "Q must not be empty"),
     ("causal lengths", lambda a, k: (a.update(keys=(a["keys"][0], a["keys"][1][:, :2], a["keys"][2]),

@@ -93,6 +93,11 @@ class _Inputs(NamedTuple):
         """Q with one entry per output entry (B, n, d): a copy where Q broadcasts, else Q itself."""
         return self.Q[self.heads.query_batch] if self.heads.expands_query else self.Q
 
+    def for_surrogate(self) -> _Inputs:
+        """These inputs with ``Q`` replaced by :meth:`query_rows` (what :mod:`tattn_numba.poly.nway`
+        reads: one Q entry per output entry, the keys and values per key entry, ``key_batch``)."""
+        return self._replace(Q=self.query_rows())
+
     @property
     def dtype(self) -> np.dtype:
         return self.Q.dtype
@@ -260,12 +265,6 @@ def _validate(Q, keys, values, scale, causal, method, device, options) -> _Input
     inputs = _Inputs((Q, keys, values), _flatten(Q), flat_keys, tuple(_flatten(v) for v in values),
                      heads, scale, bool(causal))
     _check_range(scale, inputs.Q, flat_keys, heads)
-    if method == "poly" and (heads.shares_keys or heads.expands_query):
-        raise ValueError(
-            f"method='poly' for n-way attention needs one key/value entry per query entry, got {heads.describe()} "
-            f"(Q leading dimensions {heads.query_shape}, keys {heads.key_shape}); grouped heads and broadcasting "
-            "run with method='exact'"
-        )
     return inputs
 
 
@@ -314,8 +313,8 @@ def nway_attention_forward(
         non-empty. The keys and values share their leading dimensions; Q's broadcast against
         them as for :func:`tattn_numba.attention`: ``H`` a multiple of ``Hk`` gives grouped
         heads (query head h uses key/value head ``h // (H // Hk)``), without repeating the keys
-        or values, and other leading axes broadcast as in NumPy (``method="exact"`` only; the
-        surrogate needs one key/value entry per query entry).
+        or values (the surrogate computes each key entry's summaries once for its group), and
+        other leading axes broadcast as in NumPy.
     scale : float, optional
         Logit scale s; ``None`` means ``1/d``.
     causal : bool
@@ -382,7 +381,7 @@ def nway_attention_forward(
 
 def _poly_forward(inputs: _Inputs, options: dict) -> tuple[np.ndarray, NwayState]:
     with threads_for(_flops(inputs)):
-        O64, lse64, plan = poly_nway.forward(inputs, **options)
+        O64, lse64, plan = poly_nway.forward(inputs.for_surrogate(), **options)
     O = _cast(O64, inputs, "O", inputs.batch_shape)
     if np.shares_memory(O, O64):
         O = O.copy()
@@ -455,7 +454,7 @@ def nway_attention_backward(state: NwayState, dO) -> NwayGrads:
     dO = _upstream(dO, inputs, state)
     with threads_for(3 * _flops(inputs)):
         if state.method == "poly":
-            dQ, dkeys, dvalues = poly_nway.backward(inputs, state._O64, state.certificate, dO)
+            dQ, dkeys, dvalues = poly_nway.backward(inputs.for_surrogate(), state._O64, state.certificate, dO)
         else:
             dQ, dkeys, dvalues = nway_cpu.backward(inputs.query_rows(), inputs.keys, inputs.values, inputs.scale,
                                                    inputs.causal, state._O64, state._lse64, dO,
@@ -586,7 +585,7 @@ def nway_poly_plan(
     """
     options = dict(tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     inputs = _validate(Q, keys, values, scale, causal, "poly", "cpu", {})
-    return poly_nway.make_nway_plan(inputs, **options)
+    return poly_nway.make_nway_plan(inputs.for_surrogate(), **options)
 
 
 def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:
@@ -612,7 +611,9 @@ def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:
     TypeError
         ``state`` not from ``nway_attention_forward(..., method="poly")``; ``dO`` of another dtype.
     ValueError
-        An operand modified since the forward; ``dO`` of the wrong shape or not finite.
+        An operand modified since the forward; ``dO`` of the wrong shape or not finite; grouped
+        heads or broadcast leading dimensions (the sums of the shared gradients are not in the
+        bound yet).
 
     Notes
     -----
@@ -627,6 +628,13 @@ def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:
     inputs = _checked_state(state)
     if state.method != "poly":
         raise TypeError("state must come from nway_attention_forward(..., method='poly')")
+    heads = inputs.heads
+    if heads.shares_keys or heads.expands_query:
+        raise ValueError(
+            f"nway_poly_gradient_bounds needs one key/value entry per query entry, got {heads.describe()} (Q leading "
+            f"dimensions {heads.query_shape}, keys {heads.key_shape}): the bounds of the summed gradients are not "
+            "implemented yet (the outputs' bound, state.certificate.output_bound, holds for every layout)"
+        )
     dO = _upstream(dO, inputs, state)
     dQ, dkeys, dvalues = poly_nway.gradient_bounds(inputs, state.certificate, state._O64, dO.astype(np.float64),
                                                    lse=state._lse64)

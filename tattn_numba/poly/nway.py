@@ -140,17 +140,18 @@ def _budgeted_chunk(inputs, degree: int, budget: int, chosen: bool = True) -> tu
 
 
 class _Statistics:
-    """The O((n + Σ m_a)·(d + dv)) numbers of n-way inputs the plan reads (batch-flattened):
+    """The O((n + Σ m_a)·(d + dv)) numbers of n-way inputs the plan reads (batch-flattened, the
+    key statistics of each output entry's key entry ``key_batch[b]``):
     κ_a (B, d), max_j‖Ka_j‖_{2t} (B,), value column extrema (B, dv), and for Q the weighted ℓ1
     Σ_l |Q[i,l]|·Π_a κ_{a,l}, ‖Q_i‖₂ (B, n) and max_i |Q[i,l]| (B, d)."""
 
     def __init__(self, inputs):
-        t = len(inputs.keys)
+        t, kb = len(inputs.keys), inputs.key_batch
         Q = np.asarray(inputs.Q, dtype=np.float64)
-        self.key_abs_max = [column_abs_max(K) for K in inputs.keys]
-        self.value_extrema = [column_extrema(V) for V in inputs.values]
+        self.key_abs_max = [column_abs_max(K)[kb] for K in inputs.keys]
+        self.value_extrema = [tuple(x[kb] for x in column_extrema(V)) for V in inputs.values]
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing radii are refused by the plan
-            self.key_norms = [max_row_norm(K, t) for K in inputs.keys]
+            self.key_norms = [max_row_norm(K, t)[kb] for K in inputs.keys]
             self.Q_weighted_l1 = np.einsum("bnl,bl->bn", np.abs(Q), reduce(np.multiply, self.key_abs_max))
             self.Q_l2 = np.sqrt(np.einsum("bnl,bnl->bn", Q, Q))
         self.Q_abs_max = column_abs_max(inputs.Q)
@@ -188,9 +189,9 @@ def _certifier(inputs, stats: _Statistics, family: str, radius: np.ndarray, rang
 def make_nway_plan(inputs, *, tol=None, degree=None, family="chebyshev", memory_budget=None) -> PolyPlan:
     """Choose the degree (or check the given one) and certify the n-way surrogate.
 
-    ``inputs`` are validated n-way operands (attributes ``Q`` (B, n, d), ``keys`` and ``values``
-    (tuples of (B, m_a, ·)), ``scale``, ``causal``, ``dtype``, ``batch_shape``, as
-    :func:`tattn_numba.nway` builds them). Exactly one of ``tol`` and ``degree``. The per-row
+    ``inputs`` are validated n-way operands (attributes ``Q`` (B, n, d), one row block per
+    output entry, ``keys`` and ``values`` (tuples of (Bk, m_a, ·)), ``key_batch`` (B,), ``scale``,
+    ``causal``, ``dtype``, ``batch_shape``, as :func:`tattn_numba.nway` builds them). Exactly one of ``tol`` and ``degree``. The per-row
     radii are :func:`.plan.tuple_radii` (ℓ∞ bound with Π_a κ_{a,l}, Hölder with exponents 2,
     2t, …, 2t); the output bound is κ_i·range_m/2 over the tuple products of the values plus the
     rounding of :mod:`.rounding` with Π m_a tuples (or (i + 1)^t, causal) and the cast to the
@@ -222,13 +223,14 @@ def make_nway_plan(inputs, *, tol=None, degree=None, family="chebyshev", memory_
 
 class _Balanced:
     """Batch entry ``b`` in float64 with its balanced variables: q̃ = s·Q·Π_a κ_a / R (``Qt``),
-    Ka / κ_a (``keys_t``), the row coefficients and the multi-index table."""
+    Ka / κ_a (``keys_t``) of its key entry ``kb``, the row coefficients and the multi-index table."""
 
     def __init__(self, inputs, plan: PolyPlan, b: int):
         B, n, d, _, _ = _shape(inputs)
+        self.kb = int(inputs.key_batch[b])
         self.Q = np.asarray(inputs.Q[b], dtype=np.float64)
-        self.keys = [np.asarray(K[b], dtype=np.float64) for K in inputs.keys]
-        self.values = [np.asarray(V[b], dtype=np.float64) for V in inputs.values]
+        self.keys = [np.asarray(K[self.kb], dtype=np.float64) for K in inputs.keys]
+        self.values = [np.asarray(V[self.kb], dtype=np.float64) for V in inputs.values]
         kappas = [key_column_maxima(K[None])[0] for K in self.keys]
         radius = np.asarray(plan.radius).reshape(B, n)[b]
         row_factor = inputs.scale / np.where(radius > 0.0, radius, 1.0)
@@ -271,8 +273,9 @@ def _others(summaries: list) -> list:
     return others
 
 
-def _forward_entry(v: _Balanced, plan: PolyPlan, causal: bool, layout: SummaryLayout) -> np.ndarray:
-    """[w | w·Õ] (n, 1 + dv) of one batch entry."""
+def _forward_entry(v: _Balanced, plan: PolyPlan, causal: bool, layout: SummaryLayout, shared: dict) -> np.ndarray:
+    """[w | w·Õ] (n, 1 + dv) of one batch entry; ``shared`` keeps the key summaries of each key
+    entry for the other entries of its group (grouped heads)."""
     n, chunk, k = v.Q.shape[0], plan.chunk_rows, layout.narrow
     out = np.empty((n, k))
     if causal:
@@ -280,7 +283,9 @@ def _forward_entry(v: _Balanced, plan: PolyPlan, causal: bool, layout: SummaryLa
         for rows in chunks(n, chunk):
             forward_scan(v.query_rows(rows), *v.key_rows(rows, k), P, out[rows])
         return out
-    summary = reduce(np.multiply, [v.key_summary(a, k, chunk) for a in range(len(v.keys))])
+    if v.kb not in shared:
+        shared[v.kb] = reduce(np.multiply, [v.key_summary(a, k, chunk) for a in range(len(v.keys))])
+    summary = shared[v.kb]
     for rows in chunks(n, chunk):
         out[rows] = (summary.T @ query_features(v.Qt[rows], v.coefficients[rows], v.table)).T
     return out
@@ -298,8 +303,9 @@ def forward(inputs, *, tol=None, degree=None, family="chebyshev", memory_budget=
     B, n, d, _, dv = _shape(inputs)
     layout = SummaryLayout(d, dv)
     O, lse = np.empty((B, n, dv)), np.empty((B, n))
+    shared = {}
     for b in range(B):
-        out = _forward_entry(_Balanced(inputs, plan, b), plan, inputs.causal, layout)
+        out = _forward_entry(_Balanced(inputs, plan, b), plan, inputs.causal, layout, shared)
         check_normaliser(out[:, 0], plan)
         O[b] = out[:, 1:] / out[:, :1]
         lse[b] = np.log(out[:, 0])
@@ -354,7 +360,8 @@ def _causal_backward_entry(v: _Balanced, plan: PolyPlan, O: np.ndarray, dO: np.n
 
 def backward(inputs, O: np.ndarray, plan: PolyPlan, dO: np.ndarray) -> tuple:
     """Surrogate gradient (SPEC §2 with P̃ for P) of validated n-way inputs, float64
-    (dQ (B, n, d), dkeys, dvalues (tuples of (B, m_a, ·))), from the forward's float64 ``O``.
+    (dQ (B, n, d), dkeys, dvalues (tuples of (Bk, m_a, ·), summed over the entries that share a
+    key entry)), from the forward's float64 ``O``.
 
     Time O((n + Σ m_a)·r·d·dv) per batch entry; memory O(chunk·(r + d·dv) + t·r·d·dv) (causal:
     plus t·r·(1 + dv + d + dv·d) floats per chunk for the stored prefix states).
@@ -362,8 +369,9 @@ def backward(inputs, O: np.ndarray, plan: PolyPlan, dO: np.ndarray) -> tuple:
     B, n, d, lengths, dv = _shape(inputs)
     layout = SummaryLayout(d, dv)
     dQ = np.empty((B, n, d))
-    dkeys = [np.empty((B, m, d)) for m in lengths]
-    dvalues = [np.empty((B, m, dv)) for m in lengths]
+    Bk = inputs.keys[0].shape[0]
+    dkeys = [np.zeros((Bk, m, d)) for m in lengths]
+    dvalues = [np.zeros((Bk, m, dv)) for m in lengths]
     dO = np.asarray(dO, dtype=np.float64)
     for b in range(B):
         v = _Balanced(inputs, plan, b)
@@ -372,7 +380,8 @@ def backward(inputs, O: np.ndarray, plan: PolyPlan, dO: np.ndarray) -> tuple:
         else:
             keys_b, values_b = _backward_entry(v, b, plan, O[b], dO[b], inputs.scale, dQ, layout)
         for a in range(len(lengths)):
-            dkeys[a][b], dvalues[a][b] = keys_b[a], values_b[a]
+            dkeys[a][v.kb] += keys_b[a]
+            dvalues[a][v.kb] += values_b[a]
     return dQ, tuple(dkeys), tuple(dvalues)
 
 

@@ -312,14 +312,22 @@ def forward(inputs, *, tol=None, degree=None, family="chebyshev", memory_budget=
     return O, lse, plan
 
 
-def _backward_entry(v: _Balanced, b: int, plan: PolyPlan, O: np.ndarray, dO: np.ndarray, s: float, dQ: np.ndarray,
+def _backward_group(inputs, plan: PolyPlan, members: np.ndarray, O: np.ndarray, dO: np.ndarray, dQ: np.ndarray,
                     layout: SummaryLayout) -> tuple[list, list]:
-    """Writes dQ[b]; returns the key and value gradients of batch entry ``b`` (full mask)."""
-    chunk, d, dv = plan.chunk_rows, layout.d, layout.dv
+    """Full mask: writes dQ[b] for the batch entries ``members`` that share one key entry and
+    returns that entry's key and value gradients. The wide key summaries are built once, the
+    query summaries of the members add up (the key gradients are linear in them), and one pass
+    over the keys follows, as :func:`.cpu.backward` does for t = 2."""
+    chunk, d, dv, s = plan.chunk_rows, layout.d, layout.dv, inputs.scale
+    v = _Balanced(inputs, plan, members[0])
     wide = [v.key_summary(a, layout.wide, chunk) for a in range(len(v.keys))]
-    total = reduce(np.multiply, wide)
-    normaliser, _, B_all, A_all = layout.split(total)
-    summary_q = _query_pass(v, b, plan, normaliser, np.hstack([A_all, B_all]), O, dO, s, dQ, layout)
+    normaliser, _, B_all, A_all = layout.split(reduce(np.multiply, wide))
+    query_side = np.hstack([A_all, B_all])
+    summary_q = 0.0
+    for k, b in enumerate(members):
+        if k:  # the members differ in Q and its plan rows only; the keys are the group's
+            v = _Balanced(inputs, plan, b)
+        summary_q = summary_q + _query_pass(v, b, plan, normaliser, query_side, O[b], dO[b], s, dQ, layout)
     _, G, Z, Y = layout.split(summary_q)
     dkeys, dvalues = [], []
     for Kt, V, other in zip(v.keys_t, v.values, _others(wide)):
@@ -373,15 +381,18 @@ def backward(inputs, O: np.ndarray, plan: PolyPlan, dO: np.ndarray) -> tuple:
     dkeys = [np.zeros((Bk, m, d)) for m in lengths]
     dvalues = [np.zeros((Bk, m, dv)) for m in lengths]
     dO = np.asarray(dO, dtype=np.float64)
-    for b in range(B):
-        v = _Balanced(inputs, plan, b)
-        if inputs.causal:
-            keys_b, values_b = _causal_backward_entry(v, plan, O[b], dO[b], inputs.scale, dQ[b], layout)
-        else:
-            keys_b, values_b = _backward_entry(v, b, plan, O[b], dO[b], inputs.scale, dQ, layout)
+    for kb, members in inputs.heads.groups():
+        if inputs.causal:  # each member scans the shared keys; their gradients add up
+            for b in members:
+                keys_b, values_b = _causal_backward_entry(_Balanced(inputs, plan, b), plan, O[b], dO[b], inputs.scale,
+                                                          dQ[b], layout)
+                for a in range(len(lengths)):
+                    dkeys[a][kb] += keys_b[a]
+                    dvalues[a][kb] += values_b[a]
+            continue
+        keys_k, values_k = _backward_group(inputs, plan, members, O, dO, dQ, layout)
         for a in range(len(lengths)):
-            dkeys[a][v.kb] += keys_b[a]
-            dvalues[a][v.kb] += values_b[a]
+            dkeys[a][kb], dvalues[a][kb] = keys_k[a], values_k[a]
     return dQ, tuple(dkeys), tuple(dvalues)
 
 

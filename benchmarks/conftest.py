@@ -16,7 +16,10 @@ def rng():
 
 
 def record(benchmark, group: str, implementation: str, flops: float | None = None) -> None:
-    """Store this benchmark's minimum time and put GFLOP/s and ratios into ``extra_info``."""
+    """Store this benchmark's minimum time and put GFLOP/s and ratios into ``extra_info``
+    (nothing under ``--benchmark-disable``, where the function ran once untimed)."""
+    if benchmark.stats is None:
+        return
     best = benchmark.stats.stats.min
     TIMINGS[(group, implementation)] = best
     benchmark.extra_info["implementation"] = implementation

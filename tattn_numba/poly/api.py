@@ -29,6 +29,9 @@ def poly_plan(
         Target bound on max |Õ − O|; the smallest certified degree is chosen.
     degree : int, optional
         A fixed degree instead (exactly one of ``tol`` and ``degree``).
+        Where it certifies nothing for a row (relative error 1 or more at that row's radius)
+        the plan reports ``inf`` in ``output_bound``; the forward refuses such a degree with
+        ``ValueError``, so inspecting first is how to see which rows fail.
     family : {"chebyshev", "taylor"}
     memory_budget : int, optional
         Bytes the surrogate may allocate (default ``config.MEMORY_BUDGET_BYTES``).

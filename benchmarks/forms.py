@@ -15,6 +15,9 @@ Prints (and with ``--out`` writes) three Markdown tables, every number measured 
 * the windowed surrogate against the windowed exact kernel over w1·w2, d and degree: when the
   surrogate pays.
 
+The implementations compared in a table are timed in interleaved rounds (the best of 5;
+:func:`verification.timing.best_times`), so a change of load on a shared machine hits them alike.
+
 Flop convention (as FBGEMM's attention utilities count only the unmasked work): a forward pair
 (i, j1, j2) costs 2·(d + dv) flops (the logit's d multiply-adds and the value contraction's dv);
 the backward recomputes the logit and performs five more contractions, 6·(d + dv), so
@@ -32,7 +35,7 @@ import numba
 import numpy as np
 
 import tattn_numba as ta
-from verification.timing import best_time
+from verification.timing import best_time, best_times
 
 
 def _operands(rng, lead_q, lead_k, n, d, dv, dtype):
@@ -50,14 +53,11 @@ def _pairs(n: int, window) -> float:
     return float(counts1 @ counts2)
 
 
-def _rates(n, d, dv, dtype, window, repeat, rng):
+def _calls(n, d, dv, dtype, window, rng) -> tuple:
+    """The forward and the forward+backward of one problem, as argument-less callables."""
     X, dO = _operands(rng, (1,), (1,), n, d, dv, dtype)
     kw = dict(window=window, scale=1.0 / np.sqrt(d))
-    forward = best_time(lambda: ta.attention(*X, **kw), repeat)
-    both = best_time(lambda: ta.attention_grad(*X, dO, **kw), repeat)
-    pairs = _pairs(n, window)
-    return (2 * (d + dv) * pairs / forward / 1e9, 8 * (d + dv) * pairs / both / 1e9,
-            forward / pairs, both / pairs)
+    return (lambda: ta.attention(*X, **kw)), (lambda: ta.attention_grad(*X, dO, **kw))
 
 
 def window_table(quick: bool, rng) -> list[str]:
@@ -65,11 +65,17 @@ def window_table(quick: bool, rng) -> list[str]:
     n_full = 128 if quick else 256
     rows = ["| dtype | windowed fwd GFLOP/s | full fwd GFLOP/s | fwd pair cost ratio | windowed fwd+bwd GFLOP/s "
             "| full fwd+bwd GFLOP/s | fwd+bwd pair cost ratio |", "|---|---|---|---|---|---|---|"]
+    pairs = {"windowed": _pairs(n, window), "full": _pairs(n_full, None)}
     for dtype in (np.float32, np.float64):
-        w_fwd, w_both, w_pf, w_pb = _rates(n, d, d, dtype, window, 1 if not quick else 2, rng)
-        f_fwd, f_both, f_pf, f_pb = _rates(n_full, d, d, dtype, None, 2, rng)
-        rows.append(f"| {np.dtype(dtype).name} | {w_fwd:.1f} | {f_fwd:.1f} | {w_pf / f_pf:.2f} | {w_both:.1f} "
-                    f"| {f_both:.1f} | {w_pb / f_pb:.2f} |")
+        calls = {}
+        for name, size, mask in (("windowed", n, window), ("full", n_full, None)):
+            calls[name, "fwd"], calls[name, "both"] = _calls(size, d, d, dtype, mask, rng)
+        seconds = best_times(calls, 3 if quick else 5)
+        per_pair = {key: t / pairs[key[0]] for key, t in seconds.items()}
+        rate = {key: (2 if key[1] == "fwd" else 8) * 2 * d / t / 1e9 for key, t in per_pair.items()}
+        rows.append(f"| {np.dtype(dtype).name} | {rate['windowed', 'fwd']:.1f} | {rate['full', 'fwd']:.1f} "
+                    f"| {per_pair['windowed', 'fwd'] / per_pair['full', 'fwd']:.2f} | {rate['windowed', 'both']:.1f} "
+                    f"| {rate['full', 'both']:.1f} | {per_pair['windowed', 'both'] / per_pair['full', 'both']:.2f} |")
     head = (f"Windowed exact kernel, n = {n}, window = {window}, d = dv = {d} (pairs inside the window only), "
             f"against the full kernel at n = {n_full}, same d; ratio = seconds per windowed pair / seconds per "
             "full pair (target <= 1.25).")
@@ -105,16 +111,17 @@ def grouped_table(quick: bool, rng) -> list[str]:
 
 
 def determinant_table(quick: bool, rng) -> list[str]:
-    n, repeat = (64, 2) if quick else (256, 3)
+    n, repeat = (64, 2) if quick else (256, 5)
     rows = ["| d | trilinear fwd s | determinant fwd s | ratio | trilinear fwd+bwd s | determinant fwd+bwd s | ratio |",
             "|---|---|---|---|---|---|---|"]
     for d in (16, 64):
         X, dO = _operands(rng, (1,), (1,), n, d, d, np.float64)
-        times = {}
+        calls = {}
         for logits in ("trilinear", "determinant"):
-            times[logits] = (best_time(lambda: ta.attention(*X, logits=logits), repeat),
-                             best_time(lambda: ta.attention_grad(*X, dO, logits=logits), repeat))
-        (tf, tb), (df, db) = times["trilinear"], times["determinant"]
+            calls[logits, "fwd"] = lambda logits=logits: ta.attention(*X, logits=logits)
+            calls[logits, "both"] = lambda logits=logits: ta.attention_grad(*X, dO, logits=logits)
+        times = best_times(calls, repeat)
+        tf, tb, df, db = (times[key] for key in calls)
         rows.append(f"| {d} | {tf:.3f} | {df:.3f} | {df / tf:.2f} | {tb:.3f} | {db:.3f} | {db / tb:.2f} |")
     head = f"Determinant against trilinear logits, n = m1 = m2 = {n}, dv = d, float64 (target ratio <= 2.2)."
     return [head, ""] + rows

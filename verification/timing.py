@@ -1,7 +1,9 @@
 """Timing and scaling fits shared by the report's scaling probe and the benchmark scripts.
 
 :func:`best_time` is the one timing loop (warm-up, then the minimum of a few runs, each ended by
-an optional device synchronisation); :func:`loglog_slope` is the one least-squares fit of
+an optional device synchronisation), :func:`best_times` the same for implementations compared in
+one run, interleaved round by round so that a change of machine load hits them alike;
+:func:`loglog_slope` is the one least-squares fit of
 log(time) against log(n).
 """
 
@@ -11,7 +13,7 @@ import time
 
 import numpy as np
 
-__all__ = ["best_time", "loglog_slope"]
+__all__ = ["best_time", "best_times", "loglog_slope"]
 
 
 def best_time(fn, repeat: int, *, synchronize=None, warmup: bool = True) -> float:
@@ -39,6 +41,21 @@ def best_time(fn, repeat: int, *, synchronize=None, warmup: bool = True) -> floa
         fn()
         sync()
         best = min(best, time.perf_counter() - start)
+    return best
+
+
+def best_times(fns: dict, repeat: int) -> dict:
+    """Minimum wall-clock seconds of each callable of ``fns`` ({name: fn}) over ``repeat`` rounds,
+    each round calling every one once in turn (after one untimed warm-up call each): the same-run
+    comparison of the benchmark scripts, robust to the load of a shared machine changing."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, np.inf)
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 

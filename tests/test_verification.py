@@ -11,7 +11,6 @@ import pytest
 from verification import bounds, configs
 from verification.cli import main
 from verification.execution import InProcessExecutor, make_executor
-from verification.report import run_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,15 +62,22 @@ def test_tiny_report_end_to_end(tiny_report):
     assert set(results) >= {"config", "settings", "probes", "environment", "failures", "predictions",
                             "seconds", "total_seconds"}
     assert set(results["probes"]) == {"accuracy", "adversarial", "threshold", "scaling", "per_row", "hardness", "match3",
-                                        "match3_construction"}
+                                        "match3_construction", "composition"}
     assert all(rec["ratio"] <= 1.0 for rec in results["probes"]["adversarial"]["worst"].values())
     assert results["failures"] == []
     assert not any(row.get("exceeded") for row in results["probes"]["accuracy"]["rows"])
+    nway_rows = results["probes"]["accuracy"]["nway_rows"]
+    assert {row["t"] for row in nway_rows} == {1, 3}
+    assert not any(row.get("exceeded") for row in nway_rows)
+    assert all(row["O_error"] <= row["O_bound"] for row in nway_rows if "O_error" in row)
+    nway_scaling = results["probes"]["scaling"]["nway"]
+    assert nway_scaling["t"] == 3 and {p["method"] for p in nway_scaling["points"]} == {"exact", "poly"}
     assert results["environment"]["numba"]
     report = (out / "report.md").read_text()
     assert report.startswith("# Tensor attention: verification report")
     figures = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert len(figures) >= 5
+    assert {"accuracy_nway.png", "scaling_nway.png"} <= set(figures)
     for name in figures:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
 
@@ -86,9 +92,9 @@ def test_existing_report_is_not_overwritten_without_force(tiny_report, capsys):
 
 def test_dask_local_cluster_runs_the_tiny_probes(tiny_report):
     """Scale-out: every probe's tiny sweep through a Dask cluster (local, in-process workers)
-    runs without code changes and gives the same accuracy numbers as in-process. Match3 is left
-    out (its torch training points are the report's slowest, 40 s here, and go through the same
-    executor.submit as the others)."""
+    runs without code changes and gives the same accuracy numbers as in-process. Match3 and
+    composition are left out (their torch training runs go through the same executor.submit as
+    the others)."""
     distributed = pytest.importorskip("distributed", reason="dask.distributed is the [dask] extra")
     _, local_out = tiny_report
     settings = configs.get("tiny")
@@ -97,7 +103,7 @@ def test_dask_local_cluster_runs_the_tiny_probes(tiny_report):
         executor = make_executor(scheduler=cluster.scheduler_address)
         try:
             remote = {name: module.run(settings[name], executor) for name, module in configs.PROBES
-                      if name != "match3"}
+                      if name not in ("match3", "composition")}
         finally:
             executor._client.close()
     local = json.loads((local_out / "results.json").read_text())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 
 from . import match3_construction
-from .probes import accuracy, adversarial, hardness, match3, per_row, scaling, threshold
+from .probes import accuracy, adversarial, composition, hardness, match3, per_row, scaling, threshold
 
 #: (name in the report and in results.json, module with PRESETS, run, render), in report order.
 PROBES = (
@@ -22,6 +22,7 @@ PROBES = (
     ("hardness", hardness),
     ("match3", match3),
     ("match3_construction", match3_construction),
+    ("composition", composition),
 )
 
 NAMES = ("tiny", "quick", "full")

@@ -1,7 +1,7 @@
 """Named configurations of the report: which probes run, at which sizes.
 
-``tiny`` is for the test suite (seconds), ``quick`` is the README's main job (about 75 s on
-2 cores from a cold Numba cache without PyTorch, 150 s with it), ``full`` is for a bigger
+``tiny`` is for the test suite (seconds), ``quick`` is the README's main job (about 65 s on
+2 cores from a cold Numba cache without PyTorch, 90 s with it), ``full`` is for a bigger
 machine or a Dask cluster (hours on 2 cores).
 """
 

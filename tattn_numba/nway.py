@@ -614,9 +614,7 @@ def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:
     TypeError
         ``state`` not from ``nway_attention_forward(..., method="poly")``; ``dO`` of another dtype.
     ValueError
-        An operand modified since the forward; ``dO`` of the wrong shape or not finite; grouped
-        heads or broadcast leading dimensions (the sums of the shared gradients are not in the
-        bound yet).
+        An operand modified since the forward; ``dO`` of the wrong shape or not finite.
 
     Notes
     -----
@@ -626,21 +624,17 @@ def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:
     |ΔdQ[i,l]| <= s·c_i·Π_a max|Ka[:,l]|, |ΔdKa[j,l]| <= s·Π_{b≠a} max|Kb[:,l]|·Σ_i c_i·|Q[i,l]|,
     |ΔdVa[j,m]| <= Π_{b≠a} max|Vb[:,m]|·Σ_i κ_i·|dO[i,m]|, plus the backward's rounding
     (:func:`tattn_numba.poly.rounding.tuple_gradient_rounding`). A-priori in P, so the key-side
-    bounds are loose by the spread of the marginals. Cost O((n + Σ m_a)·d·dv).
+    bounds are loose by the spread of the marginals. Grouped heads and a broadcast Q: the bounds
+    of the entries sharing a key entry (or a Q entry) add, with the rounding of the backward's
+    float64 sums over them, as for :func:`tattn_numba.poly_gradient_bounds`.
+    Cost O((n + Σ m_a)·d·dv).
     """
     inputs = _checked_state(state)
     if state.method != "poly":
         raise TypeError("state must come from nway_attention_forward(..., method='poly')")
-    heads = inputs.heads
-    if heads.shares_keys or heads.expands_query:
-        raise ValueError(
-            f"nway_poly_gradient_bounds needs one key/value entry per query entry, got {heads.describe()} (Q leading "
-            f"dimensions {heads.query_shape}, keys {heads.key_shape}): the bounds of the summed gradients are not "
-            "implemented yet (the outputs' bound, state.certificate.output_bound, holds for every layout)"
-        )
     dO = _upstream(dO, inputs, state)
-    dQ, dkeys, dvalues = poly_nway.gradient_bounds(inputs, state.certificate, state._O64, dO.astype(np.float64),
-                                                   lse=state._lse64)
-    leading = inputs.batch_shape
-    return NwayGrads(dQ.reshape(leading + dQ.shape[1:]), tuple(g.reshape(leading + g.shape[1:]) for g in dkeys),
-                     tuple(g.reshape(leading + g.shape[1:]) for g in dvalues))
+    dQ, dkeys, dvalues = poly_nway.gradient_bounds(inputs.for_surrogate(), state.certificate, state._O64,
+                                                   dO.astype(np.float64), lse=state._lse64)
+    query_shape, key_shape = inputs.heads.query_shape, inputs.heads.key_shape
+    return NwayGrads(dQ.reshape(query_shape + dQ.shape[1:]), tuple(g.reshape(key_shape + g.shape[1:]) for g in dkeys),
+                     tuple(g.reshape(key_shape + g.shape[1:]) for g in dvalues))

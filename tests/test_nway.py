@@ -300,8 +300,8 @@ def test_grouped_and_broadcast_heads_equal_repeated_keys(t, query_lead, key_lead
 def test_surrogate_with_grouped_heads_equals_repeated_keys(t, causal):
     """The surrogate on H = 4 query heads over Hk = 2 key heads gives what it gives on the keys
     and values repeated per head (each entry is computed alone; its key summaries are shared by
-    its group), its gradients summed over the group, and the certified output bound holds against
-    the dense reference; the gradient bounds of summed gradients are refused, naming the layout."""
+    its group), its gradients summed over the group, and the certified output and gradient bounds
+    hold against the dense reference."""
     rng = np.random.default_rng([8, t, causal])
     n, d, dv = 5, 2, 2
     Q = rng.uniform(-1, 1, (4, n, d))
@@ -320,8 +320,41 @@ def test_surrogate_with_grouped_heads_equals_repeated_keys(t, causal):
     for a in range(t):
         for got, per_head in ((g.dkeys[a], g_rep.dkeys[a]), (g.dvalues[a], g_rep.dvalues[a])):
             np.testing.assert_allclose(got, per_head.reshape(2, 2, n, -1).sum(axis=1), rtol=1e-12, atol=1e-14)
-    with pytest.raises(ValueError, match=r"needs one key/value entry per query entry, got 4 query entries"):
-        ta.nway_poly_gradient_bounds(state, dO)
+    # the certified gradient bounds of the summed gradients hold against the dense exact gradients
+    exact = _dense(Q, [repeat(k) for k in keys], [repeat(v) for v in values], dO, causal=causal)
+    bounds = ta.nway_poly_gradient_bounds(state, dO)
+    assert bounds.dQ.shape == Q.shape and all(b.shape == k.shape for b, k in zip(bounds.dkeys, keys))
+    assert np.all(np.abs(g.dQ - exact[2]) <= bounds.dQ)
+    for a in range(t):
+        assert np.all(np.abs(g.dkeys[a] - exact[3][a].reshape(2, 2, n, d).sum(axis=1)) <= bounds.dkeys[a])
+        assert np.all(np.abs(g.dvalues[a] - exact[4][a].reshape(2, 2, n, dv).sum(axis=1)) <= bounds.dvalues[a])
+    # the sums' bounds cover at least the per-head bounds of the repeated layout, summed
+    per_head = ta.nway_poly_gradient_bounds(state_rep, dO)
+    assert np.all(bounds.dkeys[0] >= per_head.dkeys[0].reshape(2, 2, n, d).sum(axis=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("t", [1, 3])
+def test_surrogate_gradient_bounds_with_a_broadcast_query(t, dtype):
+    """One Q (n, d) over 3 key entries: dQ is the float64 sum of 3 copies' gradients, then cast;
+    its certified bound (the copies' bounds, their sum's rounding, the cast) holds against the
+    dense exact gradient, with near-constant values (the weights' error then barely cancels) and
+    logits near the certified radius of degree 4."""
+    rng = np.random.default_rng([9, t])
+    n, d, dv = 6, 2, 2
+    Q = rng.uniform(-1, 1, (n, d)).astype(dtype)
+    keys = tuple(rng.uniform(-1, 1, (3, n, d)).astype(dtype) for _ in range(t))
+    values = tuple((1.0 + 1e-3 * rng.uniform(-1, 1, (3, n, dv))).astype(dtype) for _ in range(t))
+    dO = rng.uniform(-1, 1, (3, n, dv)).astype(dtype)
+    O, state = ta.nway_attention_forward(Q, keys, values, scale=1.0, method="poly", degree=4)
+    g = ta.nway_attention_backward(state, dO)
+    bounds = ta.nway_poly_gradient_bounds(state, dO)
+    exact = _dense(np.broadcast_to(Q, (3, n, d)), keys, values, dO, scale=1.0)
+    assert bounds.dQ.shape == Q.shape
+    assert np.all(np.abs(g.dQ.astype(np.float64) - exact[2].sum(axis=0)) <= bounds.dQ)
+    for a in range(t):
+        assert np.all(np.abs(g.dkeys[a].astype(np.float64) - exact[3][a]) <= bounds.dkeys[a])
+        assert np.all(np.abs(g.dvalues[a].astype(np.float64) - exact[4][a]) <= bounds.dvalues[a])
 
 
 def test_plain_lists_and_non_contiguous_operands():

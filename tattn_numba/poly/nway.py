@@ -44,9 +44,9 @@ from .options import NAMES, PolyOptions
 from .plan import (ASSUMED_FLOPS, BOUND_SLACK, MEMORY_SLACK, Certifier, PolyPlan, certified_degree, certified_radii,
                    check_certified, check_finite_radii_and_ranges, check_normaliser, column_abs_max, column_extrema,
                    key_column_maxima, max_row_norm, memory_refusal, plan_from_certificate, polynomial_gradient_bounds,
-                   polynomial_output_bound, product_ranges, tuple_radii)
-from .rounding import (forward_roundings, output_rounding, tuple_backward_roundings, tuple_gradient_rounding,
-                       tuple_rounding)
+                   polynomial_output_bound, product_ranges, sum_key_groups, sum_query_copies, tuple_radii)
+from .rounding import (forward_roundings, output_rounding, tuple_backward_roundings, tuple_gradient_magnitudes,
+                       tuple_gradient_rounding, tuple_rounding, unit_roundoff)
 
 __all__ = ["OPTIONS", "make_nway_plan", "memory_estimate", "forward", "backward", "gradient_bounds"]
 
@@ -414,35 +414,55 @@ def _backward_layout(n: int, lengths: list[int], causal: bool, chunk: int) -> tu
 
 def gradient_bounds(inputs, plan: PolyPlan, O: np.ndarray, dO: np.ndarray, lse: np.ndarray | None = None) -> tuple:
     """Certified entrywise bounds on |surrogate gradient − exact gradient| of validated n-way
-    inputs: ``(dQ (B, n, d), dkeys, dvalues)`` (tuples of (B, m_a, ·)), float64.
+    inputs (Q with one entry per output entry, keys and values per key entry, ``key_batch``,
+    ``heads``): ``(dQ (Bq, n, d), dkeys, dvalues)`` (tuples of (Bk, m_a, ·)), float64, shaped like
+    the caller's gradients.
 
     ``O`` (B, n, dv) is the computed float64 output, ``dO`` (B, n, dv) the upstream gradient and
-    ``lse`` (B, n) the forward's log-normalisers. The polynomial's part is
+    ``lse`` (B, n) the forward's log-normalisers. Per output entry, the polynomial's part is
     :func:`.plan.polynomial_gradient_bounds` (t = 2's argument with products over the other key
     sets), the rounding part :func:`.rounding.tuple_gradient_rounding` with the tuple counts of
-    :func:`_backward_layout`; for float32 the cast adds u = 2^-24 of the magnitude and 2^-150.
-    Cost O((n + Σ m_a)·d·dv) per batch entry.
+    :func:`_backward_layout`. Grouped or broadcast heads then go through what the backward does in
+    float64, as for t = 2 (:func:`.plan.gradient_bounds`): the G entries of a key group add their
+    query summaries (or, causal, their key gradients), (G − 1)·⌈n/chunk⌉ more roundings per term,
+    and the entries' bounds add (:func:`.plan.sum_key_groups`); a broadcast Q sums its copies'
+    dQ (:func:`.plan.sum_query_copies`), each carrying a magnitude bound
+    (:func:`.rounding.tuple_gradient_magnitudes`). For float32 the cast adds u = 2^-24 of the
+    magnitude and 2^-150. Cost O((n + Σ m_a)·d·dv) per batch entry.
     """
     B, n, d, lengths, dv = _shape(inputs)
+    heads, kb = inputs.heads, inputs.key_batch
     Q = np.asarray(inputs.Q, dtype=np.float64)
-    values = [np.asarray(V, dtype=np.float64) for V in inputs.values]
     kappa = np.asarray(plan.kappa).reshape(B, n)
-    key_max = [column_abs_max(K) for K in inputs.keys]
-    value_max = [column_abs_max(V) for V in values]
+    key_max = [column_abs_max(K)[kb] for K in inputs.keys]
+    value_max = [column_abs_max(V)[kb] for V in inputs.values]
     coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)
     radius, epsilon = np.asarray(plan.radius).reshape(B, n), np.asarray(plan.epsilon).reshape(B, n)
     rounding = _row_rounding(inputs, coefficients, radius, epsilon, plan.degree, lse=lse)
-    ranges = product_ranges(*zip(*[column_extrema(V) for V in values]))
+    ranges = product_ranges(*zip(*[tuple(x[kb] for x in column_extrema(V)) for V in inputs.values]))
     beta = BOUND_SLACK * (polynomial_output_bound(kappa, ranges)
                           + output_rounding(rounding, reduce(np.multiply, value_max), np.float64))
     polynomial, dZ_mass = polynomial_gradient_bounds(Q, dO, kappa, key_max, value_max, beta, O, lengths, inputs.scale)
     counts, spans, queries = _backward_layout(n, lengths, inputs.causal, plan.chunk_rows)
+    shared = heads.shares_keys or heads.expands_query
+    terms = dict(scale=inputs.scale, Q_abs=np.abs(Q), dO_abs=np.abs(dO), dZ_mass=dZ_mass, key_max=key_max,
+                 value_max=value_max, counts=counts, queries=queries)
     dQ, dkeys, dvalues = tuple_gradient_rounding(
-        rounding, scale=inputs.scale, Q_abs=np.abs(Q), dO_abs=np.abs(dO), dZ_mass=dZ_mass, key_max=key_max,
-        value_max=value_max, counts=counts, spans=spans, queries=queries,
-        roundings=tuple_backward_roundings(plan.degree, plan.rank, n, lengths, d, dv), output_dtype=inputs.dtype)
+        rounding, **terms, spans=spans, roundings=tuple_backward_roundings(plan.degree, plan.rank, n, lengths, d, dv),
+        output_dtype=np.float64 if shared else inputs.dtype, key_roundings=(heads.group - 1) * -(-n // plan.chunk_rows))
     narrow = np.dtype(inputs.dtype) != np.float64
     tiny = float(np.finfo(inputs.dtype).smallest_subnormal) / 2 if narrow else 0.0
-    bounds = [BOUND_SLACK * (a + b + tiny) for a, b in zip(polynomial, (dQ, *dkeys, *dvalues))]
     t = len(lengths)
+    if not shared:
+        bounds = [BOUND_SLACK * (a + b + tiny) for a, b in zip(polynomial, (dQ, *dkeys, *dvalues))]
+        return bounds[0], tuple(bounds[1:1 + t]), tuple(bounds[1 + t:])
+    rounded = (dQ, *dkeys, *dvalues)
+    magnitude_q, magnitude_keys, magnitude_values = tuple_gradient_magnitudes(rounding, **terms)
+    error = [a + b for a, b in zip(polynomial, rounded)]
+    size = [a + b for a, b in zip((magnitude_q, *magnitude_keys, *magnitude_values), rounded)]
+    sum_key_groups(heads, error, size)
+    error[0], size[0] = sum_query_copies(heads, error[0], size[0])
+    u_out = unit_roundoff(inputs.dtype) if narrow else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        bounds = [BOUND_SLACK * (e + u_out * c + tiny) for e, c in zip(error, size)]
     return bounds[0], tuple(bounds[1:1 + t]), tuple(bounds[1 + t:])

@@ -41,7 +41,8 @@ __all__ = [
     "tuple_radii", "certified_radii", "max_row_norm", "product_ranges", "Certifier", "certified_degree",
     "plan_from_certificate", "check_finite_radii_and_ranges", "memory_refusal", "polynomial_gradient_bounds",
     "round_up_to_grid", "per_row_fits", "value_ranges", "make_plan", "gradient_bounds", "check_certified",
-    "normaliser_error", "check_normaliser", "keeps_key_summaries", "kappa_for_epsilon",
+    "normaliser_error", "check_normaliser", "keeps_key_summaries", "kappa_for_epsilon", "sum_key_groups",
+    "sum_query_copies",
 ]
 
 #: Rate assumed by the time estimate (floating-point operations per second, BLAS-bound
@@ -825,20 +826,35 @@ def gradient_bounds(inputs: AttentionInputs, computed: AttentionInputs, plan: Po
                                                    key_roundings=extra, magnitudes=True)
     error = [a + b for a, b in zip(polynomial, rounded)]
     size = [a + b for a, b in zip(magnitude, rounded)]
-    Bk = heads.key_entries
-    for k in range(1, 5):  # the backward sums the key and value gradients of each group in float64
-        error[k], size[k] = _summed(error[k], heads.key_batch, Bk), _summed(size[k], heads.key_batch, Bk)
+    sum_key_groups(heads, error, size)
     if inputs.logits != "trilinear":
         for k, M in enumerate(lift_matrices(inputs.logits, inputs.Q.shape[2])):
             error[k], size[k] = _pulled_back(error[k], size[k], M)
-    if heads.expands_query:
-        copies = np.bincount(heads.query_batch, minlength=heads.query_entries)
-        g = gamma(copies - 1)[:, None, None]
-        total = _summed(size[0], heads.query_batch, heads.query_entries)
-        error[0] = _summed(error[0], heads.query_batch, heads.query_entries) + g * total
-        size[0] = (1.0 + g) * total
+    error[0], size[0] = sum_query_copies(heads, error[0], size[0])
     with np.errstate(invalid="ignore", over="ignore"):
         return GradientBounds(*(BOUND_SLACK * (e + u_out * c + tiny) for e, c in zip(error, size)))
+
+
+def sum_key_groups(heads, error: list, size: list) -> None:
+    """In place: the per-entry error and magnitude bounds of the key and value gradients
+    (``error[1:]``, ``size[1:]``, (B, m, ·) each) summed over the entries that share a key/value
+    entry (``heads.key_batch``), as the backward sums them in float64; its additions are counted
+    by the caller's extra key roundings ((G − 1)·⌈n/chunk⌉)."""
+    for k in range(1, len(error)):
+        error[k] = _summed(error[k], heads.key_batch, heads.key_entries)
+        size[k] = _summed(size[k], heads.key_batch, heads.key_entries)
+
+
+def sum_query_copies(heads, error: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """dQ's error and magnitude bounds (B, n, d) mapped onto Q's entries (Bq, n, d) when Q
+    broadcasts: the float64 sum over its copies, E ← Σ E_b + γ_{G−1}·Σ C_b, C ← (1 + γ_{G−1})·Σ C_b;
+    unchanged otherwise."""
+    if not heads.expands_query:
+        return error, size
+    copies = np.bincount(heads.query_batch, minlength=heads.query_entries)
+    g = gamma(copies - 1)[:, None, None]
+    total = _summed(size, heads.query_batch, heads.query_entries)
+    return _summed(error, heads.query_batch, heads.query_entries) + g * total, (1.0 + g) * total
 
 
 def _summed(x: np.ndarray, index: np.ndarray, count: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from ..mask import Mask
 __all__ = [
     "UNIT_ROUNDOFF", "unit_roundoff", "gamma", "forward_roundings", "backward_roundings", "coefficient_mass",
     "backward_spans", "forward_spans", "touched_queries", "RowRounding", "row_rounding", "tuple_rounding", "tuple_backward_roundings", "tuple_gradient_rounding", "output_rounding", "gradient_rounding",
-    "gradient_magnitudes",
+    "gradient_magnitudes", "tuple_gradient_magnitudes",
 ]
 
 #: u of float64, the precision every stage of the surrogate computes in.
@@ -335,6 +335,29 @@ def tuple_gradient_rounding(rounding: RowRounding, *, scale: float, Q_abs: np.nd
     finite = [np.where(np.isnan(x), np.inf, x) for x in (dQ, *dkeys, *dvalues)]
     t = len(key_max)
     return finite[0], finite[1:1 + t], finite[1 + t:]
+
+
+def tuple_gradient_magnitudes(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,
+                              dZ_mass: np.ndarray, key_max: list, value_max: list, counts, queries) -> tuple:
+    """:func:`gradient_magnitudes` for t key sets, ``(dQ, [dK_a], [dV_a])``: bounds on the
+    exact-arithmetic surrogate gradients that a later float64 sum (grouped or broadcast heads) and
+    the cast round relative to. Arguments as for :func:`tuple_gradient_rounding`; with
+    μ_a,i = min(1, P̄_i·Π_{b≠a} |I_b(i)|) bounding a marginal of P̃ and |dZ̃| <= P̃·dZ_mass,
+
+        |dQ[i,l]| <= s·dZ_mass_i·Π_a κ_{a,l}
+        |dK_a[j,l]| <= s·Π_{b≠a} κ_{b,l}·Σ_{i sees j} μ_a,i·dZ_mass_i·|Q[i,l]|
+        |dV_a[j,m]| <= Π_{b≠a} v_{b,m}·Σ_{i sees j} μ_a,i·|dO[i,m]|.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        dQ = scale * dZ_mass[:, :, None] * reduce(np.multiply, key_max)[:, None, :]
+        dkeys, dvalues = [], []
+        for a in range(len(key_max)):
+            mu = np.minimum(1.0, _others(counts, a, rounding.weight))
+            dkeys.append(_others([k[:, None, :] for k in key_max], a, scale)
+                         * _over_queries((mu * dZ_mass)[:, :, None] * Q_abs, queries[a]))
+            dvalues.append(_others([v[:, None, :] for v in value_max], a) * _over_queries(mu[:, :, None] * dO_abs,
+                                                                                       queries[a]))
+    return dQ, dkeys, dvalues
 
 
 def gradient_magnitudes(rounding: RowRounding, *, scale: float, Q_abs: np.ndarray, dO_abs: np.ndarray,

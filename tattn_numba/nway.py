@@ -32,6 +32,7 @@ from .attention import AttentionState, attention, attention_backward, attention_
 from .exact import nway_cpu
 from .heads import HeadLayout, head_layout
 from .poly import nway as poly_nway
+from .poly.api import poly_gradient_bounds
 from .poly.plan import PolyPlan
 
 __all__ = [
@@ -165,8 +166,6 @@ def _check_method_device(method, device) -> None:
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
         if value not in known:
             raise ValueError(f"unknown {name} {value!r}; expected one of {list(known)}")
-    if device != "cpu":
-        raise ValueError(f"device={device!r} is not implemented for nway attention yet; use device='cpu'")
 
 
 def _check_options(method: str, options: dict) -> None:
@@ -292,9 +291,39 @@ def _fingerprints(inputs: _Inputs) -> tuple[int, ...]:
     return _host.OPS.fingerprints(inputs.flat_operands(), True)
 
 
-def _pairwise_arrays(inputs: _Inputs) -> tuple:
+def _on_pair_kernels(inputs: _Inputs, method: str, device: str) -> bool:
+    """Whether the call runs on the tensor-attention implementations (:func:`tattn_numba.attention`):
+    t = 2 exact on the CPU, and t <= 2 on the GPU (t = 1 as t = 2 with a first key set of one row
+    of ones); ``ValueError`` for t >= 3 on the GPU."""
+    if device == "cpu":
+        return method == "exact" and inputs.t == 2
+    if inputs.t > 2:
+        raise ValueError(
+            f"device={device!r} runs n-way attention for t <= 2 (on the tensor-attention kernels), got t={inputs.t}; "
+            "use device='cpu' for t >= 3"
+        )
+    return True
+
+
+def _pairwise_call(inputs: _Inputs) -> tuple[tuple, dict]:
+    """The operands (Q, K1, K2, V1, V2) and mask keywords of the :func:`tattn_numba.attention`
+    call that computes ``inputs``: t = 2 as it is; t = 1 with K1 and V1 all ones (the logit
+    s·Σ_l q_l·1·k_l, the value 1·v): one row of them, or, causal, n rows with the window (1, n),
+    which lets row i see j1 = i and every j2 <= i, n·(i + 1) pairs in all."""
     Q, keys, values = inputs.arrays
-    return (Q, keys[0], keys[1], values[0], values[1])
+    if inputs.t == 2:
+        return (Q, keys[0], keys[1], values[0], values[1]), {"causal": inputs.causal}
+    rows = keys[0].shape[-2] if inputs.causal else 1
+    ones = [np.ones(x.shape[:-2] + (rows, x.shape[-1]), dtype=inputs.dtype) for x in (keys[0], values[0])]
+    mask = {"window": (1, rows)} if inputs.causal else {}
+    return (Q, ones[0], keys[0], ones[1], values[0]), mask
+
+
+def _pairwise_grads(g, t: int) -> NwayGrads:
+    """The n-way gradients of the pairwise call of :func:`_pairwise_call`."""
+    if t == 2:
+        return NwayGrads(g.dQ, (g.dK1, g.dK2), (g.dV1, g.dV2))
+    return NwayGrads(g.dQ, (g.dK2,), (g.dV2,))
 
 
 def nway_attention_forward(
@@ -323,8 +352,10 @@ def nway_attention_forward(
         ``"poly"`` runs the certified low-rank polynomial surrogate (see
         :func:`nway_poly_plan`), for every t (t = 2 included, which then runs the t-general
         surrogate rather than :func:`tattn_numba.attention`).
-    device : {"cpu"}
-        ``"cuda"`` is not implemented for n-way attention yet.
+    device : {"cpu", "cuda"}
+        ``"cuda"`` runs t <= 2 on the tensor-attention GPU kernels of :func:`tattn_numba.attention`
+        (t = 1 as t = 2 with a first key set of one row of ones), host arrays in and out; t >= 3
+        has no GPU kernel yet (``ValueError``).
     **options
         With ``method="poly"``: exactly one of ``tol`` (target bound on max |Õ − O|; the
         smallest certified degree is chosen) and ``degree``, and optionally ``family``
@@ -349,7 +380,7 @@ def nway_attention_forward(
         Empty keys/values (t = 0), ``len(keys) != len(values)``, rank below 2, different leading
         dimensions, mismatched m_a, d or dv, empty arrays, NaN/Inf, ``causal`` with some
         ``m_a != n``, ``scale`` <= 0 or non-finite, logits or the kernels' products that could
-        pass 1e300, an unknown method or device, ``device="cuda"`` (not implemented yet), a
+        pass 1e300, an unknown method or device, ``device="cuda"`` with t >= 3 (no GPU kernel yet), a
         problem whose memory estimate passes ``config.MEMORY_BUDGET_BYTES`` (``memory_budget``
         for the surrogate); with ``method="poly"``: neither or both of ``tol`` and ``degree``,
         an unreachable ``tol``, a ``degree`` too low to certify (each naming the argument).
@@ -362,12 +393,14 @@ def nway_attention_forward(
     The surrogate costs O((n + Σ m_a)·r·dv) with r = C(d + g, g) (float64 inside too).
     """
     inputs = _validate(Q, keys, values, scale, causal, method, device, options)
+    if _on_pair_kernels(inputs, method, device):
+        arrays, mask = _pairwise_call(inputs)
+        O, pairwise = attention_forward(*arrays, scale=inputs.scale, method=method, device=device, **mask, **options)
+        return O, NwayState(O=O, lse=pairwise.lse, scale=inputs.scale, causal=inputs.causal, t=inputs.t, method=method,
+                            options=dict(options), certificate=pairwise.certificate, _inputs=inputs,
+                            _fingerprints=_fingerprints(inputs), _pairwise=pairwise)
     if method == "poly":
         return _poly_forward(inputs, options)
-    if inputs.t == 2:
-        O, pairwise = attention_forward(*_pairwise_arrays(inputs), scale=inputs.scale, causal=inputs.causal)
-        return O, NwayState(O=O, lse=pairwise.lse, scale=inputs.scale, causal=inputs.causal, t=2, _inputs=inputs,
-                            _fingerprints=_fingerprints(inputs), _pairwise=pairwise)
     with threads_for(_flops(inputs)):
         O64, lse64 = nway_cpu.forward(inputs.query_rows(), inputs.keys, inputs.values, inputs.scale, inputs.causal,
                                       key_batch=inputs.key_batch)
@@ -449,8 +482,7 @@ def nway_attention_backward(state: NwayState, dO) -> NwayGrads:
     """
     inputs = _checked_state(state)
     if state._pairwise is not None:
-        g = attention_backward(state._pairwise, dO)
-        return NwayGrads(g.dQ, (g.dK1, g.dK2), (g.dV1, g.dV2))
+        return _pairwise_grads(attention_backward(state._pairwise, dO), state.t)
     dO = _upstream(dO, inputs, state)
     with threads_for(3 * _flops(inputs)):
         if state.method == "poly":
@@ -505,10 +537,11 @@ def nway_attention(
     (4, 2)
     """
     inputs = _validate(Q, keys, values, scale, causal, method, device, options)
+    if _on_pair_kernels(inputs, method, device):
+        arrays, mask = _pairwise_call(inputs)
+        return attention(*arrays, scale=inputs.scale, method=method, device=device, **mask, **options)
     if method == "poly":
         return _poly_forward(inputs, options)[0]
-    if inputs.t == 2:
-        return attention(*_pairwise_arrays(inputs), scale=inputs.scale, causal=inputs.causal)
     with threads_for(_flops(inputs)):
         O64, _ = nway_cpu.forward(inputs.query_rows(), inputs.keys, inputs.values, inputs.scale, inputs.causal,
                                   key_batch=inputs.key_batch, for_backward=False)
@@ -632,6 +665,8 @@ def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:
     inputs = _checked_state(state)
     if state.method != "poly":
         raise TypeError("state must come from nway_attention_forward(..., method='poly')")
+    if state._pairwise is not None:  # a GPU state: poly_gradient_bounds says what to do instead
+        return _pairwise_grads(poly_gradient_bounds(state._pairwise, dO), state.t)
     dO = _upstream(dO, inputs, state)
     dQ, dkeys, dvalues = poly_nway.gradient_bounds(inputs.for_surrogate(), state.certificate, state._O64,
                                                    dO.astype(np.float64), lse=state._lse64)

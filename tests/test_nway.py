@@ -357,6 +357,52 @@ def test_surrogate_gradient_bounds_with_a_broadcast_query(t, dtype):
         assert np.all(np.abs(g.dvalues[a].astype(np.float64) - exact[4][a]) <= bounds.dvalues[a])
 
 
+@pytest.mark.parametrize("method,options", [("exact", {}), ("poly", {"degree": 6})])
+@pytest.mark.parametrize("t", [1, 2])
+def test_gpu_runs_t1_and_t2_on_the_tensor_attention_kernels(t, method, options):
+    """device="cuda" (the simulator without a GPU) gives the CPU's results for t = 1 (as t = 2
+    with a key set of ones and, causal, the window (1, n)) and t = 2, output and gradients, with
+    grouped heads: the exact n-way results, and for the surrogate those of the same pair problem
+    on the CPU (its plan is the tensor-attention plan), within its certified bound of the dense
+    reference."""
+    from tattn_numba import _cuda
+
+    try:
+        _cuda.require()
+    except _cuda.CUDAUnavailableError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(str(exc))
+    rng = np.random.default_rng([11, t])
+    n, d, dv = 4, 2, 2
+    Q = rng.uniform(-1, 1, (2, n, d))
+    keys = tuple(rng.uniform(-1, 1, (1, n, d)) for _ in range(t))
+    values = tuple(rng.uniform(-1, 1, (1, n, dv)) for _ in range(t))
+    dO = rng.uniform(-1, 1, (2, n, dv))
+    O_gpu, state = ta.nway_attention_forward(Q, keys, values, causal=True, method=method, device="cuda", **options)
+    if method == "exact":
+        O_cpu, state_cpu = ta.nway_attention_forward(Q, keys, values, causal=True)
+        g_cpu = ta.nway_attention_backward(state_cpu, dO)
+    else:  # the CPU's n-way surrogate picks its own per-row polynomials: compare with the same pair problem
+        pair = (Q, keys[0], keys[1], values[0], values[1]) if t == 2 else (
+            Q, np.ones((1, n, d)), keys[0], np.ones((1, n, dv)), values[0])
+        mask = {"causal": True} if t == 2 else {"window": (1, n)}
+        O_cpu, pair_state = ta.attention_forward(*pair, method="poly", **mask, **options)
+        g = ta.attention_backward(pair_state, dO)
+        g_cpu = ta.NwayGrads(g.dQ, (g.dK1, g.dK2)[2 - t:], (g.dV1, g.dV2)[2 - t:])
+    np.testing.assert_allclose(O_gpu, O_cpu, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(ta.nway_attention(Q, keys, values, causal=True, method=method, device="cuda", **options),
+                               O_cpu, rtol=1e-11, atol=1e-13)
+    g_gpu = ta.nway_attention_backward(state, dO)
+    np.testing.assert_allclose(g_gpu.dQ, g_cpu.dQ, rtol=1e-10, atol=1e-12)
+    for a in range(t):
+        np.testing.assert_allclose(g_gpu.dkeys[a], g_cpu.dkeys[a], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(g_gpu.dvalues[a], g_cpu.dvalues[a], rtol=1e-10, atol=1e-12)
+    if method == "poly":
+        assert state.certificate.degree == 6
+        assert np.all(np.abs(O_gpu - _dense(Q, [np.broadcast_to(k, (2, n, d)) for k in keys],
+                                            [np.broadcast_to(v, (2, n, dv)) for v in values], dO,
+                                            causal=True)[0]) <= state.certificate.output_bound)
+
+
 def test_plain_lists_and_non_contiguous_operands():
     rng = np.random.default_rng(9)
     Q, keys, values, _ = _inputs(rng, (), 3, (2, 3, 2), 2, 2)
@@ -436,7 +482,7 @@ BAD = [
     ("scale", lambda a, k: k.update(scale=-1.0), ValueError, "scale must be positive and finite, got -1.0"),
     ("scale type", lambda a, k: k.update(scale="1"), TypeError, "scale must be a positive real number"),
     ("poly without tol or degree", lambda a, k: k.update(method="poly"), ValueError, "exactly one of tol"),
-    ("cuda", lambda a, k: k.update(device="cuda"), ValueError, "device='cuda' is not implemented for nway"),
+    ("cuda t=3", lambda a, k: k.update(device="cuda"), ValueError, r"device='cuda' runs n-way attention for t <= 2 .*t=3"),
     ("unknown method", lambda a, k: k.update(method="fast"), ValueError, r"unknown method 'fast'; expected one of"),
     ("method type", lambda a, k: k.update(method=1), TypeError, "method must be a string, got int"),
     ("unknown device", lambda a, k: k.update(device="tpu"), ValueError, r"unknown device 'tpu'"),

@@ -8,6 +8,8 @@ and the per-worker accumulation of dK2/dV2 all run; plus one size above the defa
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
+import numba
 import numpy as np
 import pytest
 
@@ -89,6 +91,36 @@ def test_mm_nt_against_matmul(rows, outcols, inner):
     cpu._mm_nt(X.ravel(), ldx, Y.ravel(), ldy, out.ravel(), ldo, rows, outcols, inner)
     np.testing.assert_allclose(out[:, :outcols], X[:, :inner] @ Y[:, :inner].T, rtol=1e-13, atol=1e-13)
     assert np.isnan(out[:, outcols:]).all()
+
+
+def _axpy(x, y, a):
+    cpu._wide_vectors()
+    for j in range(x.size):
+        y[j] += a * x[j]
+
+
+def test_wide_vectors_marks_only_the_calling_function():
+    """The attribute reaches LLVM on the function that asks for it (no disk cache, so the IR is
+    inspectable), the widest registers are used where the CPU has them, and a function that does
+    not ask keeps LLVM's default."""
+    wide = numba.njit(fastmath=config.FASTMATH)(_axpy)
+    x, y = np.ones(64), np.zeros(64)
+    wide(x, y, 2.0)
+    assert np.array_equal(y, np.full(64, 2.0))
+    [ir] = wide.inspect_llvm().values()
+    assert '"prefer-vector-width"="512"' in ir
+
+    @numba.njit
+    def plain(x, y, a):
+        for j in range(x.size):
+            y[j] += a * x[j]
+
+    plain(x, y, 1.0)
+    [plain_ir] = plain.inspect_llvm().values()
+    assert "prefer-vector-width" not in plain_ir
+    if "+avx512f" in llvm.get_host_cpu_features().flatten():
+        [asm] = wide.inspect_asm().values()
+        assert "zmm" in asm
 
 
 # --- tiling of the full kernels -------------------------------------------------------------

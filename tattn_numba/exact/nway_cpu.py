@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import config
 from .._validation import check_memory
-from .cpu import MEMORY_SLACK, MemoryEstimate, _exp_shifted, _mm, _tile_max
+from .cpu import MEMORY_SLACK, MemoryEstimate, _exp_shifted, _mm, _tile_max, _wide_vectors
 
 __all__ = ["backward", "forward", "memory_estimate"]
 
@@ -87,6 +87,7 @@ def _forward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, VzT, key_batch, scale,
     ma, dv = KaT.shape[2], VaT.shape[1]
     mz = Kz.shape[1] // d
     for w in numba.prange(workers):
+        _wide_vectors()
         A = np.empty((L + 1, d))
         W = np.empty((L + 1, dv))
         idx = np.zeros(L, np.int64)
@@ -164,6 +165,7 @@ def _backward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, KzT, Vz, VzT, key_bat
     ma, dv = KaT.shape[2], VaT.shape[1]
     mz = Kz.shape[1] // d
     for w in numba.prange(workers):
+        _wide_vectors()
         A = np.empty((L + 1, d))
         W = np.empty((L + 1, dv))
         C = np.empty((L + 1, d))

@@ -1,8 +1,8 @@
 """Exact CPU kernels against the machine's matrix-product rate, in one run (issue #14).
 
-For each dtype, NumPy's matrix-product rate (a 1024 × 1024 product, best of 5) is measured in the
-same process, and the exact forward and forward+backward are timed (best of ``--repeat``) at
-n = m1 = m2 and d = dv. Flop convention (as benchmarks/test_exact.py): forward 4·n³·d (logits
+For each size and dtype, the exact forward and forward+backward at n = m1 = m2, d = dv are timed
+interleaved with NumPy's matrix product (1024 × 1024) of the same dtype, round by round (best of
+``--repeat`` rounds), so each "% of matmul" compares two rates measured under the same load. Flop convention (as benchmarks/test_exact.py): forward 4·n³·d (logits
 2·n³·d, value contraction 2·n³·dv), forward+backward 16·n³·d (the backward recomputes the logits
 and performs five more contractions of the same size); exponentials are not counted.
 
@@ -21,33 +21,42 @@ import numba
 import numpy as np
 
 import tattn_numba as ta
+from verification.timing import best_time, best_times
 
 
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def matmul_rate(dtype, size: int = 1024, repeat: int = 5) -> float:
-    """NumPy's matrix-product rate for ``dtype`` in GFLOP/s (best of ``repeat``)."""
+def _matmul(dtype, size: int = 1024):
+    """A ``size`` × ``size`` matrix product of ``dtype`` and its flop count 2·size³."""
     rng = np.random.default_rng(0)
     A, B = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
-    A @ B
-    return 2.0 * size**3 / _best(lambda: A @ B, repeat) / 1e9
+    return (lambda: A @ B), 2.0 * size**3
 
 
-def exact_rates(dtype, n: int, d: int, repeat: int) -> tuple[float, float]:
-    """(forward, forward+backward) GFLOP/s of the exact CPU kernels at n = m1 = m2, d = dv."""
+def rates(n: int, d: int, repeat: int) -> dict:
+    """GFLOP/s of NumPy's matrix product and of the exact forward and forward+backward at
+    n = m1 = m2, d = dv, for float64 and float32, keyed ``(kind, dtype)`` with kind "forward",
+    "both" (forward+backward), "matmul forward" and "matmul both" (the product's rate in the rounds
+    of each).
+
+    The forwards are timed interleaved with the matrix products (:func:`verification.timing.best_times`,
+    best of ``repeat`` rounds), the forward+backwards likewise (best of ``repeat - 1``), so every
+    ratio of the tables compares rates measured under the same machine load; a pause before each
+    timed call lets the BLAS threads of the previous product go idle."""
     rng = np.random.default_rng(1)
-    X = [rng.uniform(-1.0, 1.0, (n, d)).astype(dtype) for _ in range(6)]
-    ta.attention_grad(*(x[:32] for x in X))  # compile outside the timing
-    forward = _best(lambda: ta.attention(*X[:5]), repeat)
-    both = _best(lambda: ta.attention_grad(*X), max(1, repeat - 1))
-    return 4.0 * n**3 * d / forward / 1e9, 16.0 * n**3 * d / both / 1e9
+    ops, flops = {}, {}
+    for dtype in (np.float64, np.float32):
+        X = [rng.uniform(-1.0, 1.0, (n, d)).astype(dtype) for _ in range(6)]
+        ta.attention_grad(*(x[:32] for x in X))  # compile outside the timing
+        ops[("matmul", dtype)], flops[("matmul", dtype)] = _matmul(dtype)
+        ops[("forward", dtype)], flops[("forward", dtype)] = (lambda X=X: ta.attention(*X[:5])), 4.0 * n**3 * d
+        ops[("both", dtype)], flops[("both", dtype)] = (lambda X=X: ta.attention_grad(*X)), 16.0 * n**3 * d
+    out = {}
+    for kind, rounds in (("forward", repeat), ("both", max(1, repeat - 1))):
+        keys = [(k, dtype) for dtype in (np.float64, np.float32) for k in ("matmul", kind)]
+        seconds = best_times({key: ops[key] for key in keys}, rounds, pause=0.5)
+        for op, dtype in keys:
+            name = kind if op == kind else f"matmul {kind}"
+            out[(name, dtype)] = flops[(op, dtype)] / seconds[(op, dtype)] / 1e9
+    return out
 
 
 def _per_pair(fn, pairs: int, reps: int = 2000) -> float:
@@ -62,15 +71,15 @@ def profile(d: int, n: int = 256) -> str:
     """Where a forward's time goes, per (i, j1, j2) pair in ns on one thread: the building blocks
     of one tile (KEY_TILE_2 × KEY_TILE_1 pairs) timed alone, their sum, the whole forward on one
     thread, and the speed-up of all threads over one."""
-    from tattn_numba import config
     from tattn_numba.exact import cpu
 
-    t1, t2, dv = config.KEY_TILE_1, config.KEY_TILE_2, d
+    dv = d
     threads = numba.get_num_threads()
     rows = [f"| dtype | logit tile S = K2·A | tile max | exp + sum | T += V2ᵀ·P | sum of parts | forward, 1 thread "
             f"| forward, {threads} threads (speed-up) |", "|---|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(2)
     for dtype in (np.float64, np.float32):
+        t1, t2 = cpu._tiles(np.dtype(dtype).itemsize)
         k2, a, v2t = (rng.standard_normal(size).astype(dtype) for size in (t2 * d, d * t1, dv * t2))
         s, t = np.empty(t2 * t1, dtype), np.zeros(dv * t1, dtype)
         pairs = t1 * t2
@@ -83,10 +92,10 @@ def profile(d: int, n: int = 256) -> str:
         ta.attention(*X)
         numba.set_num_threads(1)
         try:
-            one = _best(lambda: ta.attention(*X), 3) / n**3 * 1e9
+            one = best_time(lambda: ta.attention(*X), 3) / n**3 * 1e9
         finally:
             numba.set_num_threads(threads)
-        many = _best(lambda: ta.attention(*X), 3) / n**3 * 1e9
+        many = best_time(lambda: ta.attention(*X), 3) / n**3 * 1e9
         parts = logits + peak + exp + values
         rows.append(f"| {np.dtype(dtype).name} | {logits:.2f} | {peak:.2f} | {exp:.2f} | {values:.2f} | {parts:.2f} "
                     f"| {one:.2f} | {many:.2f} ({one / many:.2f}×) |")
@@ -95,24 +104,22 @@ def profile(d: int, n: int = 256) -> str:
 
 
 def table(sizes, dims, repeat: int) -> str:
-    rates = {dtype: matmul_rate(dtype) for dtype in (np.float64, np.float32)}
-    rows = [f"Machine: {platform.processor() or platform.machine()}, {numba.get_num_threads()} threads; "
-            f"NumPy matrix product {rates[np.float64]:.1f} GFLOP/s (float64), {rates[np.float32]:.1f} GFLOP/s "
-            "(float32), same run.", "",
-            "| n | d | dtype | forward GFLOP/s | % of matmul | forward+backward GFLOP/s | % of matmul |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [f"Machine: {platform.processor() or platform.machine()}, {numba.get_num_threads()} threads. "
+            "NumPy's matrix product (1024 × 1024) is timed interleaved with every row's kernels, and each "
+            "% is against that same-round rate.", "",
+            "| n | d | dtype | matmul GFLOP/s | forward GFLOP/s | % of matmul | forward+backward GFLOP/s "
+            "| % of matmul |", "|---|---|---|---|---|---|---|---|"]
     speedups = []
     for n in sizes:
         for d in dims:
-            measured = {}
+            r = rates(n, d, repeat)
             for dtype in (np.float64, np.float32):
-                fwd, both = exact_rates(dtype, n, d, repeat)
-                measured[dtype] = (fwd, both)
-                mm = rates[dtype]
-                rows.append(f"| {n} | {d} | {np.dtype(dtype).name} | {fwd:.1f} | {100 * fwd / mm:.0f} % | {both:.1f} "
-                            f"| {100 * both / mm:.0f} % |")
-            speedups.append(f"| {n} | {d} | {measured[np.float32][0] / measured[np.float64][0]:.2f} "
-                            f"| {measured[np.float32][1] / measured[np.float64][1]:.2f} |")
+                mm, fwd = r[("matmul forward", dtype)], r[("forward", dtype)]
+                both = r[("both", dtype)]
+                rows.append(f"| {n} | {d} | {np.dtype(dtype).name} | {mm:.1f} | {fwd:.1f} | {100 * fwd / mm:.0f} % "
+                            f"| {both:.1f} | {100 * both / r[('matmul both', dtype)]:.0f} % |")
+            speedups.append(f"| {n} | {d} | {r[('forward', np.float32)] / r[('forward', np.float64)]:.2f} "
+                            f"| {r[('both', np.float32)] / r[('both', np.float64)]:.2f} |")
     rows += ["", "float32 against float64, same run (time ratio):", "",
              "| n | d | forward | forward+backward |", "|---|---|---|---|"] + speedups
     return "\n".join(rows) + "\n"

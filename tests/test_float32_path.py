@@ -14,6 +14,7 @@ float32, and the vectorised float32 exp against libm.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -48,6 +49,29 @@ def test_float32_exp_scales_and_shifts_in_float64():
     cpu._exp_shifted(buf, buf.size, 0.5, 5000.0)
     expected = np.exp(0.5 * x.astype(np.float64) - 5000.0)
     np.testing.assert_allclose(buf, expected, rtol=2 * EPS32)
+
+
+def test_forward_exp_subtracts_its_float32_running_maximum_exactly():
+    """The forward's exp forms scale·x − M in float32, M a float32 number (the running maximum is
+    kept one): a maximum of 5000 next to logits of 1e4 loses nothing to the subtraction, and a
+    scale float32 cannot hold costs one relative rounding of the logit."""
+    x = (1e4 + np.arange(-20, 1, dtype=np.float64) / 8).astype(np.float32)
+    shift = np.float64(np.float32(5000.0))
+    for scale in (0.5, 1.0 / 3.0):
+        buf = x.copy()
+        total = cpu._exp_running32(buf, buf.size, scale, shift)
+        expected = np.exp(np.float64(np.float32(scale)) * x.astype(np.float64) - shift)
+        np.testing.assert_allclose(buf, expected, rtol=2 * EPS32)
+        assert total == pytest.approx(buf.astype(np.float64).sum(), rel=1e-12)
+    # the running maximum the forward keeps is a float32 number for float32 tiles only
+    logit_max = 10000.123456789
+    assert _kept_maximum(x, logit_max) == float(np.float32(logit_max)) != logit_max
+    assert _kept_maximum(x.astype(np.float64), logit_max) == logit_max
+
+
+@numba.njit
+def _kept_maximum(tile, value):
+    return cpu._running_shift(tile, value)
 
 
 def test_float32_exp_flushes_below_its_floor_to_zero():
@@ -146,6 +170,18 @@ def test_flash_attention_rule_on_hostile_inputs(kind, causal):
     assert O.dtype == np.float32
     assert_forward_matches(O, state.lse, *X[:5], scale=scale, causal=causal)
     assert_grads_match(ta.attention_backward(state, X[5]), *X[:5], X[5], scale=scale, causal=causal)
+
+
+@pytest.mark.parametrize("kind", ["random", "saturated", "single_dominant_pair"])
+def test_flash_attention_rule_with_a_scale_float32_cannot_hold(kind):
+    """scale = 1/3 is rounded to float32 in the forward's exp argument (every logit times the same
+    1 + δ, |δ| <= eps32/2) while the backward scales in float64: the rule still holds, also where
+    logits are in the hundreds."""
+    rng = np.random.default_rng(11 + KINDS.index(kind))
+    X, _ = _case(kind, rng)
+    O, state = ta.attention_forward(*X[:5], scale=1.0 / 3.0)
+    assert_forward_matches(O, state.lse, *X[:5], scale=1.0 / 3.0)
+    assert_grads_match(ta.attention_backward(state, X[5]), *X[:5], X[5], scale=1.0 / 3.0)
 
 
 def test_float32_path_is_not_float64_in_disguise():

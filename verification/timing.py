@@ -44,21 +44,23 @@ def best_time(fn, repeat: int, *, synchronize=None, warmup: bool = True) -> floa
     return best
 
 
-def best_times(fns: dict, repeat: int) -> dict:
+def best_times(fns: dict, repeat: int, *, pause: float = 0.0) -> dict:
     """Minimum wall-clock seconds of each callable of ``fns`` ({name: fn}) over ``repeat`` rounds,
     each round calling every one once in turn (after one untimed warm-up call each): the same-run
-    comparison of the benchmark scripts, robust to the load of a shared machine changing."""
+    comparison of the benchmark scripts, robust to the load of a shared machine changing.
+
+    ``pause`` seconds are slept, untimed, before every timed call: after a NumPy matrix product the
+    BLAS worker threads spin for a while (OpenBLAS: about 0.2 s) and would take the cores from the
+    next call (measured: a Numba kernel right after a product ran at 0.62× its speed, with a 0.5 s
+    pause at 1.0×)."""
     for fn in fns.values():
         fn()
     best = dict.fromkeys(fns, np.inf)
     for _ in range(repeat):
         for name, fn in fns.items():
+            if pause > 0:
+                time.sleep(pause)
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
-
-
-def loglog_slope(sizes, seconds) -> float:
-    """Least-squares slope of log(seconds) against log(sizes)."""
-    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])

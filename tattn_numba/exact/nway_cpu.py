@@ -28,7 +28,8 @@ import numpy as np
 
 from .. import config
 from .._validation import check_memory
-from .cpu import MEMORY_SLACK, MemoryEstimate, _exp_shifted, _mm, _tile_max, _wide_vectors
+from .cpu import (MEMORY_SLACK, MemoryEstimate, _exp_running, _exp_shifted, _mm, _running_shift, _tile_max,
+                  _wide_vectors)
 
 __all__ = ["backward", "forward", "memory_estimate"]
 
@@ -122,7 +123,7 @@ def _forward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, VzT, key_batch, scale,
                     for k0 in range(0, end_z, tile2):
                         c2 = min(tile2, end_z - k0)
                         _mm(Kz[kb, k0 * d: (k0 + c2) * d], d, a_t, c1, s_t, c1, c2, d, c1, False)
-                        tile_max = scale * _tile_max(s_t, c2 * c1)
+                        tile_max = _running_shift(s_t, scale * _tile_max(s_t, c2 * c1))
                         if tile_max > row_max:
                             corr = math.exp(row_max - tile_max)
                             row_sum *= corr
@@ -131,7 +132,7 @@ def _forward_kernel(Q, Kpre, Vpre, offsets, KaT, VaT, Kz, VzT, key_batch, scale,
                             for jj in range(dv * c1):
                                 t_t[jj] *= corr
                             row_max = tile_max
-                        row_sum += _exp_shifted(s_t, c2 * c1, scale, row_max)
+                        row_sum += _exp_running(s_t, c2 * c1, scale, row_max)
                         _mm(VzT[kb, k0:], mz, s_t, c1, t_t, c1, dv, c2, c1, True)
                     for m in range(dv):
                         tr = t_t[m * c1: (m + 1) * c1]

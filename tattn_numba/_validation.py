@@ -7,6 +7,7 @@ each naming the argument and what was expected.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -249,6 +250,24 @@ def format_byte_pair(nbytes, budget) -> tuple[str, str]:
     if a == b and int(nbytes) != int(budget):
         a, b = f"{a} ({int(nbytes):,} bytes)", f"{b} ({int(budget):,} bytes)"
     return a, b
+
+
+def check_memory_budget(value) -> int:
+    """``memory_budget`` as an int: a positive whole number of bytes, given as an int or as an
+    integral float (``1.5e9``); ``TypeError`` for other types (bool included), ``ValueError`` for
+    zero, negative, fractional or non-finite values."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(
+            f"memory_budget must be a positive whole number of bytes (an int, or an integral float such as "
+            f"1.5e9), got {type(value).__name__} {value!r}"
+        )
+    if isinstance(value, (numbers.Integral, np.integer)):
+        ok = value > 0
+    else:
+        ok = math.isfinite(float(value)) and value > 0 and float(value).is_integer()
+    if not ok:
+        raise ValueError(f"memory_budget must be a positive whole number of bytes, got {value!r}")
+    return int(value)
 
 
 def check_memory(nbytes: int, what: str, budget: int, advice: str | None = None) -> None:

@@ -16,8 +16,8 @@ import numpy as np
 
 from . import _registry, config
 from ._threads import threads_for
-from ._validation import (AttentionInputs, cast_result, check_attention_inputs, check_memory, check_upstream,
-                          to_caller)
+from ._validation import (AttentionInputs, cast_result, check_attention_inputs, check_memory, check_memory_budget,
+                          check_upstream, to_caller)
 from .logits import lift_matrices, lifted_width
 from .mask import Mask
 
@@ -114,21 +114,23 @@ def operand_copy_bytes(inputs: AttentionInputs) -> int:
     return elements * np.dtype(inputs.dtype).itemsize
 
 
-def kernel_inputs(inputs: AttentionInputs) -> AttentionInputs:
+def kernel_inputs(inputs: AttentionInputs, memory_budget: int | None = None) -> AttentionInputs:
     """What the implementations compute on: Q expanded to the output's B batch entries where it
     broadcasts (:class:`tattn_numba.heads.HeadLayout`), and Q, K1, K2 lifted to the trilinear
     form of ``inputs.logits`` (:func:`tattn_numba.logits.lift_matrices`; width d' = 2d for the
     determinant). The keys and values are never repeated: the implementations read entry
     ``inputs.key_batch[b]`` for output entry ``b``.
 
-    The copies are refused (``ValueError``) before they are allocated when they alone pass
-    ``config.MEMORY_BUDGET_BYTES``; their size (:func:`operand_copy_bytes`) is returned as
-    ``held_bytes``, which the implementations add to their own estimates."""
+    The copies are refused (``ValueError``) before they are allocated when they alone pass the
+    memory budget (``memory_budget``, the surrogate's option, else ``config.MEMORY_BUDGET_BYTES``);
+    their size (:func:`operand_copy_bytes`) is returned as ``held_bytes``, which the
+    implementations add to their own estimates."""
+    budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else check_memory_budget(memory_budget)
     held = operand_copy_bytes(inputs)
     if held:
         form = "the lifted operands" if inputs.logits != "trilinear" else "Q expanded to every output entry"
         check_memory(held, f"{form} ({inputs.logits} logits, Q {tuple(inputs.Q.shape)}, "
-                           f"K1 {tuple(inputs.K1.shape)}, K2 {tuple(inputs.K2.shape)})", config.MEMORY_BUDGET_BYTES)
+                           f"K1 {tuple(inputs.K1.shape)}, K2 {tuple(inputs.K2.shape)})", budget)
     ops = inputs.ops
     Q, K1, K2 = inputs.Q, inputs.K1, inputs.K2
     if inputs.heads.expands_query:
@@ -178,7 +180,7 @@ def _exact_flops(inputs: AttentionInputs) -> float:
 def _forward(Q, K1, K2, V1, V2, scale, causal, mask, window, logits, method, device, options, for_backward):
     """Validate, run the implementation's forward, cast the output; shared by the entry points."""
     impl, inputs = _prepare(Q, K1, K2, V1, V2, scale, causal, mask, window, logits, method, device, options)
-    computed = kernel_inputs(inputs)
+    computed = kernel_inputs(inputs, options.get("memory_budget"))
     with threads_for(_exact_flops(computed)):
         O_impl, lse, certificate, saved = impl.forward(computed, for_backward=for_backward, **options)
     O = cast_result(O_impl, inputs, "O", inputs.batch_shape)

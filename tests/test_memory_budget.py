@@ -199,6 +199,38 @@ def test_operand_copies_are_refused_before_they_are_allocated(monkeypatch, form)
     assert state._kernel_inputs.held_bytes == copies
 
 
+def test_surrogate_counts_the_operand_copies_in_its_budget(monkeypatch):
+    """Regression: the surrogate's estimate left out the expanded Q (and the lifted operands) that
+    live through the call, and its ``memory_budget`` did not apply to them. Now a budget below the
+    copies refuses before any copy exists, the plan's estimate is the same problem's with Q expanded
+    by the caller plus the copies, and a budget that only fits the expanded problem is never passed."""
+    from tattn_numba import _host
+
+    rng = np.random.default_rng(12)
+    n, m, d, dv, heads = 300, 200, 4, 3, 3
+    Q = 0.3 * rng.standard_normal((n, d))
+    K1, K2, V1, V2 = (0.3 * rng.standard_normal((heads, m, w)) for w in (d, d, dv, dv))
+    copies = _copy_bytes(1, n, heads, m, m, d, 8, lifted=False, expanded_to=heads)
+    expanded = ta.poly_plan(np.broadcast_to(Q, (heads, n, d)).copy(), K1, K2, V1, V2, degree=2)
+    broadcast = ta.poly_plan(Q, K1, K2, V1, V2, degree=2)
+    assert broadcast.chunk_rows == expanded.chunk_rows
+    assert broadcast.estimated_bytes == expanded.estimated_bytes + copies
+    calls = []
+    real = _host.HostArrays.take_batches
+    monkeypatch.setattr(_host.HostArrays, "take_batches", lambda self, *a: calls.append(1) or real(self, *a))
+    with pytest.raises(ValueError, match=r"Q expanded.*memory budget"):
+        ta.attention(Q, K1, K2, V1, V2, method="poly", degree=2, memory_budget=copies - 1)
+    assert not calls
+    budget = expanded.estimated_bytes
+    try:
+        tight = ta.poly_plan(Q, K1, K2, V1, V2, degree=2, memory_budget=budget)
+    except ValueError as exc:
+        assert re.search(r"above the memory budget.*|of it for Q expanded", str(exc)), exc
+    else:
+        assert tight.estimated_bytes <= budget
+        assert tight.chunk_rows < expanded.chunk_rows
+
+
 def test_causal_estimate_counts_the_stored_prefix_states(monkeypatch):
     """Regression: the causal surrogate's backward stores two r×(1 + dv + d + dv·d) states per
     chunk of rows; they were missing from estimated_bytes (2.5 MiB estimated, 389 MiB measured at

@@ -53,7 +53,7 @@ def poly_plan(
         Cost O((n + m1 + m2)·(d + dv)·(1 + dv)).
     """
     inputs = check_attention_inputs(Q, K1, K2, V1, V2, scale, causal, mask=mask, window=window, logits=logits)
-    computed = kernel_inputs(inputs)
+    computed = kernel_inputs(inputs, memory_budget)
     plan = make_plan(computed, tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     if dO is None:
         return plan

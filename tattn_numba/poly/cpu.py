@@ -111,7 +111,7 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     lse = np.empty((B, n))
     layout = SummaryLayout(d, dv)
     Bk = inputs.K1.shape[0]
-    keep = keeps_key_summaries(for_backward, inputs.mask, Bk, plan, d, dv, memory_budget)
+    keep = keeps_key_summaries(for_backward, inputs.mask, Bk, plan, d, dv, memory_budget, inputs.held_bytes)
     saved = {} if keep else None
     for kb, group in inputs.heads.groups():
         summary = None

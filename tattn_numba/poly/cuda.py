@@ -218,7 +218,8 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True, tol=None, deg
     O = _device.device_empty((B, n, dv), np.float64)
     lse = _device.device_empty((B, n), np.float64)
     bad = _device.to_device(np.zeros(1, dtype=np.int64))
-    keep = keeps_key_summaries(for_backward, inputs.mask, inputs.K1.shape[0], plan, d, dv, memory_budget)
+    keep = keeps_key_summaries(for_backward, inputs.mask, inputs.K1.shape[0], plan, d, dv, memory_budget,
+                              inputs.held_bytes)
     layout = SummaryLayout(d, dv)
     width = layout.wide if keep else layout.narrow
     saved = {} if keep else None

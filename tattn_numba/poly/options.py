@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import config
+from .._validation import check_memory_budget
 from .exp_approx import _check_degree as check_degree
 from .exp_approx import _check_family as check_family
 
@@ -34,24 +35,6 @@ def check_tol(tol) -> float:
     if not math.isfinite(float(tol)) or float(tol) <= 0.0:
         raise ValueError(f"tol must be positive and finite, got {tol!r}")
     return float(tol)
-
-
-def check_memory_budget(value) -> int:
-    """``memory_budget`` as an int: a positive whole number of bytes, given as an int or as an
-    integral float (``1.5e9``); ``TypeError`` for other types (bool included), ``ValueError`` for
-    zero, negative, fractional or non-finite values."""
-    if _is_bool(value) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
-        raise TypeError(
-            f"memory_budget must be a positive whole number of bytes (an int, or an integral float such as "
-            f"1.5e9), got {type(value).__name__} {value!r}"
-        )
-    if isinstance(value, (numbers.Integral, np.integer)):
-        ok = value > 0
-    else:
-        ok = math.isfinite(float(value)) and value > 0 and float(value).is_integer()
-    if not ok:
-        raise ValueError(f"memory_budget must be a positive whole number of bytes, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from .. import config
-from .._validation import AttentionInputs, format_byte_pair
+from .._validation import AttentionInputs, format_byte_pair, format_bytes
 from ..logits import lift_matrices
 from ..mask import Mask
 from . import exp_approx
@@ -658,11 +658,13 @@ def _scanned(mask: Mask) -> bool:
 
 
 def keeps_key_summaries(for_backward: bool, mask: Mask, batch: int, plan: PolyPlan, d: int, dv: int,
-                        memory_budget) -> bool:
+                        memory_budget, held_bytes: int = 0) -> bool:
     """Whether the forward saves the wide key summaries U^T[1 | V | K | V⊙K] (2·B·r·(1 + dv + d +
     dv·d) floats) for the backward: only for the full mask (no prefix scans) and when they fit
-    a quarter of the memory budget."""
+    a quarter of the memory budget left beside ``held_bytes`` (the operand copies of
+    :func:`tattn_numba.attention.kernel_inputs`)."""
     budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else check_memory_budget(memory_budget)
+    budget -= held_bytes
     wide = SummaryLayout(d, dv).wide
     return for_backward and not _scanned(mask) and 2 * 8 * batch * plan.rank * wide <= budget // 4
 
@@ -674,11 +676,15 @@ def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: b
     dv = inputs.V1.shape[2]
     m1, m2 = inputs.K1.shape[1], inputs.K2.shape[1]
     r = rank(d, degree)
-    shape = _estimate_shape(inputs, degree, budget)
-    rows = chunk_rows(r, d, dv, budget, **shape)
-    nbytes = memory_estimate(r, d, dv, rows, **shape)
+    available = budget - inputs.held_bytes  # the lifted or expanded operands stay alive through the call
+    shape = _estimate_shape(inputs, degree, available)
+    rows = chunk_rows(r, d, dv, available, **shape)
+    nbytes = memory_estimate(r, d, dv, rows, **shape) + inputs.held_bytes
     if nbytes > budget:
         problem = f"B={B}, n={n}, m1={m1}, m2={m2}, d={d}, dv={dv}{'' if inputs.mask.is_full else ', ' + inputs.mask.describe()}"
+        if inputs.held_bytes:
+            copies = "the lifted operands" if inputs.logits != "trilinear" else "Q expanded to every output entry"
+            problem += f"; {format_bytes(inputs.held_bytes)} of it for {copies}"
         raise memory_refusal(nbytes, budget, problem, degree, r, chosen)
     return rows, nbytes
 
@@ -714,7 +720,8 @@ def _estimate_shape(inputs: AttentionInputs, degree: int, budget: int) -> dict:
 def _chunk_for(inputs: AttentionInputs, degree: int, budget: int) -> int:
     """The chunk rows :func:`_budgeted_chunk` picks for ``degree`` (without its refusal)."""
     B, n, d = inputs.Q.shape
-    return chunk_rows(rank(d, degree), d, inputs.V1.shape[2], budget, **_estimate_shape(inputs, degree, budget))
+    available = budget - inputs.held_bytes
+    return chunk_rows(rank(d, degree), d, inputs.V1.shape[2], available, **_estimate_shape(inputs, degree, available))
 
 
 def _keeps_summaries(causal: bool, batch: int, r: int, d: int, dv: int, budget: int) -> bool:

@@ -2,9 +2,10 @@
 
 For each size and dtype, the exact forward and forward+backward at n = m1 = m2, d = dv are timed
 interleaved with NumPy's matrix product (1024 × 1024) of the same dtype, round by round (best of
-``--repeat`` rounds), so each "% of matmul" compares two rates measured under the same load. Flop convention (as benchmarks/test_exact.py): forward 4·n³·d (logits
-2·n³·d, value contraction 2·n³·dv), forward+backward 16·n³·d (the backward recomputes the logits
-and performs five more contractions of the same size); exponentials are not counted.
+``--repeat`` rounds), so each "% of matmul" compares two rates measured under the same load.
+Flop convention (as benchmarks/test_exact.py): forward 4·n³·d (logits 2·n³·d, value contraction
+2·n³·dv), forward+backward 16·n³·d (the backward recomputes the logits and performs five more
+contractions of the same size); exponentials are not counted.
 
 Run: ``python -m benchmarks.exact_rates`` (n = 512, a minute) or
 ``python -m benchmarks.exact_rates --sizes 512 2048 --out docs/exact_rates.md`` (n = 2048 takes

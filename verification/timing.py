@@ -64,3 +64,8 @@ def best_times(fns: dict, repeat: int, *, pause: float = 0.0) -> dict:
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def loglog_slope(sizes, seconds) -> float:
+    """Least-squares slope of log(seconds) against log(sizes)."""
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])

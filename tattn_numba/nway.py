@@ -19,13 +19,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _host
+from . import _host, config
 from ._threads import threads_for
 from ._validation import (
     _LOGIT_LIMIT_LOG10,
     _format_power,
     _log_sum_of_products,
     as_float_array,
+    check_memory,
+    check_memory_budget,
     check_scale,
 )
 from .attention import AttentionState, attention, attention_backward, attention_forward
@@ -90,14 +92,23 @@ class _Inputs(NamedTuple):
         """(B,) the flat key/value entry of every output entry."""
         return self.heads.key_batch
 
-    def query_rows(self) -> np.ndarray:
-        """Q with one entry per output entry (B, n, d): a copy where Q broadcasts, else Q itself."""
-        return self.Q[self.heads.query_batch] if self.heads.expands_query else self.Q
+    def query_rows(self, memory_budget: int | None = None) -> np.ndarray:
+        """Q with one entry per output entry (B, n, d): a copy where Q broadcasts, else Q itself.
+        The copy is refused (``ValueError``) before it is allocated when it alone passes the memory
+        budget (``memory_budget``, the surrogate's option, else ``config.MEMORY_BUDGET_BYTES``)."""
+        if not self.heads.expands_query:
+            return self.Q
+        budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else check_memory_budget(memory_budget)
+        entries = len(self.heads.query_batch)
+        check_memory(entries * self.Q.shape[1] * self.Q.shape[2] * self.Q.itemsize,
+                     f"Q expanded to every one of the {entries} output entries (n={self.Q.shape[1]}, "
+                     f"d={self.Q.shape[2]})", budget)
+        return self.Q[self.heads.query_batch]
 
-    def for_surrogate(self) -> _Inputs:
+    def for_surrogate(self, memory_budget: int | None = None) -> _Inputs:
         """These inputs with ``Q`` replaced by :meth:`query_rows` (what :mod:`tattn_numba.poly.nway`
         reads: one Q entry per output entry, the keys and values per key entry, ``key_batch``)."""
-        return self._replace(Q=self.query_rows())
+        return self._replace(Q=self.query_rows(memory_budget))
 
     @property
     def dtype(self) -> np.dtype:
@@ -414,7 +425,7 @@ def nway_attention_forward(
 
 def _poly_forward(inputs: _Inputs, options: dict) -> tuple[np.ndarray, NwayState]:
     with threads_for(_flops(inputs)):
-        O64, lse64, plan = poly_nway.forward(inputs.for_surrogate(), **options)
+        O64, lse64, plan = poly_nway.forward(inputs.for_surrogate(options.get("memory_budget")), **options)
     O = _cast(O64, inputs, "O", inputs.batch_shape)
     if np.shares_memory(O, O64):
         O = O.copy()
@@ -621,7 +632,7 @@ def nway_poly_plan(
     """
     options = dict(tol=tol, degree=degree, family=family, memory_budget=memory_budget)
     inputs = _validate(Q, keys, values, scale, causal, "poly", "cpu", {})
-    return poly_nway.make_nway_plan(inputs.for_surrogate(), **options)
+    return poly_nway.make_nway_plan(inputs.for_surrogate(memory_budget), **options)
 
 
 def nway_poly_gradient_bounds(state: NwayState, dO) -> NwayGrads:

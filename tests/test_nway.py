@@ -523,6 +523,28 @@ def test_memory_budget_is_enforced(monkeypatch):
         ta.nway_attention(Q, keys, values)
 
 
+@pytest.mark.parametrize("method", ["exact", "poly"])
+def test_broadcast_query_copy_is_refused_before_it_is_allocated(monkeypatch, method):
+    """Regression: a Q shared by every head was expanded to one entry per head before any memory
+    check. A budget one byte below that copy now refuses, naming it (before: the kernel's estimate
+    refused only after the copy existed)."""
+    rng = np.random.default_rng(3)
+    heads, n, m, d = 4, 40, 6, 3
+    Q = 0.3 * rng.standard_normal((n, d))
+    keys = tuple(0.3 * rng.standard_normal((heads, m, d)) for _ in range(3))  # t = 3: the n-way kernels
+    values = tuple(0.3 * rng.standard_normal((heads, m, 2)) for _ in range(3))
+    copy = heads * n * d * 8
+    options = {"degree": 2} if method == "poly" else {}
+    monkeypatch.setattr(config, "MEMORY_BUDGET_BYTES", copy - 1)
+    expanded = r"Q expanded to every one of the 4 output entries \(n=40, d=3\).*memory budget"
+    with pytest.raises(ValueError, match=expanded):
+        ta.nway_attention(Q, keys, values, method=method, **options)
+    if method == "poly":  # the surrogate's own budget applies to the copy too
+        monkeypatch.setattr(config, "MEMORY_BUDGET_BYTES", 2**30)
+        with pytest.raises(ValueError, match="expanded to every one of the 4 output entries"):
+            ta.nway_poly_plan(Q, keys, values, degree=2, memory_budget=copy - 1)
+
+
 def test_memory_estimate_grows_with_lengths_not_their_product():
     small = nway_cpu.memory_estimate(1, 1000, (1000, 1000, 1000), 8, 8, 8, 2).total
     assert small < 50 * 2**20  # the n×m1×m2×m3 tensor would be 8 TB

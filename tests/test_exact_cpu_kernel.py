@@ -81,7 +81,8 @@ def test_mm_against_matmul(rows, inner, cols, accumulate):
     assert np.array_equal(out[:, cols:], untouched)
 
 
-@pytest.mark.parametrize("rows, outcols, inner", [(1, 1, 1), (3, 4, 5), (5, 7, 9), (2, 16, 33), (4, 3, 8)])
+@pytest.mark.parametrize("rows, outcols, inner",
+                         [(1, 1, 1), (3, 4, 5), (5, 7, 9), (2, 16, 33), (4, 3, 8), (8, 12, 40), (9, 5, 3)])
 def test_mm_nt_against_matmul(rows, outcols, inner):
     rng = np.random.default_rng(rows * 100 + outcols * 10 + inner)
     ldx, ldy, ldo = inner + 1, inner + 2, outcols + 3

@@ -418,39 +418,97 @@ def _mm(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _mm_nt_row(x, Y, ldy, out, o, k0, outcols, inner):
+    """``out[o + k] = Σ_j x[j] · Y[k, j]`` for ``k0 <= k < outcols``: one row of :func:`_mm_nt`,
+    four dot products at a time so each load of ``x`` feeds four vector accumulators."""
+    _wide_vectors()
+    k = k0
+    while k + 4 <= outcols:
+        y0 = Y[k * ldy: k * ldy + inner]
+        y1 = Y[(k + 1) * ldy: (k + 1) * ldy + inner]
+        y2 = Y[(k + 2) * ldy: (k + 2) * ldy + inner]
+        y3 = Y[(k + 3) * ldy: (k + 3) * ldy + inner]
+        s0 = s1 = s2 = s3 = _typed(out, 0)
+        for j in range(inner):
+            s0 += x[j] * y0[j]
+            s1 += x[j] * y1[j]
+            s2 += x[j] * y2[j]
+            s3 += x[j] * y3[j]
+        out[o + k] = s0
+        out[o + k + 1] = s1
+        out[o + k + 2] = s2
+        out[o + k + 3] = s3
+        k += 4
+    while k < outcols:
+        y0 = Y[k * ldy: k * ldy + inner]
+        s0 = _typed(out, 0)
+        for j in range(inner):
+            s0 += x[j] * y0[j]
+        out[o + k] = s0
+        k += 1
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _mm_nt(X, ldx, Y, ldy, out, ldo, rows, outcols, inner):
     """``out[a, k] = Σ_j X[a, j] · Y[k, j]`` for ``a < rows``, ``k < outcols``, ``j < inner``.
 
-    Dot products over contiguous rows, four at a time so each load of ``X`` feeds four
-    independent vector accumulators.
+    Dot products over contiguous rows, register-blocked 4 × 4: four rows of ``X`` against four of
+    ``Y`` in one vectorised pass, sixteen accumulators fed by eight loads (1.7–1.9× the rate of
+    one row of ``X`` against four of ``Y``, docs/exact_rates.md); the remaining rows and columns go
+    through :func:`_mm_nt_row`.
     """
     _wide_vectors()
-    for a in range(rows):
-        x = X[a * ldx: a * ldx + inner]
+    a = 0
+    while a + 4 <= rows:
+        x0 = X[a * ldx: a * ldx + inner]
+        x1 = X[(a + 1) * ldx: (a + 1) * ldx + inner]
+        x2 = X[(a + 2) * ldx: (a + 2) * ldx + inner]
+        x3 = X[(a + 3) * ldx: (a + 3) * ldx + inner]
         k = 0
         while k + 4 <= outcols:
             y0 = Y[k * ldy: k * ldy + inner]
             y1 = Y[(k + 1) * ldy: (k + 1) * ldy + inner]
             y2 = Y[(k + 2) * ldy: (k + 2) * ldy + inner]
             y3 = Y[(k + 3) * ldy: (k + 3) * ldy + inner]
-            s0 = s1 = s2 = s3 = _typed(out, 0)
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = _typed(out, 0)
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = _typed(out, 0)
             for j in range(inner):
-                s0 += x[j] * y0[j]
-                s1 += x[j] * y1[j]
-                s2 += x[j] * y2[j]
-                s3 += x[j] * y3[j]
-            out[a * ldo + k] = s0
-            out[a * ldo + k + 1] = s1
-            out[a * ldo + k + 2] = s2
-            out[a * ldo + k + 3] = s3
+                a0, a1, a2, a3 = x0[j], x1[j], x2[j], x3[j]
+                b0, b1, b2, b3 = y0[j], y1[j], y2[j], y3[j]
+                s00 += a0 * b0
+                s01 += a0 * b1
+                s02 += a0 * b2
+                s03 += a0 * b3
+                s10 += a1 * b0
+                s11 += a1 * b1
+                s12 += a1 * b2
+                s13 += a1 * b3
+                s20 += a2 * b0
+                s21 += a2 * b1
+                s22 += a2 * b2
+                s23 += a2 * b3
+                s30 += a3 * b0
+                s31 += a3 * b1
+                s32 += a3 * b2
+                s33 += a3 * b3
+            o = a * ldo + k
+            out[o], out[o + 1], out[o + 2], out[o + 3] = s00, s01, s02, s03
+            o += ldo
+            out[o], out[o + 1], out[o + 2], out[o + 3] = s10, s11, s12, s13
+            o += ldo
+            out[o], out[o + 1], out[o + 2], out[o + 3] = s20, s21, s22, s23
+            o += ldo
+            out[o], out[o + 1], out[o + 2], out[o + 3] = s30, s31, s32, s33
             k += 4
-        while k < outcols:
-            y0 = Y[k * ldy: k * ldy + inner]
-            s0 = _typed(out, 0)
-            for j in range(inner):
-                s0 += x[j] * y0[j]
-            out[a * ldo + k] = s0
-            k += 1
+        if k < outcols:
+            _mm_nt_row(x0, Y, ldy, out, a * ldo, k, outcols, inner)
+            _mm_nt_row(x1, Y, ldy, out, (a + 1) * ldo, k, outcols, inner)
+            _mm_nt_row(x2, Y, ldy, out, (a + 2) * ldo, k, outcols, inner)
+            _mm_nt_row(x3, Y, ldy, out, (a + 3) * ldo, k, outcols, inner)
+        a += 4
+    while a < rows:
+        _mm_nt_row(X[a * ldx: a * ldx + inner], Y, ldy, out, a * ldo, 0, outcols, inner)
+        a += 1
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numba
+import numpy as np
 
 from .. import config
 
-__all__ = ["chunks", "fill_columns", "SummaryLayout"]
+__all__ = ["chunks", "fill_columns", "scale_rows_and_columns", "SummaryLayout"]
 
 
 class SummaryLayout(NamedTuple):
@@ -82,3 +83,14 @@ def fill_columns(c, X, Y, outT):
             l = k - 1 - a - b - m * b
             for j in range(rows):
                 dst[j] = X[j, m] * Y[j, l]
+
+
+@numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
+def scale_rows_and_columns(X, row_factor, column_factor):
+    """``X[i, l]·row_factor[i]·column_factor[l]`` (NumPy's broadcast over a short last axis is
+    slow: 0.18 s for 10^6 × 8)."""
+    out = np.empty_like(X)
+    for i in numba.prange(X.shape[0]):
+        for l in range(X.shape[1]):
+            out[i, l] = X[i, l] * row_factor[i] * column_factor[l]
+    return out

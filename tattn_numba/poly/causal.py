@@ -31,7 +31,8 @@ import numba
 import numpy as np
 
 from .. import config
-from ._blocks import SummaryLayout, chunks, fill_columns
+from ._blocks import SummaryLayout, chunks
+from ._summaries import row_major_columns
 from .features import key_features, query_features
 
 
@@ -168,13 +169,6 @@ def _row_major(featuresT: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(featuresT.T)
 
 
-def _columns(c, X, Y, width):
-    """Row-major [c | X | c·Y | X⊙Y] (first ``width`` columns) for a chunk of rows."""
-    outT = np.empty((width, X.shape[0]))
-    fill_columns(c, X, Y, outT)
-    return np.ascontiguousarray(outT.T)
-
-
 def _forward_buffers(v) -> tuple:
     """(n, width, P2, P3, out, ones) of a forward scan: zero states (1 + dv, r), the output
     (n, 1 + dv) and a column of ones."""
@@ -190,8 +184,10 @@ def forward(v, chunk: int) -> np.ndarray:
     for rows in chunks(n, chunk):
         _forward_scan(
             _row_major(query_features(v.Qt[rows], v.coefficients[rows], v.table)),
-            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], width),
-            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], width),
+            _row_major(key_features(v.K1t[rows], v.table)),
+            row_major_columns(ones[rows], v.V1[rows], v.K1[rows], width),
+            _row_major(key_features(v.K2t[rows], v.table)),
+            row_major_columns(ones[rows], v.V2[rows], v.K2[rows], width),
             P2, P3, out[rows],
         )
     return out
@@ -213,8 +209,10 @@ def backward(v, Ohat, dO, scale: float, chunk: int) -> tuple:
 
     def key_rows(rows):
         return (
-            _row_major(key_features(v.K1t[rows], v.table)), _columns(ones[rows], v.V1[rows], v.K1[rows], width),
-            _row_major(key_features(v.K2t[rows], v.table)), _columns(ones[rows], v.V2[rows], v.K2[rows], width),
+            _row_major(key_features(v.K1t[rows], v.table)),
+            row_major_columns(ones[rows], v.V1[rows], v.K1[rows], width),
+            _row_major(key_features(v.K2t[rows], v.table)),
+            row_major_columns(ones[rows], v.V2[rows], v.K2[rows], width),
         )
 
     # Memory (counted by plan.memory_estimate): the stored prefix states, one (P2, P3) pair per
@@ -361,8 +359,10 @@ def window_forward(v, chunk: int, widths: tuple[int, int]) -> np.ndarray:
         _window_forward_scan(
             c0, w1, w2, carry1, carry2, keys.start,
             _row_major(query_features(v.Qt[rows], v.coefficients[rows], v.table)),
-            _row_major(key_features(v.K1t[keys], v.table)), _columns(ones[keys], v.V1[keys], v.K1[keys], width),
-            _row_major(key_features(v.K2t[keys], v.table)), _columns(ones[keys], v.V2[keys], v.K2[keys], width),
+            _row_major(key_features(v.K1t[keys], v.table)),
+            row_major_columns(ones[keys], v.V1[keys], v.K1[keys], width),
+            _row_major(key_features(v.K2t[keys], v.table)),
+            row_major_columns(ones[keys], v.V2[keys], v.K2[keys], width),
             P2, P3, out[rows],
         )
     return out
@@ -386,8 +386,10 @@ def window_backward(v, Ohat, dO, scale: float, chunk: int, widths: tuple[int, in
         _window_backward_chunk(
             c0, e, top, w1, w2, keys.start,
             _row_major(query_features(v.Qt[queries], v.coefficients[queries], v.table)),
-            _row_major(key_features(v.K1t[keys], v.table)), _columns(ones[keys], v.V1[keys], v.K1[keys], width),
-            _row_major(key_features(v.K2t[keys], v.table)), _columns(ones[keys], v.V2[keys], v.K2[keys], width),
+            _row_major(key_features(v.K1t[keys], v.table)),
+            row_major_columns(ones[keys], v.V1[keys], v.K1[keys], width),
+            _row_major(key_features(v.K2t[keys], v.table)),
+            row_major_columns(ones[keys], v.V2[keys], v.K2[keys], width),
             v.Q, dO, delta, v.V1, v.V2, scale, states, GS2, GS3, Y1, Y2, Z1, Z2, un, *grads,
         )
     return tuple(grads)

@@ -20,15 +20,13 @@ O(chunk·r + r·dv·d) and time O((n + m1 + m2)·r·d·dv), never an n×r·dv bu
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from .. import config
 from .._validation import AttentionInputs
 from . import causal as _causal
-from ._blocks import SummaryLayout
+from ._blocks import SummaryLayout, scale_rows_and_columns
 from ._blocks import chunks as _chunks
-from ._blocks import fill_columns as _fill_columns
+from . import _summaries
 from .features import key_features, multi_index_table, query_features
 from .options import NAMES
 from .plan import (PolyPlan, check_certified, check_normaliser, keeps_key_summaries, key_column_maxima,
@@ -52,42 +50,18 @@ class _Balanced:
         k1, k2 = key_column_maxima(self.K1[None])[0], key_column_maxima(self.K2[None])[0]
         radius = np.asarray(plan.radius).reshape(B, n)[b]
         row_factor = s / np.where(radius > 0.0, radius, 1.0)
-        self.Qt = _scale_rows_and_columns(self.Q, row_factor, k1 * k2)
-        self.K1t = _scale_rows_and_columns(self.K1, np.ones(self.K1.shape[0]), 1.0 / k1)
-        self.K2t = _scale_rows_and_columns(self.K2, np.ones(self.K2.shape[0]), 1.0 / k2)
+        self.Qt = scale_rows_and_columns(self.Q, row_factor, k1 * k2)
+        self.K1t = scale_rows_and_columns(self.K1, np.ones(self.K1.shape[0]), 1.0 / k1)
+        self.K2t = scale_rows_and_columns(self.K2, np.ones(self.K2.shape[0]), 1.0 / k2)
         self.coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)[b]
         self.table = multi_index_table(inputs.Q.shape[2], plan.degree)
 
 
-def _summary(features, c, X, Y, width, table, chunk):
-    """Σ over rows of U^T·[c | X | c·Y | X⊙Y] (first ``width`` columns), streamed: (r, width).
-
-    ``features(rows)`` returns U^T (r, len(rows)) for a chunk of rows.
-    """
-    totalT = np.zeros((width, table.parent.shape[0]))
-    for rows in _chunks(X.shape[0], chunk):
-        blockT = np.empty((width, rows.stop - rows.start))
-        _fill_columns(c[rows], X[rows], Y[rows], blockT)
-        totalT += blockT @ features(rows).T
-    return totalT.T
-
-
-@numba.njit(parallel=True, fastmath=config.FASTMATH, cache=config.CACHE)
-def _scale_rows_and_columns(X, row_factor, column_factor):
-    """``X[i, l]·row_factor[i]·column_factor[l]`` (NumPy's broadcast over a short last axis is
-    slow: 0.18 s for 10^6 × 8)."""
-    out = np.empty_like(X)
-    for i in numba.prange(X.shape[0]):
-        for l in range(X.shape[1]):
-            out[i, l] = X[i, l] * row_factor[i] * column_factor[l]
-    return out
-
-
 def _key_summaries(v: _Balanced, width: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """U2^T [1 | V1 | K1 | V1⊙K1] and U3^T [1 | V2 | K2 | V2⊙K2], first ``width`` columns."""
-    left = _summary(lambda rows: key_features(v.K1t[rows], v.table), np.ones(v.K1.shape[0]),
+    left = _summaries.summary(lambda rows: key_features(v.K1t[rows], v.table), np.ones(v.K1.shape[0]),
                     v.V1, v.K1, width, v.table, chunk)
-    right = _summary(lambda rows: key_features(v.K2t[rows], v.table), np.ones(v.K2.shape[0]),
+    right = _summaries.summary(lambda rows: key_features(v.K2t[rows], v.table), np.ones(v.K2.shape[0]),
                      v.V2, v.K2, width, v.table, chunk)
     return left, right
 
@@ -174,7 +148,8 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
                 s3, S3, B2, A2 = layout.split(right)
                 normaliser = s2 * s3
                 query_side = np.hstack([A1 * A2, B1 * B2])
-            summary_q = summary_q + _query_pass(v, b, plan, normaliser, query_side, O[b], dO[b], s, dQ, layout)
+            summary_q = summary_q + _summaries.query_pass(v, b, plan, normaliser, query_side, O[b], dO[b], s, dQ,
+                                                          layout)
         # the key gradients are linear in the query summaries: one key pass per key/value entry
         _, Gq, C2, C1 = layout.split(summary_q)
         for Kt, V, other_S, other_A, other_B, dK, dV in (
@@ -190,22 +165,3 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, plan: Poly
     return dQ, dK1, dK2, dV1, dV2
 
 
-def _query_pass(v: _Balanced, b: int, plan: PolyPlan, normaliser, query_side, O, dO, s: float, dQ,
-                layout: SummaryLayout) -> np.ndarray:
-    """One batch entry's query side of the gradient: writes dQ[b] and returns its query summary
-    Un^T [dO | dO⊙Q | δ·Q] (r, wide)."""
-    d, dv = layout.d, layout.dv
-    delta = np.einsum("nm,nm->n", dO, O)
-
-    def normalised_query_features(rows):
-        """Un^T for a chunk (U1^T divided by the normaliser), and dQ for those rows."""
-        U1T = query_features(v.Qt[rows], v.coefficients[rows], v.table)
-        w = normaliser @ U1T
-        check_normaliser(w, plan)
-        U1T /= w[None, :]
-        T = (query_side.T @ U1T).T
-        terms = T[:, :dv * d].reshape(-1, dv, d)
-        dQ[b, rows] = s * (np.einsum("cm,cml->cl", dO[rows], terms) - delta[rows, None] * T[:, dv * d:])
-        return U1T
-
-    return _summary(normalised_query_features, delta, dO, v.Q, layout.wide, v.table, plan.chunk_rows)

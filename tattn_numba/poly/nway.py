@@ -35,10 +35,10 @@ from functools import reduce
 import numpy as np
 
 from .. import config
-from ._blocks import SummaryLayout, chunks
+from ._blocks import SummaryLayout, chunks, scale_rows_and_columns
 from ._nway_scans import backward_scan, forward_scan
-from .causal import _columns
-from .cpu import _query_pass, _scale_rows_and_columns, _summary
+from . import _summaries
+from ._summaries import row_major_columns
 from .features import key_features, multi_index_table, query_features, rank
 from .options import NAMES, PolyOptions
 from .plan import (ASSUMED_FLOPS, BOUND_SLACK, MEMORY_SLACK, Certifier, PolyPlan, certified_degree, certified_radii,
@@ -234,8 +234,8 @@ class _Balanced:
         kappas = [key_column_maxima(K[None])[0] for K in self.keys]
         radius = np.asarray(plan.radius).reshape(B, n)[b]
         row_factor = inputs.scale / np.where(radius > 0.0, radius, 1.0)
-        self.Qt = _scale_rows_and_columns(self.Q, row_factor, reduce(np.multiply, kappas))
-        self.keys_t = [_scale_rows_and_columns(K, np.ones(K.shape[0]), 1.0 / kappa)
+        self.Qt = scale_rows_and_columns(self.Q, row_factor, reduce(np.multiply, kappas))
+        self.keys_t = [scale_rows_and_columns(K, np.ones(K.shape[0]), 1.0 / kappa)
                        for K, kappa in zip(self.keys, kappas)]
         self.coefficients = np.asarray(plan.coefficients).reshape(B, n, -1)[b]
         self.table = multi_index_table(d, plan.degree)
@@ -243,14 +243,14 @@ class _Balanced:
     def key_summary(self, a: int, width: int, chunk: int) -> np.ndarray:
         """U_a^T [1 | V_a | K_a | V_a⊙K_a], first ``width`` columns: (r, width)."""
         Kt = self.keys_t[a]
-        return _summary(lambda rows: key_features(Kt[rows], self.table), np.ones(Kt.shape[0]), self.values[a],
+        return _summaries.summary(lambda rows: key_features(Kt[rows], self.table), np.ones(Kt.shape[0]), self.values[a],
                         self.keys[a], width, self.table, chunk)
 
     def key_rows(self, rows: slice, width: int) -> tuple[np.ndarray, np.ndarray]:
         """Row-major key features (t, rows, r) and summary columns (t, rows, width) of ``rows``
         (the causal scans: every key set has n rows)."""
         features = np.stack([key_features(Kt[rows], self.table).T for Kt in self.keys_t])
-        columns = np.stack([_columns(np.ones(rows.stop - rows.start), V[rows], K[rows], width)
+        columns = np.stack([row_major_columns(np.ones(rows.stop - rows.start), V[rows], K[rows], width)
                             for K, V in zip(self.keys, self.values)])
         return features, columns
 
@@ -327,7 +327,7 @@ def _backward_group(inputs, plan: PolyPlan, members: np.ndarray, O: np.ndarray, 
     for k, b in enumerate(members):
         if k:  # the members differ in Q and its plan rows only; the keys are the group's
             v = _Balanced(inputs, plan, b)
-        summary_q = summary_q + _query_pass(v, b, plan, normaliser, query_side, O[b], dO[b], s, dQ, layout)
+        summary_q = summary_q + _summaries.query_pass(v, b, plan, normaliser, query_side, O[b], dO[b], s, dQ, layout)
     _, G, Z, Y = layout.split(summary_q)
     dkeys, dvalues = [], []
     for Kt, V, other in zip(v.keys_t, v.values, _others(wide)):
@@ -361,7 +361,7 @@ def _causal_backward_entry(v: _Balanced, plan: PolyPlan, O: np.ndarray, dO: np.n
     values = np.stack(v.values)
     for index in range(len(pieces) - 1, -1, -1):
         rows = pieces[index]
-        backward_scan(v.query_rows(rows), *v.key_rows(rows, W), _columns(delta[rows], dO[rows], v.Q[rows], W), v.Q[rows], dO[rows],
+        backward_scan(v.query_rows(rows), *v.key_rows(rows, W), row_major_columns(delta[rows], dO[rows], v.Q[rows], W), v.Q[rows], dO[rows],
                       delta[rows], values[:, rows], s, stored[index], acc, dQ[rows], dK[:, rows], dV[:, rows])
     return list(dK), list(dV)
 

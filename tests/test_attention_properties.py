@@ -105,14 +105,23 @@ def problems(draw, causal=None, dtypes=(np.float32, np.float64), max_magnitude=3
     return Problem(*X, dO, scale, causal)
 
 
-def _tight(a, b, mag, dtype, logit=0.0, ulps32=2.0):
+def _sums(p) -> int:
+    """The longest float32 sums of the exact CPU path for ``p``: its tiles contract over at most m2
+    rows of K2 and fold over at most m1 rows of K1 in float32 (the test sizes are below the tiles)."""
+    return p.K1.shape[-2] + p.K2.shape[-2]
+
+
+def _tight(a, b, mag, dtype, logit=0.0, ulps32=2.0, sums=0):
     """|a - b| <= tolerance for two results that should agree up to reordered sums and logits
-    rounded differently: RTOL64·(1 + L)·mag in float64, plus ulps32·eps32·(1 + L)·mag in float32
-    (float32 logits are rounded at ~eps32·L, L = ``logit`` the largest sum of absolute logit terms)."""
+    rounded differently: RTOL64·(1 + L)·mag in float64, plus max(ulps32, sums)·eps32·(1 + L)·mag in
+    float32 (float32 logits are rounded at ~eps32·L, L = ``logit`` the largest sum of absolute logit
+    terms; two orders of float32 sums of c1 and c2 terms differ by up to 2·(γ_c1 + γ_c2) ≈
+    (c1 + c2)·eps32 of their magnitude, ``sums`` = c1 + c2: 2 eps32 was broken by 2.4 eps32 on
+    permuted keys in CI, 2026-12-03)."""
     mag = np.asarray(mag, dtype=np.float64)
     tol = RTOL64 * (1.0 + logit) * mag + FLOOR_REL * (float(mag.max()) if mag.size else 0.0) + ABS_FLOOR
     if dtype == np.float32:
-        tol = tol + ulps32 * EPS32 * (1.0 + logit) * mag
+        tol = tol + max(ulps32, sums) * EPS32 * (1.0 + logit) * mag
     err = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
     assert np.all(err <= tol), f"max err/tol = {np.max(err / np.maximum(tol, 1e-300)):.3g}"
 
@@ -185,7 +194,7 @@ def test_permuting_queries_permutes_outputs(impl, p, data):
     O = ta.attention(*p.X, scale=p.scale, **impl)
     Op = ta.attention(p.Q[..., perm, :], *p.X[1:], scale=p.scale, **impl)
     mag = dense_magnitudes(*p.X, scale=p.scale)
-    _tight(Op, O[..., perm, :], mag["O"][..., perm, :], p.dtype, logit=mag["logit"])
+    _tight(Op, O[..., perm, :], mag["O"][..., perm, :], p.dtype, logit=mag["logit"], sums=_sums(p))
 
 
 @given(p=problems(causal=False), data=st.data(), which=st.sampled_from([1, 2]))
@@ -201,15 +210,21 @@ def test_permuting_keys_with_values_leaves_output_unchanged(impl, p, data, which
     Op, st1 = ta.attention_forward(*Y, scale=p.scale, **impl)
     mag = dense_magnitudes(*p.X, p.dO, scale=p.scale)
     logit = mag["logit"]
-    _tight(Op, O, mag["O"], p.dtype, logit=logit)
+    _tight(Op, O, mag["O"], p.dtype, logit=logit, sums=_sums(p))
     g = ta.attention_backward(st0, p.dO)
     gp = ta.attention_backward(st1, p.dO)
+    if p.dtype == np.float32:
+        # float32 gradients inherit O's rounding through δ = rowsum(dO∘O), relative to O and not to
+        # the gradient entry: where O cancels (O = -3e-4 from terms of size 2) two orders differ by
+        # 25× an 8-ulp tolerance (thorough profile). Both runs are held to the contract instead.
+        assert_grads_match(gp, *Y, p.dO, scale=p.scale)
+        assert_grads_match(g, *p.X, p.dO, scale=p.scale)
+        return
     for k, name in enumerate(("dQ", "dK1", "dK2", "dV1", "dV2")):
         expect, m_ = g[k], mag[name]
         if k in (which, which + 2):
             expect, m_ = expect[..., perm, :], m_[..., perm, :]
-        # float32 gradients inherit the rounding of O (δ = rowsum(dO∘O)): allow the FA-rule floor
-        _tight(gp[k], expect, m_, p.dtype, logit=logit, ulps32=8.0)
+        _tight(gp[k], expect, m_, p.dtype, logit=logit, sums=_sums(p))
 
 
 @given(p=problems())
@@ -218,7 +233,7 @@ def test_swapping_key_value_pairs(impl, p):
     O = ta.attention(*p.X, scale=p.scale, causal=p.causal, **impl)
     Os = ta.attention(p.Q, p.K2, p.K1, p.V2, p.V1, scale=p.scale, causal=p.causal, **impl)
     mag = dense_magnitudes(*p.X, scale=p.scale, causal=p.causal)
-    _tight(Os, O, mag["O"], p.dtype, logit=mag["logit"])
+    _tight(Os, O, mag["O"], p.dtype, logit=mag["logit"], sums=_sums(p))
 
 
 @given(p=problems(), data=st.data())
@@ -236,11 +251,11 @@ def test_feature_rescaling_is_invisible(impl, p, data):
     Oy = ta.attention(*Y, scale=p.scale, causal=p.causal, **impl)
     mag = dense_magnitudes(*p.X, p.dO, scale=p.scale, causal=p.causal)
     logit = mag["logit"]
-    _tight(Oy, O, mag["O"], p.dtype, logit=logit)
-    _tight(gy.dQ * D, g.dQ, mag["dQ"], p.dtype, logit=logit, ulps32=8.0)
-    _tight(gy.dK1 * Dinv, g.dK1, mag["dK1"], p.dtype, logit=logit, ulps32=8.0)
+    _tight(Oy, O, mag["O"], p.dtype, logit=logit, sums=_sums(p))
+    _tight(gy.dQ * D, g.dQ, mag["dQ"], p.dtype, logit=logit, ulps32=8.0, sums=_sums(p))
+    _tight(gy.dK1 * Dinv, g.dK1, mag["dK1"], p.dtype, logit=logit, ulps32=8.0, sums=_sums(p))
     for name in ("dK2", "dV1", "dV2"):
-        _tight(getattr(gy, name), getattr(g, name), mag[name], p.dtype, logit=logit, ulps32=8.0)
+        _tight(getattr(gy, name), getattr(g, name), mag[name], p.dtype, logit=logit, ulps32=8.0, sums=_sums(p))
 
 
 @given(p=problems(dtypes=(np.float64,), max_magnitude=3.0), data=st.data())
@@ -259,7 +274,7 @@ def test_row_constant_logit_shift(impl, p, data):
     mag = dense_magnitudes(*p.X, scale=s, causal=p.causal)
     shift = s * np.abs(c).max()
     # rounding s·c_i + logit costs |shift|·eps absolutely, a relative error of P
-    _tight(Oa, O, mag["O"], p.dtype, logit=mag["logit"] + shift)
+    _tight(Oa, O, mag["O"], p.dtype, logit=mag["logit"] + shift, sums=_sums(p))
     np.testing.assert_allclose(st1.lse, st0.lse + s * c, rtol=0, atol=RTOL64 * (1 + mag["logit"] + shift + np.abs(st0.lse).max()))
 
 
@@ -279,7 +294,7 @@ def test_output_is_linear_in_each_value_matrix(impl, p, data):
     mag = dense_magnitudes(*p.X, scale=p.scale, causal=p.causal)["O"] + abs(a) * dense_magnitudes(
         *Z, scale=p.scale, causal=p.causal
     )["O"]
-    _tight(lhs, rhs, mag, p.dtype, logit=dense_magnitudes(*p.X, scale=p.scale)["logit"])
+    _tight(lhs, rhs, mag, p.dtype, logit=dense_magnitudes(*p.X, scale=p.scale)["logit"], sums=_sums(p))
 
 
 @given(p=problems(), data=st.data())
@@ -295,7 +310,8 @@ def test_gradients_are_linear_in_upstream_gradient(impl, p, data):
     m2 = dense_magnitudes(*p.X, dO2, scale=p.scale, causal=p.causal)
     logit = m1["logit"]
     for k, name in enumerate(("dQ", "dK1", "dK2", "dV1", "dV2")):
-        _tight(g12[k], g1[k].astype(np.float64) + g2[k], m1[name] + m2[name], p.dtype, logit=logit, ulps32=8.0)
+        _tight(g12[k], g1[k].astype(np.float64) + g2[k], m1[name] + m2[name], p.dtype, logit=logit, ulps32=8.0,
+               sums=_sums(p))
 
 
 @given(p=problems(dtypes=(np.float64,)))
@@ -362,10 +378,10 @@ def test_batch_entries_are_independent(impl, p):
         Ob = ta.attention(*Xb, scale=p.scale, causal=p.causal, **impl)
         mag = dense_magnitudes(*Xb, p.dO[b], scale=p.scale, causal=p.causal)
         logit = mag["logit"]
-        _tight(O[b], Ob, mag["O"], p.dtype, logit=logit)
+        _tight(O[b], Ob, mag["O"], p.dtype, logit=logit, sums=_sums(p))
         gb = ta.attention_grad(*Xb, p.dO[b], scale=p.scale, causal=p.causal, **impl)
         for k, name in enumerate(("dQ", "dK1", "dK2", "dV1", "dV2")):
-            _tight(g[k][b], gb[k], mag[name], p.dtype, logit=logit, ulps32=8.0)
+            _tight(g[k][b], gb[k], mag[name], p.dtype, logit=logit, ulps32=8.0, sums=_sums(p))
 
 
 @given(p=problems(causal=True), data=st.data())
@@ -379,7 +395,7 @@ def test_causal_row_equals_prefix_problem(impl, p, data):
     mag = dense_magnitudes(*args, scale=p.scale)
     logit = mag["logit"]
     rel = RTOL64 * (1 + logit)
-    _tight(O[..., i : i + 1, :], Oi, mag["O"], p.dtype, logit=logit)
+    _tight(O[..., i : i + 1, :], Oi, mag["O"], p.dtype, logit=logit, sums=_sums(p))
     np.testing.assert_allclose(state.lse[..., i], sti.lse[..., 0], rtol=0,
                                atol=rel * (1 + np.abs(sti.lse).max()))
     ref, _ = dense_attention(*args, scale=p.scale)

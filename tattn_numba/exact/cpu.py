@@ -154,6 +154,26 @@ def _exp_in_place64(buf, count, scale, shift):
         buf[j] = p * _float64_from_bits((np.int64(k) + 1023) << 52)
 
 
+@numba.njit(fastmath=_EXP_FASTMATH, inline="always", cache=config.CACHE)
+def _exp32(y):
+    """float32 e^y of a float32 ``y`` (the loop body of :func:`_exp_in_place32` and
+    :func:`_exp_in_place32_running`, inlined so that their loops vectorise): range reduction,
+    degree-7 Taylor polynomial, 2^k from its exponent bits; 0 below −87."""
+    x = min(max(y, _EXP_FLOOR32), _EXP_CEIL32)
+    k = np.floor(x * _LOG2E32 + _HALF32)
+    r = (x - k * _LN2_HI32) - k * _LN2_LO32
+    p = _T7
+    p = p * r + _T6
+    p = p * r + _T5
+    p = p * r + _T4
+    p = p * r + _T3
+    p = p * r + _T2
+    p = p * r + _T1
+    p = p * r + _T0
+    e = p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+    return e if y >= _EXP_FLOOR32 else _ZERO32
+
+
 @numba.njit(fastmath=_EXP_FASTMATH, cache=config.CACHE)
 def _exp_in_place32(buf, count, scale, shift):
     """float32 ``buf[:count] = exp(scale·buf[:count] − shift)``, vectorised (see :func:`_exp_shifted`).
@@ -163,20 +183,7 @@ def _exp_in_place32(buf, count, scale, shift):
     and the shift. Every later step is float32 (the constants are float32 scalars)."""
     _wide_vectors()
     for j in range(count):
-        y = np.float32(np.float64(buf[j]) * scale - shift)
-        x = min(max(y, _EXP_FLOOR32), _EXP_CEIL32)
-        k = np.floor(x * _LOG2E32 + _HALF32)
-        r = (x - k * _LN2_HI32) - k * _LN2_LO32
-        p = _T7
-        p = p * r + _T6
-        p = p * r + _T5
-        p = p * r + _T4
-        p = p * r + _T3
-        p = p * r + _T2
-        p = p * r + _T1
-        p = p * r + _T0
-        e = p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
-        buf[j] = e if y >= _EXP_FLOOR32 else _ZERO32
+        buf[j] = _exp32(np.float32(np.float64(buf[j]) * scale - shift))
 
 
 @numba.njit(fastmath=_EXP_FASTMATH, cache=config.CACHE)
@@ -193,20 +200,7 @@ def _exp_in_place32_running(buf, count, scale, shift):
     _wide_vectors()
     scale32, shift32 = np.float32(scale), np.float32(shift)
     for j in range(count):
-        y = buf[j] * scale32 - shift32
-        x = min(max(y, _EXP_FLOOR32), _EXP_CEIL32)
-        k = np.floor(x * _LOG2E32 + _HALF32)
-        r = (x - k * _LN2_HI32) - k * _LN2_LO32
-        p = _T7
-        p = p * r + _T6
-        p = p * r + _T5
-        p = p * r + _T4
-        p = p * r + _T3
-        p = p * r + _T2
-        p = p * r + _T1
-        p = p * r + _T0
-        e = p * _float32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
-        buf[j] = e if y >= _EXP_FLOOR32 else _ZERO32
+        buf[j] = _exp32(buf[j] * scale32 - shift32)
 
 
 def _exp_in_place(buf, count, scale, shift):

@@ -57,6 +57,12 @@ class AttentionInputs(NamedTuple):
         return self.Q.dtype
 
     @property
+    def copied_operands(self) -> str:
+        """What :func:`tattn_numba.attention.kernel_inputs` copies for these inputs, in words (for
+        memory messages): the lifted operands, or Q expanded to every output entry."""
+        return "the lifted operands" if self.logits != "trilinear" else "Q expanded to every output entry"
+
+    @property
     def batch_shape(self) -> tuple:
         """Leading dimensions of the output."""
         return self.heads.batch_shape

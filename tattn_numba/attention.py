@@ -128,8 +128,7 @@ def kernel_inputs(inputs: AttentionInputs, memory_budget: int | None = None) -> 
     budget = config.MEMORY_BUDGET_BYTES if memory_budget is None else check_memory_budget(memory_budget)
     held = operand_copy_bytes(inputs)
     if held:
-        form = "the lifted operands" if inputs.logits != "trilinear" else "Q expanded to every output entry"
-        check_memory(held, f"{form} ({inputs.logits} logits, Q {tuple(inputs.Q.shape)}, "
+        check_memory(held, f"{inputs.copied_operands} ({inputs.logits} logits, Q {tuple(inputs.Q.shape)}, "
                            f"K1 {tuple(inputs.K1.shape)}, K2 {tuple(inputs.K2.shape)})", budget)
     ops = inputs.ops
     Q, K1, K2 = inputs.Q, inputs.K1, inputs.K2

@@ -683,8 +683,7 @@ def _budgeted_chunk(inputs: AttentionInputs, degree: int, budget: int, chosen: b
     if nbytes > budget:
         problem = f"B={B}, n={n}, m1={m1}, m2={m2}, d={d}, dv={dv}{'' if inputs.mask.is_full else ', ' + inputs.mask.describe()}"
         if inputs.held_bytes:
-            copies = "the lifted operands" if inputs.logits != "trilinear" else "Q expanded to every output entry"
-            problem += f"; {format_bytes(inputs.held_bytes)} of it for {copies}"
+            problem += f"; {format_bytes(inputs.held_bytes)} of it for {inputs.copied_operands}"
         raise memory_refusal(nbytes, budget, problem, degree, r, chosen)
     return rows, nbytes
 

@@ -16,7 +16,7 @@ import pytest
 import tattn_numba as ta
 from reference import assert_forward_matches, assert_grads_match, make_inputs
 from tattn_numba import config
-from tattn_numba.exact import cpu
+from tattn_numba.exact import _simd, cpu
 
 pytestmark = pytest.mark.usefixtures("warm_kernels")
 
@@ -66,19 +66,46 @@ def test_tile_max_all_counts(count):
     assert cpu._tile_max(buf, count) == 50.0
 
 
-@pytest.mark.parametrize("rows, inner, cols", [(1, 1, 1), (3, 4, 5), (5, 7, 9), (2, 16, 33), (4, 3, 8)])
+# Shapes of the product by the micro-kernel's block (4 rows × 2 vectors of w lanes); a pair
+# (a, b) of columns means a·w + b: below one block, exactly whole blocks, and whole blocks with
+# remaining rows and columns.
+MM_SHAPES = [(1, 1, 1), (3, 4, 5), (5, 7, 9), (2, 16, 33), (4, 3, 8), (4, 16, (2, 0)), (8, 1, (4, 0)),
+             (3, 5, (2, 0)), (4, 6, (2, -1)), (9, 7, (2, 3)), (11, 32, (4, 1)), (16, 0, (2, 0))]
+
+
+@pytest.mark.parametrize("rows, inner, cols", MM_SHAPES)
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_mm_against_matmul(rows, inner, cols, accumulate):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mm_against_matmul(rows, inner, cols, accumulate, dtype):
+    lanes = _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    if isinstance(cols, tuple):
+        cols = cols[0] * lanes + cols[1]
     rng = np.random.default_rng(rows * 100 + inner * 10 + cols)
     ldc, ldy, ldo = inner + 2, cols + 3, cols + 1  # leading dimensions larger than the tile
-    coef = rng.standard_normal((rows, ldc))
-    Y = rng.standard_normal((inner, ldy))
-    out = rng.standard_normal((rows, ldo))
-    expected = coef[:, :inner] @ Y[:, :cols] + (out[:, :cols] if accumulate else 0.0)
+    coef = rng.standard_normal((rows, ldc)).astype(dtype)
+    Y = rng.standard_normal((inner, ldy)).astype(dtype)
+    out = rng.standard_normal((rows, ldo)).astype(dtype)
+    expected = coef[:, :inner].astype(float) @ Y[:, :cols] + (out[:, :cols] if accumulate else 0.0)
     untouched = out[:, cols:].copy()
     cpu._mm(coef.ravel(), ldc, Y.ravel(), ldy, out.ravel(), ldo, rows, inner, cols, accumulate)
-    np.testing.assert_allclose(out[:, :cols], expected, rtol=1e-13, atol=1e-13)
+    tol = 1e-13 if dtype == np.float64 else 4e-6 * np.sqrt(inner + 1)
+    np.testing.assert_allclose(out[:, :cols], expected, rtol=tol, atol=tol)
     assert np.array_equal(out[:, cols:], untouched)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mm_block_keeps_its_block_in_vector_registers(dtype):
+    """The micro-kernel is written with whole :class:`Vector` values: eight vector fused
+    multiply-adds per inner index, one per accumulator (no scalar or per-lane fallback)."""
+    lanes = _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    kernel = numba.njit(fastmath=config.FASTMATH)(cpu._mm_block.py_func)
+    x = np.zeros(8 * lanes, dtype)
+    kernel(x, 2, x, 2 * lanes, x, 2 * lanes, 4, 2, 2 * lanes, False)
+    [ir] = kernel.inspect_llvm().values()
+    suffix = "f64" if dtype == np.float64 else "f32"
+    assert f"@llvm.fma.v{lanes}{suffix}" in ir
+    calls = [line for line in ir.splitlines() if f"call <{lanes} x" in line and "llvm.fma" in line]
+    assert len(calls) == 8  # eight accumulators, one FMA each per inner index
 
 
 @pytest.mark.parametrize("rows, outcols, inner",

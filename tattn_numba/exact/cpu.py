@@ -40,6 +40,7 @@ from numba.np.numpy_support import as_dtype
 from .. import config
 from .._validation import AttentionInputs, check_logit_range, check_memory
 from ..mask import key_range_jit
+from . import _simd
 from .precision import Precision, choose
 
 OPTIONS = frozenset()
@@ -353,14 +354,13 @@ def _mm_row(coef, c, Y, ldy, o, inner, cols):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _mm(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
-    """``out[a, :cols] (+)= Σ_k coef[a, k] · Y[k, :cols]`` for ``a < rows``, ``k < inner``.
+def _mm_loops(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
+    """:func:`_mm` with vectorised loops, for the rows and columns :func:`_mm_block` leaves.
 
-    Row-major flat operands with leading dimensions ``ldc``, ``ldy``, ``ldo``. Register-blocked
-    4 × 4: four output rows and four rows of ``Y`` per pass of the vectorised loop over the
-    columns, so each load of ``Y`` feeds four rows and each load and store of ``out`` sixteen
-    fused multiply-adds (1.5× the rate of one row at a time, docs/exact_kernels.md); the
-    remaining rows go one at a time (:func:`_mm_row`).
+    Four output rows and four rows of ``Y`` per pass of the vectorised loop over the columns, so
+    each load of ``Y`` feeds four rows and each load and store of ``out`` sixteen fused
+    multiply-adds (1.5× the rate of one row at a time, docs/exact_kernels.md); the remaining rows
+    go one at a time (:func:`_mm_row`).
     """
     _wide_vectors()
     a = 0
@@ -409,6 +409,74 @@ def _mm(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
             o[:] = 0.0
         _mm_row(coef, a * ldc, Y, ldy, o, inner, cols)
         a += 1
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _mm_block(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
+    """:func:`_mm` for ``rows`` a multiple of 4 and ``cols`` a multiple of two vectors.
+
+    A register-blocked micro-kernel as in a BLAS: a 4 × (2 vectors) block of ``out`` is held in
+    eight :class:`~tattn_numba.exact._simd.Vector` accumulators (half the CPU's vector registers,
+    :data:`~tattn_numba.exact._simd.VECTOR_BYTES`) for the whole inner loop, and each inner index
+    loads two vectors of ``Y`` and four scalars of ``coef`` for eight vector fused multiply-adds;
+    the block is loaded (``accumulate``) or zeroed once and stored once.
+    """
+    _wide_vectors()
+    width = _simd.lanes(out)
+    for a in range(0, rows, 4):
+        c0, c1, c2, c3 = a * ldc, (a + 1) * ldc, (a + 2) * ldc, (a + 3) * ldc
+        o0, o1, o2, o3 = a * ldo, (a + 1) * ldo, (a + 2) * ldo, (a + 3) * ldo
+        for j in range(0, cols, 2 * width):
+            if accumulate:
+                s00, s01 = _simd.load(out, o0 + j), _simd.load(out, o0 + j + width)
+                s10, s11 = _simd.load(out, o1 + j), _simd.load(out, o1 + j + width)
+                s20, s21 = _simd.load(out, o2 + j), _simd.load(out, o2 + j + width)
+                s30, s31 = _simd.load(out, o3 + j), _simd.load(out, o3 + j + width)
+            else:
+                s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = _simd.zeros(out)
+            y = j
+            for k in range(inner):
+                y0, y1 = _simd.load(Y, y), _simd.load(Y, y + width)
+                w = _simd.element(coef, c0 + k)
+                s00, s01 = _simd.fma(s00, w, y0), _simd.fma(s01, w, y1)
+                w = _simd.element(coef, c1 + k)
+                s10, s11 = _simd.fma(s10, w, y0), _simd.fma(s11, w, y1)
+                w = _simd.element(coef, c2 + k)
+                s20, s21 = _simd.fma(s20, w, y0), _simd.fma(s21, w, y1)
+                w = _simd.element(coef, c3 + k)
+                s30, s31 = _simd.fma(s30, w, y0), _simd.fma(s31, w, y1)
+                y += ldy
+            _simd.store(out, o0 + j, s00)
+            _simd.store(out, o0 + j + width, s01)
+            _simd.store(out, o1 + j, s10)
+            _simd.store(out, o1 + j + width, s11)
+            _simd.store(out, o2 + j, s20)
+            _simd.store(out, o2 + j + width, s21)
+            _simd.store(out, o3 + j, s30)
+            _simd.store(out, o3 + j + width, s31)
+
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _mm(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
+    """``out[a, :cols] (+)= Σ_k coef[a, k] · Y[k, :cols]`` for ``a < rows``, ``k < inner``.
+
+    Row-major flat operands with leading dimensions ``ldc``, ``ldy``, ``ldo``; ``out`` is zeroed
+    first unless ``accumulate``. The largest block of whole 8-row groups and whole pairs of
+    vectors goes through the register-blocked micro-kernel :func:`_mm_block`, the remaining
+    columns and rows through :func:`_mm_loops`.
+    """
+    block_rows = rows - rows % 4
+    block_cols = cols - cols % (2 * _simd.lanes(out))
+    if block_rows > 0 and block_cols > 0:
+        _mm_block(coef, ldc, Y, ldy, out, ldo, block_rows, inner, block_cols, accumulate)
+        if block_cols < cols:
+            _mm_loops(coef, ldc, Y[block_cols:], ldy, out[block_cols:], ldo, block_rows, inner, cols - block_cols,
+                      accumulate)
+    else:
+        block_rows = 0
+    if block_rows < rows:
+        _mm_loops(coef[block_rows * ldc:], ldc, Y, ldy, out[block_rows * ldo:], ldo, rows - block_rows, inner, cols,
+                  accumulate)
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)

@@ -228,9 +228,10 @@ def test_running_max_rises_across_tiles(small_tiles):
 @pytest.mark.parametrize("step", [0.5, 40.0, 300.0])
 def test_lazy_maximum_recomputes_tiles_far_above_the_running_maximum(small_tiles, dtype, step):
     """Logits rising by ``step`` from one key row to the next: below the lazy maximum's excess
-    (30 in float32, 200 in float64) the tiles are taken against the first tile's maximum; above
-    it every later tile must be recomputed against its own maximum (and a wrapped exponent, a
-    weight past e^709, would show up here as garbage)."""
+    (30 in float32, 200 in float64) the tiles are taken against the first tile's first logit;
+    above it every tile must be recomputed against its own maximum, the row's first tile too
+    (its first logit, the seed of the running maximum, is the tile's smallest here), and a
+    wrapped exponent, a weight past e^709, would show up here as garbage."""
     rng = np.random.default_rng(13)
     n, m = 3, 10
     Q = np.ones((n, 1))

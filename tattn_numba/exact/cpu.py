@@ -659,15 +659,15 @@ def _forward_kernel(Q, K1T, K2, V1T, V2T, members, heads, scale, folded, mask, t
                     for g in range(g1 - g0):
                         t_g = t_t[g]
                         _mm(k2_blk, d, a_t[g], c1, s_t, c1, c2, d, c1, False)
-                        # Lazy maximum: past the row's first tile, exponentiate against the running
-                        # maximum M at once; only a tile whose weights pass e^LAZY_EXCESS (a logit
-                        # far above M) is recomputed against its own maximum, rescaling the sums.
-                        tile_sum = np.inf
-                        if row_max[g] > -np.inf:
-                            tile_sum = _exp_running(s_t, c2 * c1, logit_scale, row_max[g])
+                        # Lazy maximum: exponentiate against the running maximum M at once, M
+                        # seeded on the row's first tile by that tile's first logit; only a tile
+                        # whose weights pass e^LAZY_EXCESS (a logit far above M) is recomputed
+                        # against its own maximum, rescaling the sums.
+                        if row_max[g] == -np.inf:
+                            row_max[g] = _running_shift(s_t, logit_scale * s_t[0])
+                        tile_sum = _exp_running(s_t, c2 * c1, logit_scale, row_max[g])
                         if not tile_sum <= lazy_limit:
-                            if row_max[g] > -np.inf:
-                                _mm(k2_blk, d, a_t[g], c1, s_t, c1, c2, d, c1, False)
+                            _mm(k2_blk, d, a_t[g], c1, s_t, c1, c2, d, c1, False)
                             tile_max = _running_shift(s_t, logit_scale * _tile_max(s_t, c2 * c1))
                             if tile_max > row_max[g]:
                                 corr = math.exp(row_max[g] - tile_max)

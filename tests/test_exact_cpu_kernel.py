@@ -128,31 +128,21 @@ def test_mm_any_shape_against_float64(p):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_mm_block_keeps_its_block_in_vector_registers(dtype):
-    """The micro-kernel is written with whole :class:`Vector` values: eight vector fused
-    multiply-adds per inner index, one per accumulator (no scalar or per-lane fallback)."""
+@pytest.mark.parametrize("partial", [False, True])
+def test_mm_block_keeps_its_block_in_vector_registers(dtype, partial):
+    """The micro-kernel's block is written with whole :class:`Vector` values: eight vector fused
+    multiply-adds per inner index, one per accumulator (no scalar or per-lane fallback); whole
+    blocks load and store without masks, the last, narrower block of a row with them."""
     lanes = _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
-    kernel = numba.njit(fastmath=config.FASTMATH)(cpu._mm_block.py_func)
+    block = numba.njit(fastmath=config.FASTMATH)(cpu._mm_block_4x2.py_func)
     x = np.zeros(8 * lanes, dtype)
-    kernel(x, 2, x, 2 * lanes, x, 2 * lanes, 4, 2, 2 * lanes, False)
-    [ir] = kernel.inspect_llvm().values()
+    counts = (lanes, 3) if partial else (None, None)
+    block(x, 0, 2, x, 0, 2 * lanes, x, 0, 2 * lanes, 2, True, lanes, *counts)
+    [ir] = block.inspect_llvm().values()
     suffix = "f64" if dtype == np.float64 else "f32"
-    assert f"@llvm.fma.v{lanes}{suffix}" in ir
-    calls = [line for line in ir.splitlines() if f"call <{lanes} x" in line and "llvm.fma" in line]
+    calls = [line for line in ir.splitlines() if f"call <{lanes} x" in line and f"@llvm.fma.v{lanes}{suffix}" in line]
     assert len(calls) == 8  # eight accumulators, one FMA each per inner index
-
-
-@pytest.mark.parametrize("rows, outcols, inner",
-                         [(1, 1, 1), (3, 4, 5), (5, 7, 9), (2, 16, 33), (4, 3, 8), (8, 12, 40), (9, 5, 3)])
-def test_mm_nt_against_matmul(rows, outcols, inner):
-    rng = np.random.default_rng(rows * 100 + outcols * 10 + inner)
-    ldx, ldy, ldo = inner + 1, inner + 2, outcols + 3
-    X = rng.standard_normal((rows, ldx))
-    Y = rng.standard_normal((outcols, ldy))
-    out = np.full((rows, ldo), np.nan)
-    cpu._mm_nt(X.ravel(), ldx, Y.ravel(), ldy, out.ravel(), ldo, rows, outcols, inner)
-    np.testing.assert_allclose(out[:, :outcols], X[:, :inner] @ Y[:, :inner].T, rtol=1e-13, atol=1e-13)
-    assert np.isnan(out[:, outcols:]).all()
+    assert ("@llvm.masked.load" in ir) == partial and ("@llvm.masked.store" in ir) == partial
 
 
 def _axpy(x, y, a):

@@ -59,6 +59,31 @@ def test_load_fma_store_touch_exactly_their_lanes(dtype, start):
     assert not acc[start: start + lanes].any() and np.array_equal(acc[start + lanes:], expected[start + lanes:])
 
 
+@numba.njit
+def _axpy_first(weight, x, acc, start, count):
+    """The first ``count`` lanes of :func:`_axpy_vectors` through masked loads and stores."""
+    _simd.store_first(acc, start, _simd.fma(_simd.load_first(acc, start, count), weight,
+                                            _simd.load_first(x, start, count)), count)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("count", [0, 1, 5, "lanes", None])
+def test_masked_loads_and_stores_touch_only_their_lanes(dtype, count):
+    """``count`` lanes (None: every lane, unmasked) read and written, the memory after them
+    untouched; ``x`` ends where its used lanes end."""
+    lanes = _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    count = lanes if count == "lanes" else count
+    used = lanes if count is None else count
+    rng = np.random.default_rng(used)
+    x = rng.standard_normal(used).astype(dtype)
+    acc = rng.standard_normal(lanes + 3).astype(dtype)
+    expected = acc.copy()
+    expected[:used] += dtype(2.0) * x
+    _axpy_first(2.0, x, acc, 0, count)
+    assert np.allclose(acc[:used], expected[:used], rtol=2 * np.finfo(dtype).eps)
+    assert np.array_equal(acc[used:], expected[used:])
+
+
 def test_fma_rounds_once():
     """acc + w·x with one rounding: (1 + 2^-30)^2 - (1 + 2^-29) = 2^-60 exactly, which a
     multiply rounded before the add loses (it gives 0)."""

@@ -3,8 +3,8 @@
 LLVM's loop vectoriser vectorises innermost loops only, so a loop-written matrix product loads
 and stores its output block once per pass of the inner dimension; a BLAS micro-kernel keeps that
 block in registers for the whole inner loop. Numba has no vector type, so this module gives one:
-:class:`Vector` is an LLVM ``<lanes x float>`` value, and six intrinsics load, store, zero and
-fuse-multiply-add such values. Local variables of this type stay in registers (they are SSA
+:class:`Vector` is an LLVM ``<lanes x float>`` value, and intrinsics load, store (whole or
+their first lanes, masked), zero and fuse-multiply-add such values. Local variables of this type stay in registers (they are SSA
 values, never memory), which is what the register-blocked product
 :func:`tattn_numba.exact.cpu._mm_block` is written with.
 
@@ -85,19 +85,27 @@ def lanes(typingctx, like):
     return types.intp(like), codegen
 
 
+def _load(context, builder, sig, args):
+    """Codegen of an unaligned vector load of ``args[0][args[1]:]`` (``sig.return_type`` wide)."""
+    pointer = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+    vector = context.get_value_type(sig.return_type)
+    return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=sig.args[0].dtype.bitwidth // 8)
+
+
+def _store(context, builder, sig, args):
+    """Codegen of an unaligned vector store of ``args[2]`` at ``args[0][args[1]:]``."""
+    pointer = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+    value_type = context.get_value_type(sig.args[2])
+    builder.store(args[2], builder.bitcast(pointer, value_type.as_pointer()), align=sig.args[0].dtype.bitwidth // 8)
+    return context.get_dummy_value()
+
+
 @intrinsic
 def load(typingctx, array, start):
     """The :class:`Vector` ``array[start : start + lanes]`` (unaligned, no bounds check)."""
     if not _check_float_array(array):
         return None
-    vector_type = Vector(array.dtype)
-
-    def codegen(context, builder, sig, args):
-        pointer = _element_pointer(context, builder, sig.args[0], args[0], args[1])
-        vector = context.get_value_type(vector_type)
-        return builder.load(builder.bitcast(pointer, vector.as_pointer()), align=array.dtype.bitwidth // 8)
-
-    return vector_type(array, start), codegen
+    return Vector(array.dtype)(array, start), _load
 
 
 @intrinsic
@@ -105,14 +113,7 @@ def store(typingctx, array, start, vector):
     """``array[start : start + lanes] = vector`` (unaligned, no bounds check)."""
     if not (_check_float_array(array) and isinstance(vector, Vector) and vector.dtype == array.dtype):
         return None
-
-    def codegen(context, builder, sig, args):
-        pointer = _element_pointer(context, builder, sig.args[0], args[0], args[1])
-        value_type = context.get_value_type(sig.args[2])
-        builder.store(args[2], builder.bitcast(pointer, value_type.as_pointer()), align=array.dtype.bitwidth // 8)
-        return context.get_dummy_value()
-
-    return types.void(array, start, vector), codegen
+    return types.void(array, start, vector), _store
 
 
 @intrinsic
@@ -153,9 +154,69 @@ def fma(typingctx, acc, weight, x):
         broadcast = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(ir.IntType(32), 0))
         broadcast = builder.shuffle_vector(broadcast, ir.Constant(vector, ir.Undefined),
                                            ir.Constant(ir.VectorType(ir.IntType(32), vector.count), None))
-        suffix = "f64" if sig.args[0].dtype.bitwidth == 64 else "f32"
         function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                  f"llvm.fma.v{vector.count}{suffix}")
+                                                  f"llvm.fma.v{vector.count}{_suffix(sig.args[0])}")
         return builder.call(function, [broadcast, args[2], args[0]])
 
     return acc(acc, weight, x), codegen
+
+
+def _lane_mask(builder, lane_count, count):
+    """``<lane_count x i1>``: lane k is on when k < count (an intp)."""
+    lanes_vector = ir.Constant(ir.VectorType(count.type, lane_count), [ir.Constant(count.type, k) for k in range(lane_count)])
+    broadcast = builder.insert_element(ir.Constant(lanes_vector.type, ir.Undefined), count, ir.Constant(ir.IntType(32), 0))
+    broadcast = builder.shuffle_vector(broadcast, ir.Constant(lanes_vector.type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), lane_count), None))
+    return builder.icmp_signed("<", lanes_vector, broadcast)
+
+
+@intrinsic
+def load_first(typingctx, array, start, count):
+    """The :class:`Vector` whose first ``count`` lanes are ``array[start : start + count]`` and
+    whose other lanes are 0; memory past ``count`` is not read (an LLVM masked load). ``count``
+    None (a type, so decided at compile time) is every lane: :func:`load`."""
+    if not (_check_float_array(array) and isinstance(count, (types.Integer, types.NoneType))):
+        return None
+    vector_type = Vector(array.dtype)
+    if isinstance(count, types.NoneType):
+        return vector_type(array, start, count), _load
+
+    def codegen(context, builder, sig, args):
+        vector = context.get_value_type(vector_type)
+        pointer = builder.bitcast(_element_pointer(context, builder, sig.args[0], args[0], args[1]), vector.as_pointer())
+        mask = _lane_mask(builder, vector.count, context.cast(builder, args[2], sig.args[2], types.intp))
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector.as_pointer(), ir.IntType(32), mask.type, vector]),
+            f"llvm.masked.load.v{vector.count}{_suffix(vector_type)}.p0")
+        return builder.call(function, [pointer, ir.Constant(ir.IntType(32), array.dtype.bitwidth // 8), mask,
+                                       ir.Constant(vector, None)])
+
+    return vector_type(array, start, count), codegen
+
+
+@intrinsic
+def store_first(typingctx, array, start, vector, count):
+    """``array[start : start + count] = vector[:count]``; memory past ``count`` is not written
+    (an LLVM masked store). ``count`` None is every lane: :func:`store`."""
+    if not (_check_float_array(array) and isinstance(vector, Vector) and vector.dtype == array.dtype
+            and isinstance(count, (types.Integer, types.NoneType))):
+        return None
+    if isinstance(count, types.NoneType):
+        return types.void(array, start, vector, count), _store
+
+    def codegen(context, builder, sig, args):
+        value_type = context.get_value_type(sig.args[2])
+        pointer = builder.bitcast(_element_pointer(context, builder, sig.args[0], args[0], args[1]),
+                                  value_type.as_pointer())
+        mask = _lane_mask(builder, value_type.count, context.cast(builder, args[3], sig.args[3], types.intp))
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [value_type, value_type.as_pointer(), ir.IntType(32), mask.type]),
+            f"llvm.masked.store.v{value_type.count}{_suffix(sig.args[2])}.p0")
+        builder.call(function, [args[2], pointer, ir.Constant(ir.IntType(32), array.dtype.bitwidth // 8), mask])
+        return context.get_dummy_value()
+
+    return types.void(array, start, vector, count), codegen
+
+
+def _suffix(vector_type: Vector) -> str:
+    return "f64" if vector_type.dtype.bitwidth == 64 else "f32"

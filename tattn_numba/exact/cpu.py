@@ -412,48 +412,59 @@ def _mm_loops(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _mm_block(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
-    """:func:`_mm` for ``rows`` a multiple of 4 and ``cols`` a multiple of two vectors.
+def _mm_block_4x2(coef, c, ldc, Y, y, ldy, out, o, ldo, inner, accumulate, width, count0, count1):
+    """One 4 × (2 vectors) block of :func:`_mm_block`: rows from ``coef[c]`` and ``out[o]``,
+    columns from ``Y[y]`` and ``out[o]``; ``count0``/``count1`` are the columns of each vector
+    that exist, or None for whole vectors (compiled separately: plain loads, no masks)."""
+    if accumulate:
+        s00, s01 = _simd.load_first(out, o, count0), _simd.load_first(out, o + width, count1)
+        s10, s11 = _simd.load_first(out, o + ldo, count0), _simd.load_first(out, o + ldo + width, count1)
+        s20, s21 = _simd.load_first(out, o + 2 * ldo, count0), _simd.load_first(out, o + 2 * ldo + width, count1)
+        s30, s31 = _simd.load_first(out, o + 3 * ldo, count0), _simd.load_first(out, o + 3 * ldo + width, count1)
+    else:
+        s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = _simd.zeros(out)
+    for k in range(inner):
+        y0, y1 = _simd.load_first(Y, y, count0), _simd.load_first(Y, y + width, count1)
+        w = _simd.element(coef, c + k)
+        s00, s01 = _simd.fma(s00, w, y0), _simd.fma(s01, w, y1)
+        w = _simd.element(coef, c + ldc + k)
+        s10, s11 = _simd.fma(s10, w, y0), _simd.fma(s11, w, y1)
+        w = _simd.element(coef, c + 2 * ldc + k)
+        s20, s21 = _simd.fma(s20, w, y0), _simd.fma(s21, w, y1)
+        w = _simd.element(coef, c + 3 * ldc + k)
+        s30, s31 = _simd.fma(s30, w, y0), _simd.fma(s31, w, y1)
+        y += ldy
+    _simd.store_first(out, o, s00, count0)
+    _simd.store_first(out, o + width, s01, count1)
+    _simd.store_first(out, o + ldo, s10, count0)
+    _simd.store_first(out, o + ldo + width, s11, count1)
+    _simd.store_first(out, o + 2 * ldo, s20, count0)
+    _simd.store_first(out, o + 2 * ldo + width, s21, count1)
+    _simd.store_first(out, o + 3 * ldo, s30, count0)
+    _simd.store_first(out, o + 3 * ldo + width, s31, count1)
 
-    A register-blocked micro-kernel as in a BLAS: a 4 × (2 vectors) block of ``out`` is held in
-    eight :class:`~tattn_numba.exact._simd.Vector` accumulators (half the CPU's vector registers,
-    :data:`~tattn_numba.exact._simd.VECTOR_BYTES`) for the whole inner loop, and each inner index
-    loads two vectors of ``Y`` and four scalars of ``coef`` for eight vector fused multiply-adds;
-    the block is loaded (``accumulate``) or zeroed once and stored once.
+
+@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
+def _mm_block(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
+    """:func:`_mm` for ``rows`` a multiple of 4, any ``cols``.
+
+    A register-blocked micro-kernel as in a BLAS (:func:`_mm_block_4x2`): a 4 × (2 vectors)
+    block of ``out`` is held in eight :class:`~tattn_numba.exact._simd.Vector` accumulators (half
+    the CPU's vector registers, :data:`~tattn_numba.exact._simd.VECTOR_BYTES`) for the whole inner
+    loop, and each inner index loads two vectors of ``Y`` and four scalars of ``coef`` for eight
+    vector fused multiply-adds; the block is loaded (``accumulate``) or zeroed once and stored
+    once. The last block of a row may be narrower than two vectors: its loads and stores are
+    masked to the columns that exist (whole blocks use plain loads: masks cost 5–20 %).
     """
     _wide_vectors()
     width = _simd.lanes(out)
+    whole = cols - cols % (2 * width)
     for a in range(0, rows, 4):
-        c0, c1, c2, c3 = a * ldc, (a + 1) * ldc, (a + 2) * ldc, (a + 3) * ldc
-        o0, o1, o2, o3 = a * ldo, (a + 1) * ldo, (a + 2) * ldo, (a + 3) * ldo
-        for j in range(0, cols, 2 * width):
-            if accumulate:
-                s00, s01 = _simd.load(out, o0 + j), _simd.load(out, o0 + j + width)
-                s10, s11 = _simd.load(out, o1 + j), _simd.load(out, o1 + j + width)
-                s20, s21 = _simd.load(out, o2 + j), _simd.load(out, o2 + j + width)
-                s30, s31 = _simd.load(out, o3 + j), _simd.load(out, o3 + j + width)
-            else:
-                s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = _simd.zeros(out)
-            y = j
-            for k in range(inner):
-                y0, y1 = _simd.load(Y, y), _simd.load(Y, y + width)
-                w = _simd.element(coef, c0 + k)
-                s00, s01 = _simd.fma(s00, w, y0), _simd.fma(s01, w, y1)
-                w = _simd.element(coef, c1 + k)
-                s10, s11 = _simd.fma(s10, w, y0), _simd.fma(s11, w, y1)
-                w = _simd.element(coef, c2 + k)
-                s20, s21 = _simd.fma(s20, w, y0), _simd.fma(s21, w, y1)
-                w = _simd.element(coef, c3 + k)
-                s30, s31 = _simd.fma(s30, w, y0), _simd.fma(s31, w, y1)
-                y += ldy
-            _simd.store(out, o0 + j, s00)
-            _simd.store(out, o0 + j + width, s01)
-            _simd.store(out, o1 + j, s10)
-            _simd.store(out, o1 + j + width, s11)
-            _simd.store(out, o2 + j, s20)
-            _simd.store(out, o2 + j + width, s21)
-            _simd.store(out, o3 + j, s30)
-            _simd.store(out, o3 + j + width, s31)
+        for j in range(0, whole, 2 * width):
+            _mm_block_4x2(coef, a * ldc, ldc, Y, j, ldy, out, a * ldo + j, ldo, inner, accumulate, width, None, None)
+        if whole < cols:
+            _mm_block_4x2(coef, a * ldc, ldc, Y, whole, ldy, out, a * ldo + whole, ldo, inner, accumulate, width,
+                          min(width, cols - whole), max(cols - whole - width, 0))
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
@@ -461,19 +472,12 @@ def _mm(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
     """``out[a, :cols] (+)= Σ_k coef[a, k] · Y[k, :cols]`` for ``a < rows``, ``k < inner``.
 
     Row-major flat operands with leading dimensions ``ldc``, ``ldy``, ``ldo``; ``out`` is zeroed
-    first unless ``accumulate``. The largest block of whole 8-row groups and whole pairs of
-    vectors goes through the register-blocked micro-kernel :func:`_mm_block`, the remaining
-    columns and rows through :func:`_mm_loops`.
+    first unless ``accumulate``. Whole groups of four rows go through the register-blocked
+    micro-kernel :func:`_mm_block` (every column), the remaining rows through :func:`_mm_loops`.
     """
     block_rows = rows - rows % 4
-    block_cols = cols - cols % (2 * _simd.lanes(out))
-    if block_rows > 0 and block_cols > 0:
-        _mm_block(coef, ldc, Y, ldy, out, ldo, block_rows, inner, block_cols, accumulate)
-        if block_cols < cols:
-            _mm_loops(coef, ldc, Y[block_cols:], ldy, out[block_cols:], ldo, block_rows, inner, cols - block_cols,
-                      accumulate)
-    else:
-        block_rows = 0
+    if block_rows > 0:
+        _mm_block(coef, ldc, Y, ldy, out, ldo, block_rows, inner, cols, accumulate)
     if block_rows < rows:
         _mm_loops(coef[block_rows * ldc:], ldc, Y, ldy, out[block_rows * ldo:], ldo, rows - block_rows, inner, cols,
                   accumulate)

@@ -85,6 +85,10 @@ class Mask:
         """Whether every row sees every pair (no mask at all)."""
         return not self.causal
 
+    def swapped(self) -> "Mask":
+        """The same mask with the two key sets exchanged (a window's widths swap)."""
+        return Mask(causal=self.causal, window=None if self.window is None else (self.window[1], self.window[0]))
+
     def describe(self) -> str:
         """A short name for messages and reports: ``"full"``, ``"causal"`` or
         ``"causal window (w1, w2)"``."""

@@ -1019,3 +1019,32 @@ def test_bad_forms_rejected_by_poly_too(method, monkeypatch):
         ta.attention(*X[:5], logits="det", **mk)
     with pytest.raises(ValueError):
         ta.attention(X[0], *(np.concatenate([x, x[:, :1]], axis=1) for x in X[1:5]), **mk)
+
+
+# ==============================================================================================
+# The exact CPU kernels put the longer key extent on the inner side of their tiles
+# ==============================================================================================
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["window", "cross", "grouped window"])
+def test_exact_cpu_swaps_key_sets_for_the_longer_inner_extent(dtype, case):
+    """Shapes where the first key set's per-row extent is the longer one and the second's still
+    fills a micro-kernel block: the kernels exchange the key sets (checked: the swap happens),
+    and the output, lse and every gradient, the key gradients exchanged back, match the
+    reference (float32 by the FlashAttention rule)."""
+    from tattn_numba._validation import check_attention_inputs
+    from tattn_numba.exact import _simd, cpu
+
+    block = 2 * _simd.VECTOR_BYTES // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(block)
+    if case == "cross":
+        shapes, kw = ((2,), (2,), 5, block + 9, block + 2), form_kwargs(scale=0.3)
+    else:
+        n = block + 7
+        shapes, kw = ((2,), (2,), n, n, n), form_kwargs(window=(block + 5, block), scale=0.3)
+        if case == "grouped window":
+            shapes = ((4,), (2,)) + shapes[2:]
+    X = make_inputs(rng, *shapes, 3, 2, "exact", dtype)
+    inputs = check_attention_inputs(*X[:5], kw["scale"], False, window=kw.get("window"))
+    assert cpu._longer_extent_inner(inputs, np.dtype(dtype))[1]
+    check_all(X, kw, "exact", dtype)

@@ -925,6 +925,23 @@ def _shape_text(inputs: AttentionInputs) -> str:
             f"{np.dtype(inputs.dtype).name}")
 
 
+def _longer_extent_inner(inputs: AttentionInputs, compute: np.dtype) -> tuple[AttentionInputs, bool]:
+    """``inputs`` with the two key sets exchanged when that puts the longer per-row key extent on
+    the inner side of the tiles, and whether it did.
+
+    The logit and the value are symmetric in the two key sets (SPEC §1). A task does work once per
+    block of K1 rows (A = Q_i ∘ K1_block, the fold of T with V1), memory-bound and spread over the
+    K2 rows the block meets, while the K1 extent is the columns of every tile product. So when the
+    K1 extent is the longer one and the K2 extent still fills a block of the micro-kernel
+    (:func:`_mm_block`), the sets change places: a (512, 32) window in float64 costs about as much
+    per pair as a (32, 512) one then (docs/forms_benchmarks.md). Full self-attention and causal
+    masks are symmetric and never swap. The caller exchanges the key gradients back."""
+    _, extent1, extent2 = inputs.mask.kernel_args(inputs.K1.shape[1], inputs.K2.shape[1])
+    if not extent1 > extent2 >= 2 * _simd.VECTOR_BYTES // np.dtype(compute).itemsize:
+        return inputs, False
+    return inputs._replace(K1=inputs.K2, K2=inputs.K1, V1=inputs.V2, V2=inputs.V1, mask=inputs.mask.swapped()), True
+
+
 def inputs_memory_estimate(inputs: AttentionInputs, *, for_backward: bool = True,
                            backward_workers: int | None = None, compute: np.dtype | None = None) -> MemoryEstimate:
     """:func:`memory_estimate` for validated inputs, with the thread counts the passes will use
@@ -954,9 +971,11 @@ def forward(inputs: AttentionInputs, *, for_backward: bool = True) -> tuple[np.n
     check_logit_range(inputs.scale, *(_column_abs_max(x) for x in (inputs.Q, inputs.K1, inputs.K2)),
                       inputs.key_batch)
     compute = precision(inputs)
+    shape_text = _shape_text(inputs)
+    inputs, _ = _longer_extent_inner(inputs, compute.dtype)
     estimate = inputs_memory_estimate(inputs, for_backward=for_backward, compute=compute.dtype)
     check_memory((estimate.total if for_backward else estimate.forward) + inputs.held_bytes,
-                 f"the exact {'forward and backward' if for_backward else 'forward'} ({_shape_text(inputs)})",
+                 f"the exact {'forward and backward' if for_backward else 'forward'} ({shape_text})",
                  config.MEMORY_BUDGET_BYTES)
     Q, K2 = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2))
     B, n, _ = Q.shape
@@ -984,9 +1003,11 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     """
     workers = numba.get_num_threads()
     compute = precision(inputs, dO)
+    shape_text = _shape_text(inputs)
+    inputs, swapped = _longer_extent_inner(inputs, compute.dtype)
     check_memory(inputs_memory_estimate(inputs, backward_workers=workers, compute=compute.dtype).backward
                  + inputs.held_bytes,
-                 f"the exact backward ({_shape_text(inputs)}, {workers} thread{'s' if workers > 1 else ''} "
+                 f"the exact backward ({shape_text}, {workers} thread{'s' if workers > 1 else ''} "
                  "with their own gradient accumulators)", config.MEMORY_BUDGET_BYTES)
     Q, K2, V2, dO = (np.ascontiguousarray(x, dtype=compute.dtype) for x in (inputs.Q, inputs.K2, inputs.V2, dO))
     delta = np.einsum("bnm,bnm->bn", dO, O, dtype=np.float64)
@@ -1008,4 +1029,5 @@ def backward(inputs: AttentionInputs, O: np.ndarray, lse: np.ndarray, certificat
     dK2 = dK2.sum(axis=0)
     dV1 = np.ascontiguousarray(dV1T.sum(axis=0).transpose(0, 2, 1))
     del dV1T
-    return dQ, dK1, dK2, dV1, dV2.sum(axis=0)
+    dV2 = dV2.sum(axis=0)
+    return (dQ, dK2, dK1, dV2, dV1) if swapped else (dQ, dK1, dK2, dV1, dV2)

@@ -137,7 +137,7 @@ def test_mm_block_keeps_its_block_in_vector_registers(dtype, partial):
     block = numba.njit(fastmath=config.FASTMATH)(cpu._mm_block_4x2.py_func)
     x = np.zeros(8 * lanes, dtype)
     counts = (lanes, 3) if partial else (None, None)
-    block(x, 0, 2, x, 0, 2 * lanes, x, 0, 2 * lanes, 2, True, lanes, *counts)
+    block(x, 0, 2, x, 0, 2 * lanes, x, 0, 2 * lanes, 2, True, *counts)
     [ir] = block.inspect_llvm().values()
     suffix = "f64" if dtype == np.float64 else "f32"
     calls = [line for line in ir.splitlines() if f"call <{lanes} x" in line and f"@llvm.fma.v{lanes}{suffix}" in line]

@@ -23,12 +23,13 @@ def _lanes(x):
 @numba.njit
 def _axpy_vectors(weight, x, acc, start):
     """acc[start : start + lanes] += weight · x[start : start + lanes] through Vector values."""
-    _simd.store(acc, start, _simd.fma(_simd.load(acc, start), weight, _simd.load(x, start)))
+    _simd.store_first(acc, start, _simd.fma(_simd.load_first(acc, start, None), weight,
+                                            _simd.load_first(x, start, None)), None)
 
 
 @numba.njit
 def _zero_vector(x, start):
-    _simd.store(x, start, _simd.zeros(x))
+    _simd.store_first(x, start, _simd.zeros(x), None)
 
 
 @numba.njit

@@ -3,10 +3,10 @@
 LLVM's loop vectoriser vectorises innermost loops only, so a loop-written matrix product loads
 and stores its output block once per pass of the inner dimension; a BLAS micro-kernel keeps that
 block in registers for the whole inner loop. Numba has no vector type, so this module gives one:
-:class:`Vector` is an LLVM ``<lanes x float>`` value, and intrinsics load, store (whole or
-their first lanes, masked), zero and fuse-multiply-add such values. Local variables of this type stay in registers (they are SSA
-values, never memory), which is what the register-blocked product
-:func:`tattn_numba.exact.cpu._mm_block` is written with.
+:class:`Vector` is an LLVM ``<lanes x float>`` value, and intrinsics load and store such values
+(every lane, or the first lanes under a mask), zero them and fuse-multiply-add them. Local
+variables of this type stay in registers (they are SSA values, never memory), which is what the
+register-blocked product :func:`tattn_numba.exact.cpu._mm_block` is written with.
 
 The width is :data:`VECTOR_BYTES`, chosen so that that micro-kernel's eight accumulators take
 half the vector register file: 128 bytes (two 512-bit registers per value, 16 float64 or 32
@@ -101,22 +101,6 @@ def _store(context, builder, sig, args):
 
 
 @intrinsic
-def load(typingctx, array, start):
-    """The :class:`Vector` ``array[start : start + lanes]`` (unaligned, no bounds check)."""
-    if not _check_float_array(array):
-        return None
-    return Vector(array.dtype)(array, start), _load
-
-
-@intrinsic
-def store(typingctx, array, start, vector):
-    """``array[start : start + lanes] = vector`` (unaligned, no bounds check)."""
-    if not (_check_float_array(array) and isinstance(vector, Vector) and vector.dtype == array.dtype):
-        return None
-    return types.void(array, start, vector), _store
-
-
-@intrinsic
 def element(typingctx, array, index):
     """``array[index]`` without the negative-index wraparound test (no bounds check)."""
     if not _check_float_array(array):
@@ -174,7 +158,7 @@ def _lane_mask(builder, lane_count, count):
 def load_first(typingctx, array, start, count):
     """The :class:`Vector` whose first ``count`` lanes are ``array[start : start + count]`` and
     whose other lanes are 0; memory past ``count`` is not read (an LLVM masked load). ``count``
-    None (a type, so decided at compile time) is every lane: :func:`load`."""
+    None (a type, so decided at compile time) is every lane, a plain unaligned load."""
     if not (_check_float_array(array) and isinstance(count, (types.Integer, types.NoneType))):
         return None
     vector_type = Vector(array.dtype)
@@ -197,7 +181,7 @@ def load_first(typingctx, array, start, count):
 @intrinsic
 def store_first(typingctx, array, start, vector, count):
     """``array[start : start + count] = vector[:count]``; memory past ``count`` is not written
-    (an LLVM masked store). ``count`` None is every lane: :func:`store`."""
+    (an LLVM masked store). ``count`` None is every lane, a plain unaligned store."""
     if not (_check_float_array(array) and isinstance(vector, Vector) and vector.dtype == array.dtype
             and isinstance(count, (types.Integer, types.NoneType))):
         return None

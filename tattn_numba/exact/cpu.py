@@ -332,8 +332,8 @@ def _tile_max(buf, count):
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
 def _mm_row(coef, c, Y, ldy, o, inner, cols):
-    """``o[:cols] += Σ_k coef[c + k] · Y[k, :cols]``: one output row of :func:`_mm`, ``k``
-    unrolled by four."""
+    """``o[:cols] += Σ_k coef[c + k] · Y[k, :cols]``: one output row of :func:`_mm` (the rows
+    after its whole groups of four), ``k`` unrolled by four."""
     _wide_vectors()
     k = 0
     while k + 4 <= inner:
@@ -354,68 +354,11 @@ def _mm_row(coef, c, Y, ldy, o, inner, cols):
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _mm_loops(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
-    """:func:`_mm` with vectorised loops, for the rows and columns :func:`_mm_block` leaves.
-
-    Four output rows and four rows of ``Y`` per pass of the vectorised loop over the columns, so
-    each load of ``Y`` feeds four rows and each load and store of ``out`` sixteen fused
-    multiply-adds (1.5× the rate of one row at a time, docs/exact_kernels.md); the remaining rows
-    go one at a time (:func:`_mm_row`).
-    """
-    _wide_vectors()
-    a = 0
-    while a + 4 <= rows:
-        o0 = out[a * ldo: a * ldo + cols]
-        o1 = out[(a + 1) * ldo: (a + 1) * ldo + cols]
-        o2 = out[(a + 2) * ldo: (a + 2) * ldo + cols]
-        o3 = out[(a + 3) * ldo: (a + 3) * ldo + cols]
-        if not accumulate:
-            o0[:] = 0.0
-            o1[:] = 0.0
-            o2[:] = 0.0
-            o3[:] = 0.0
-        c0, c1, c2, c3 = a * ldc, (a + 1) * ldc, (a + 2) * ldc, (a + 3) * ldc
-        k = 0
-        while k + 4 <= inner:
-            y0 = Y[k * ldy: k * ldy + cols]
-            y1 = Y[(k + 1) * ldy: (k + 1) * ldy + cols]
-            y2 = Y[(k + 2) * ldy: (k + 2) * ldy + cols]
-            y3 = Y[(k + 3) * ldy: (k + 3) * ldy + cols]
-            w00, w01, w02, w03 = coef[c0 + k], coef[c0 + k + 1], coef[c0 + k + 2], coef[c0 + k + 3]
-            w10, w11, w12, w13 = coef[c1 + k], coef[c1 + k + 1], coef[c1 + k + 2], coef[c1 + k + 3]
-            w20, w21, w22, w23 = coef[c2 + k], coef[c2 + k + 1], coef[c2 + k + 2], coef[c2 + k + 3]
-            w30, w31, w32, w33 = coef[c3 + k], coef[c3 + k + 1], coef[c3 + k + 2], coef[c3 + k + 3]
-            for j in range(cols):
-                x0, x1, x2, x3 = y0[j], y1[j], y2[j], y3[j]
-                o0[j] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
-                o1[j] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
-                o2[j] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
-                o3[j] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
-            k += 4
-        while k < inner:
-            y0 = Y[k * ldy: k * ldy + cols]
-            w0, w1, w2, w3 = coef[c0 + k], coef[c1 + k], coef[c2 + k], coef[c3 + k]
-            for j in range(cols):
-                x0 = y0[j]
-                o0[j] += w0 * x0
-                o1[j] += w1 * x0
-                o2[j] += w2 * x0
-                o3[j] += w3 * x0
-            k += 1
-        a += 4
-    while a < rows:
-        o = out[a * ldo: a * ldo + cols]
-        if not accumulate:
-            o[:] = 0.0
-        _mm_row(coef, a * ldc, Y, ldy, o, inner, cols)
-        a += 1
-
-
-@numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
-def _mm_block_4x2(coef, c, ldc, Y, y, ldy, out, o, ldo, inner, accumulate, width, count0, count1):
+def _mm_block_4x2(coef, c, ldc, Y, y, ldy, out, o, ldo, inner, accumulate, count0, count1):
     """One 4 × (2 vectors) block of :func:`_mm_block`: rows from ``coef[c]`` and ``out[o]``,
     columns from ``Y[y]`` and ``out[o]``; ``count0``/``count1`` are the columns of each vector
     that exist, or None for whole vectors (compiled separately: plain loads, no masks)."""
+    width = _simd.lanes(out)
     if accumulate:
         s00, s01 = _simd.load_first(out, o, count0), _simd.load_first(out, o + width, count1)
         s10, s11 = _simd.load_first(out, o + ldo, count0), _simd.load_first(out, o + ldo + width, count1)
@@ -461,9 +404,9 @@ def _mm_block(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
     whole = cols - cols % (2 * width)
     for a in range(0, rows, 4):
         for j in range(0, whole, 2 * width):
-            _mm_block_4x2(coef, a * ldc, ldc, Y, j, ldy, out, a * ldo + j, ldo, inner, accumulate, width, None, None)
+            _mm_block_4x2(coef, a * ldc, ldc, Y, j, ldy, out, a * ldo + j, ldo, inner, accumulate, None, None)
         if whole < cols:
-            _mm_block_4x2(coef, a * ldc, ldc, Y, whole, ldy, out, a * ldo + whole, ldo, inner, accumulate, width,
+            _mm_block_4x2(coef, a * ldc, ldc, Y, whole, ldy, out, a * ldo + whole, ldo, inner, accumulate,
                           min(width, cols - whole), max(cols - whole - width, 0))
 
 
@@ -473,14 +416,18 @@ def _mm(coef, ldc, Y, ldy, out, ldo, rows, inner, cols, accumulate):
 
     Row-major flat operands with leading dimensions ``ldc``, ``ldy``, ``ldo``; ``out`` is zeroed
     first unless ``accumulate``. Whole groups of four rows go through the register-blocked
-    micro-kernel :func:`_mm_block` (every column), the remaining rows through :func:`_mm_loops`.
+    micro-kernel :func:`_mm_block` (every column), the remaining rows one at a time through the
+    vectorised loop :func:`_mm_row`.
     """
+    _wide_vectors()
     block_rows = rows - rows % 4
     if block_rows > 0:
         _mm_block(coef, ldc, Y, ldy, out, ldo, block_rows, inner, cols, accumulate)
-    if block_rows < rows:
-        _mm_loops(coef[block_rows * ldc:], ldc, Y, ldy, out[block_rows * ldo:], ldo, rows - block_rows, inner, cols,
-                  accumulate)
+    for a in range(block_rows, rows):
+        o = out[a * ldo: a * ldo + cols]
+        if not accumulate:
+            o[:] = 0.0
+        _mm_row(coef, a * ldc, Y, ldy, o, inner, cols)
 
 
 @numba.njit(fastmath=config.FASTMATH, cache=config.CACHE)
